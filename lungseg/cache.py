@@ -1,0 +1,134 @@
+"""A disk cache of converted cases, so training and evaluation never parse DICOM again.
+
+Each case is stored as ``hu.npy`` (int16/float32, z y x), ``mask.npy`` (uint8) and ``meta.json`` in
+``cache_dir()/Case_XXX/KEY/``, and loaded memory-mapped. KEY hashes the name, size and mtime of every
+source file plus the source of the conversion code, so a changed file or a changed reader
+invalidates the entry. The cache never lives under the (read-only) data directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import dicom, paths
+
+_CODE = (Path(dicom.__file__), Path(__file__))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its volume (``hu`` memory-mapped, z y x, HU) and its lung mask (z y x, bool)."""
+
+    volume: dicom.Volume
+    mask: np.ndarray
+
+    @property
+    def case_id(self) -> str:
+        return self.volume.case_id
+
+
+def case_key(image_dir: Path, mask_path: Path) -> str:
+    """Hash of the sources' (name, size, mtime) and the conversion code: the cache entry's name."""
+    h = hashlib.sha256()
+    for code in _CODE:
+        h.update(code.read_bytes())
+    sources = sorted(p for p in image_dir.iterdir() if p.is_file()) + [mask_path]
+    for p in sources:
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _meta(volume: dicom.Volume) -> dict:
+    return {
+        "case_id": volume.case_id,
+        "series_uid": volume.series_uid,
+        "spacing": list(volume.spacing),
+        "origin": list(volume.origin),
+        "positions": volume.positions.tolist(),
+        "files": [Path(f).name for f in volume.files],
+        "orientation": list(volume.orientation),
+        "sort_key": volume.sort_key,
+        "slice_thickness": volume.slice_thickness,
+    }
+
+
+def _write(entry: Path, volume: dicom.Volume, mask: np.ndarray) -> None:
+    """Write an entry into a temporary folder and rename it, so a killed run leaves no half entry."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+    try:
+        np.save(tmp / "hu.npy", volume.hu)
+        np.save(tmp / "mask.npy", mask.astype(np.uint8))
+        (tmp / "meta.json").write_text(json.dumps(_meta(volume), indent=1))
+        for old in entry.parent.iterdir():  # older keys of this case are stale
+            if old.is_dir() and old != tmp:
+                shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read(entry: Path, image_dir: Path) -> Case:
+    meta = json.loads((entry / "meta.json").read_text())
+    hu = np.load(entry / "hu.npy", mmap_mode="r")
+    mask = np.load(entry / "mask.npy", mmap_mode="r").view(bool)
+    volume = dicom.Volume(
+        hu=hu,
+        spacing=tuple(meta["spacing"]),
+        origin=tuple(meta["origin"]),
+        positions=np.asarray(meta["positions"]),
+        files=tuple(str(image_dir / f) for f in meta["files"]),
+        case_id=meta["case_id"],
+        series_uid=meta["series_uid"],
+        orientation=tuple(meta["orientation"]),
+        sort_key=meta["sort_key"],
+        slice_thickness=meta["slice_thickness"],
+    )
+    return Case(volume, mask)
+
+
+def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
+              refresh: bool = False) -> Case:
+    """Volume and mask of ``case_id`` from the cache, converting from DICOM on a miss.
+
+    ``data`` is the data directory (see :func:`paths.data_dir`). ``refresh`` forces a reconversion.
+    """
+    root = paths.data_dir(data)
+    image_dir, mask_path = paths.images_dir(root, case_id), paths.mask_file(root, case_id)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"no DICOM folder for {case_id}: {image_dir}")
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"no mask for {case_id}: {mask_path} "
+                                "(expected DATA/Segmentations/Case_XXX_seg.npz)")
+    entry = paths.cache_dir() / case_id / case_key(image_dir, mask_path)
+    if refresh or not (entry / "meta.json").is_file():
+        volume = dicom.load_series(image_dir)
+        _write(entry, volume, dicom.load_mask(mask_path, volume))
+    return _read(entry, image_dir)
+
+
+def load_cases(case_ids: list[str], data: str | os.PathLike[str] | None = None) -> list[Case]:
+    """:func:`load_case` for each id, with a progress bar."""
+    return [load_case(c, data) for c in tqdm(case_ids, desc="load", unit="case")]
+
+
+def resolve_cases(cases: str, data: str | os.PathLike[str] | None = None) -> list[str]:
+    """Case ids from a notebook parameter: ``"all"`` or a comma-separated list (``"Case_000,..."``)."""
+    available = paths.list_cases(paths.data_dir(data))
+    if cases.strip().lower() == "all":
+        return available
+    wanted = [c.strip() for c in cases.split(",") if c.strip()]
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise FileNotFoundError(f"cases not in {paths.data_dir(data) / 'Images'}: {missing}")
+    return wanted

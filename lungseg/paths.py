@@ -1,0 +1,67 @@
+"""Every path the project uses, anchored to the repository root.
+
+papermill and nbval start kernels in different working directories, so nothing in the package may
+depend on the current directory: relative paths given as parameters are resolved against ``ROOT``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT: Path = Path(__file__).resolve().parent.parent
+"""The repository root (the folder holding ``lungseg/``)."""
+
+DATA_ENV = "LUNGSEG_DATA"
+CACHE_ENV = "LUNGSEG_CACHE"
+
+DEFAULT_DATA: Path = ROOT / "data"
+FIGURES: Path = ROOT / "figures"
+BUILD: Path = ROOT / "build"
+"""Git-ignored outputs: executed notebooks, caches, checkpoints, quick-profile figures."""
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` as an absolute path; a relative one is taken relative to the repo root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (ROOT / p)
+
+
+def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: ``path`` if given and non-empty, else ``$LUNGSEG_DATA``, else ``ROOT/data``.
+
+    Raises FileNotFoundError with the expected layout when the folder is missing.
+    """
+    chosen = path or os.environ.get(DATA_ENV) or DEFAULT_DATA
+    d = resolve(chosen)
+    if not d.is_dir():
+        raise FileNotFoundError(
+            f"data directory not found: {d}\n"
+            "Expected DATA/Images/Case_XXX/*.dcm and DATA/Segmentations/Case_XXX_seg.npz; "
+            f"set it with --data DIR, ${DATA_ENV}, or unpack the cases with "
+            "../shared/data/lctsc12/unpack.sh data"
+        )
+    return d
+
+
+def images_dir(data: Path, case_id: str) -> Path:
+    """``DATA/Images/Case_XXX``: the case's DICOM folder."""
+    return data / "Images" / case_id
+
+
+def mask_file(data: Path, case_id: str) -> Path:
+    """``DATA/Segmentations/Case_XXX_seg.npz``: the case's lung mask."""
+    return data / "Segmentations" / f"{case_id}_seg.npz"
+
+
+def list_cases(data: Path) -> list[str]:
+    """Case ids (folder names under ``DATA/Images``), sorted."""
+    images = data / "Images"
+    if not images.is_dir():
+        raise FileNotFoundError(f"no Images folder in the data directory: {images}")
+    return sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def cache_dir() -> Path:
+    """Where converted volumes are cached (``$LUNGSEG_CACHE`` or ``build/cache``); never under DATA."""
+    return resolve(os.environ.get(CACHE_ENV) or BUILD / "cache")

@@ -1,0 +1,122 @@
+"""Run the report: execute the numbered notebooks headless with papermill, one profile at a time.
+
+``python -m lungseg.report [--profile NAME] [--data DIR] [--only 01_dicom ...]`` — what
+``./run_all.sh`` calls once the environment is ready. A profile is ``params/NAME.yaml`` with one
+section of parameters per notebook. Executed copies go to ``build/executed/NAME/`` with a
+``provenance.json`` (profile, parameters, git commit, date, machine, wall time per notebook).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import paths
+
+NOTEBOOKS = paths.ROOT / "notebooks"
+PROFILES = paths.ROOT / "params"
+KERNEL = "lungseg"
+
+
+def default_profile() -> str:
+    """``paper`` when CUDA is available (the report's exact run), else ``cpu``."""
+    try:
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def load_profile(name: str) -> dict[str, dict]:
+    """Parameters per notebook stem from ``params/NAME.yaml``."""
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise SystemExit(f"unknown profile {name!r}: no {path} (profiles: {', '.join(known)})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks in order, or those whose stem starts with one of ``only``."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [nb for nb in found if any(nb.stem.startswith(o) for o in only)]
+        if not found:
+            raise SystemExit(f"no notebook matches {only} in {NOTEBOOKS}")
+    return found
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                             text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=paths.ROOT, capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(profile: str, data: str | None = None, only: list[str] | None = None,
+        kernel: str = KERNEL) -> int:
+    """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed."""
+    import papermill as pm
+
+    params = load_profile(profile)
+    out_dir = paths.BUILD / "executed" / profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prov = {"profile": profile, "git_commit": _git_commit(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
+                       f"{platform.platform()}, Python {platform.python_version()}",
+            "notebooks": {}}
+    for nb in notebooks(only):
+        p = dict(params.get(nb.stem, {}))
+        if data:
+            p["data_dir"] = data
+        print(f"== {nb.name} (profile {profile}): {p}", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(nb, out_dir / nb.name, parameters=p, kernel_name=kernel,
+                                cwd=str(NOTEBOOKS), progress_bar=False, log_output=True)
+        except pm.PapermillExecutionError as exc:
+            print(f"\nFAILED: {nb.relative_to(paths.ROOT)}, cell {exc.exec_count} "
+                  f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
+                  f"executed copy: {out_dir / nb.name}", file=sys.stderr)
+            return 1
+        prov["notebooks"][nb.stem] = {"parameters": p,
+                                      "wall_s": round(time.perf_counter() - start, 1)}
+        print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
+    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lungseg.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=None,
+                    help="params/NAME.yaml (default: paper with CUDA, else cpu)")
+    ap.add_argument("--data", default=None, help=f"data directory (default ${paths.DATA_ENV} or data/)")
+    ap.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks, e.g. 01_dicom")
+    ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default %(default)s)")
+    args = ap.parse_args(argv)
+    data = args.data or os.environ.get(paths.DATA_ENV)
+    if data:
+        paths.data_dir(data)  # fail early with the expected layout
+    else:
+        paths.data_dir()
+    return run(args.profile or default_profile(), data, args.only, args.kernel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Small text tables for the notebooks (Markdown), built from package objects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .anonymise import AnonymisationReport
+from .cache import Case
+
+
+def markdown(rows: Sequence[dict], floatfmt: str = ".3g") -> str:
+    """A Markdown table of ``rows`` (dicts with the same keys, in order)."""
+    if not rows:
+        return "(no rows)"
+    keys = list(rows[0])
+
+    def fmt(v: object) -> str:
+        return format(v, floatfmt) if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def case_row(case: Case, report: AnonymisationReport | None = None) -> dict:
+    """One row of the per-case table: slices, spacing (mm), HU range, order, lung share, PHI."""
+    vol = case.volume
+    dz, dy, dx = vol.spacing
+    row = {
+        "case": vol.case_id,
+        "slices": vol.shape[0],
+        "size": f"{vol.shape[1]}×{vol.shape[2]}",
+        "dz, dy×dx (mm)": f"{dz:.2f}, {dy:.4f}×{dx:.4f}",
+        "HU range": f"{int(vol.hu.min())} … {int(vol.hu.max())}",
+        "file order ≠ slice order": "yes" if vol.filename_order_differs else "no",
+        "lung (mL)": round(float(case.mask.sum()) * dz * dy * dx / 1000.0),
+    }
+    if report is not None:
+        row["PHI found"] = ", ".join(sorted(report.phi)) or "none"
+    return row
+
+
+def case_table(cases: Sequence[Case], reports: Sequence[AnonymisationReport] | None = None) -> str:
+    """Markdown per-case table; ``reports`` (same order) adds the PHI column."""
+    reports = reports or [None] * len(cases)  # type: ignore[list-item]
+    return markdown([case_row(c, r) for c, r in zip(cases, reports)])
+
+
+def phi_table(reports: Sequence[AnonymisationReport]) -> str:
+    """Markdown table of the cases in which patient-identifying attributes were found."""
+    rows = [{"case": r.case_id, "attributes found (files)":
+             ", ".join(f"{k} ({n})" for k, n in sorted(r.phi.items())),
+             "other cleaned": ", ".join(sorted(r.other_cleaned)) or "–",
+             "private tags removed": r.private_tags_removed}
+            for r in reports if r.had_phi]
+    return markdown(rows) if rows else "No patient-identifying attribute found."

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Regenerate the whole report, or run the test suite, in a project-local virtual environment.
+#   ./run_all.sh [--profile quick|cpu|paper] [--data DIR] [--only 01_dicom ...]   report
+#   ./run_all.sh --tests [pytest args]                                             tests
+# The first run creates .venv from requirements.txt (pinned; torch==2.13.0 CPU build), installs
+# lungseg in editable mode and registers the Jupyter kernel "lungseg" inside .venv.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+venv=.venv
+stamp="$venv/.lungseg-installed"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "run_all.sh: creating $venv" >&2
+  python3 -m venv "$venv"
+fi
+# Reinstall only when requirements.txt or pyproject.toml changed since the last install.
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "run_all.sh: installing requirements into $venv (a few minutes the first time)" >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e .
+  "$venv/bin/python" -m ipykernel install --sys-prefix --name lungseg \
+    --display-name "Python (lungseg)" >/dev/null
+  touch "$stamp"
+fi
+export PATH="$PWD/$venv/bin:$PATH"
+
+if [ "${1:-}" = "--tests" ]; then
+  shift
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+exec "$venv/bin/python" -m lungseg.report "$@"
