@@ -80,10 +80,28 @@ def coronal_grid(cases: list[Case], ncols: int = 4) -> Figure:
                              constrained_layout=True, squeeze=False)
     for ax in axes.flat[len(cases):]:
         ax.axis("off")
-    for ax, case in zip(axes.flat, cases):
+    for ax, case in zip(axes.flat, cases, strict=False):
         _show_coronal(ax, case, overlay=True)
         ax.set_title(f"{case.case_id} ({case.volume.shape[0]} slices)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(8)
         ax.yaxis.label.set_size(8)
+    return fig
+
+
+def training_curves(history: dict[str, list[float]]) -> Figure:
+    """Figure 3: loss (left) and binary accuracy (right) per epoch, train vs test."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    for ax, key, label in ((ax_loss, "loss", "0.5·BCE + 0.5·Dice loss"),
+                           (ax_acc, "acc", "binary accuracy (threshold 0.5)")):
+        ax.plot(epochs, history[f"train_{key}"], "o-", label="train")
+        ax.plot(epochs, history[f"test_{key}"], "s-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_loss.set_title("Loss per epoch")
+    ax_acc.set_title("Accuracy per epoch")
     return fig

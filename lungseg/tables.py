@@ -43,7 +43,7 @@ def case_row(case: Case, report: AnonymisationReport | None = None) -> dict:
 def case_table(cases: Sequence[Case], reports: Sequence[AnonymisationReport] | None = None) -> str:
     """Markdown per-case table; ``reports`` (same order) adds the PHI column."""
     reports = reports or [None] * len(cases)  # type: ignore[list-item]
-    return markdown([case_row(c, r) for c, r in zip(cases, reports)])
+    return markdown([case_row(c, r) for c, r in zip(cases, reports, strict=True)])
 
 
 def phi_table(reports: Sequence[AnonymisationReport]) -> str:

@@ -1,0 +1,306 @@
+"""Module 2B training: ``fit(config)`` — Adam on 0.5·BCE + 0.5·Dice, resumable and cached.
+
+A run lives in ``build/runs/<key>/``, where ``key`` hashes the resolved config (minus what does
+not change the result: device, threads, force_retrain), the cache keys of the cases (i.e. the
+source data) and the source of the training code. After every epoch ``checkpoint.pt`` holds model,
+optimiser, scheduler, RNG state, epoch, history and the config; a run killed mid-way and started
+again with the same parameters continues from the last finished epoch and ends with the same
+weights as an uninterrupted run. A finished run is loaded instead of retrained unless
+``force_retrain``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import cache, data, losses, model, paths
+
+log = logging.getLogger(__name__)
+
+RUNS = paths.BUILD / "runs"
+SCHEDULES = ("constant", "cosine", "onecycle")
+ONECYCLE_WARMUP = 0.15
+"""Share of the steps spent warming up in the one-cycle schedule."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults: the report's recipe)."""
+
+    cases: list[str] = field(default_factory=list)
+    """Case ids; empty = every case in the data directory."""
+    data_dir: str = ""
+    image_size: int = data.FULL_SIZE
+    input_mode: str = "window"
+    split: str = "slices"
+    """"slices" (the report's random 2/3–1/3 of slices) or "cases" (held-out patients)."""
+    test_cases: list[str] = field(default_factory=lambda: list(data.DEFAULT_TEST_CASES))
+    kfold: int = 0
+    """With split="cases" and kfold=k>1: test cases are fold ``fold`` of a k-fold over patients."""
+    fold: int = 0
+    epochs: int = 10
+    batch_size: int = 3
+    lr: float = 0.1
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    seed: int = 42
+    base_channels: int = model.DEFAULT_BASE_CHANNELS
+    dropout: float = model.DEFAULT_DROPOUT
+    max_steps_per_epoch: int = 0
+    """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
+    channels_last: bool = False
+    device: str = "auto"
+    threads: int = 0
+    """torch intra-op threads; 0 = leave torch's default."""
+    force_retrain: bool = False
+
+    # Fields that do not change the trained weights on one machine, left out of the run key.
+    NON_KEY = ("device", "threads", "force_retrain", "data_dir")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with ``cases`` and ``test_cases`` made explicit from the data directory."""
+        cfg = dataclasses.replace(self)
+        if not cfg.cases:
+            cfg.cases = paths.list_cases(paths.data_dir(cfg.data_dir or None))
+        if cfg.split == "cases" and cfg.kfold > 1:
+            cfg.test_cases = data.kfold_cases(cfg.cases, cfg.kfold, cfg.fold, cfg.seed)
+        if cfg.split not in ("slices", "cases"):
+            raise ValueError(f"split must be 'slices' or 'cases', got {cfg.split!r}")
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+        return cfg
+
+    @classmethod
+    def from_params(cls, cases: str = "all", test_cases: str = "", **params: object) -> TrainConfig:
+        """A config from flat notebook parameters: ``cases``/``test_cases`` as comma-separated
+        strings (``"all"`` = every case; empty ``test_cases`` = ``DEFAULT_TEST_CASES``)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(params) - fields
+        if unknown:
+            raise TypeError(f"unknown training parameters: {sorted(unknown)}")
+        cfg = cls(**params)  # type: ignore[arg-type]
+        cfg.cases = cache.resolve_cases(cases, cfg.data_dir or None)
+        if test_cases.strip():
+            cfg.test_cases = [c.strip() for c in test_cases.split(",") if c.strip()]
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """A trained model with its history (per-epoch lists) and where the run lives."""
+
+    model: model.UNet
+    history: dict[str, list[float]]
+    config: TrainConfig
+    run_dir: Path
+    trained_now: bool
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu; otherwise the named device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+_CODE = ("model.py", "losses.py", "data.py", "train.py", "cache.py", "dicom.py")
+
+
+def run_key(cfg: TrainConfig) -> str:
+    """Hash of the config (without ``NON_KEY``), the cases' cache keys and the training code."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in cfg.NON_KEY},
+                        sort_keys=True).encode())
+    root = paths.data_dir(cfg.data_dir or None)
+    for c in cfg.cases:
+        h.update(cache.case_key(paths.images_dir(root, c), paths.mask_file(root, c)).encode())
+    for name in _CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def split_indices(ds: data.SliceDataset, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """Train and test slice indices of ``ds`` for the config's protocol."""
+    if cfg.split == "slices":
+        return data.split_slices(len(ds), cfg.seed)
+    return data.split_cases(ds.case_ids, cfg.test_cases)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule, stepped once per optimisation step."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                               pct_start=ONECYCLE_WARMUP)
+
+
+def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool,
+             cap: int = 0) -> list[torch.Tensor]:
+    """Index batches; the order of an epoch depends only on (seed, epoch), so resume is exact."""
+    t = torch.as_tensor(idx)
+    if shuffle:
+        t = t[torch.randperm(len(t), generator=torch.Generator().manual_seed(seed * 1000 + epoch))]
+    out = list(t.split(batch_size))
+    return out[:cap] if cap else out
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA needs no loss scaling; on CPU full float32 (bf16 is slower here).
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = ds.images[b].to(device, non_blocking=True)
+    y = ds.masks[b].to(device, non_blocking=True).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainConfig,
+             device: torch.device) -> tuple[float, float]:
+    """Mean loss and binary accuracy (threshold 0.5) over ``idx`` in eval mode, at training size."""
+    net.eval()
+    loss_sum, acc_sum, n = 0.0, 0.0, 0
+    with torch.no_grad(), _autocast(device):
+        for b in _batches(idx, max(cfg.batch_size, 8), cfg.seed, 0, shuffle=False):
+            x, y = _to_device(ds, b, device, cfg.channels_last)
+            logits = net(x).float()
+            loss_sum += float(losses.bce_dice_loss(logits, y)) * len(b)
+            acc_sum += float(((logits > 0).float() == y).float().mean((1, 2, 3)).sum())
+            n += len(b)
+    return loss_sum / max(n, 1), acc_sum / max(n, 1)
+
+
+def _save(path: Path, obj: dict) -> None:
+    """torch.save to a temporary name, then rename: a kill never leaves a torn checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
+    torch.manual_seed(cfg.seed)
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return net, opt, make_scheduler(opt, cfg, steps_per_epoch)
+
+
+def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainResult:
+    """Train (or resume, or load) the run defined by ``config``; see the module docstring.
+
+    ``dataset`` may be passed to reuse slices already built for the same cases, size and mode.
+    """
+    cfg = config.resolved()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    run_dir = RUNS / run_key(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    final, ckpt_path = run_dir / "model.pt", run_dir / "checkpoint.pt"
+    if final.is_file() and not cfg.force_retrain:
+        state = torch.load(final, map_location="cpu", weights_only=False)
+        net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+        net.load_state_dict(state["model"])
+        log.info("loaded finished run %s", run_dir)
+        return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
+
+    ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
+                                      cfg.input_mode)
+    train_idx, test_idx = split_indices(ds, cfg)
+    steps = len(_batches(train_idx, cfg.batch_size, cfg.seed, 0, True, cfg.max_steps_per_epoch))
+    net, opt, sched = _build(cfg, steps, device)
+    history: dict[str, list[float]] = {k: [] for k in
+                                       ("train_loss", "train_acc", "test_loss", "test_acc",
+                                        "epoch_s", "lr")}
+    start_epoch = 0
+    if ckpt_path.is_file() and not cfg.force_retrain:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng_cpu"])
+        if device.type == "cuda" and ck.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ck["rng_cuda"])
+        history, start_epoch = ck["history"], ck["epoch"]
+        log.info("resuming %s after epoch %d", run_dir, start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum = acc_sum = 0.0
+        n = 0
+        batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
+        for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False):
+            x, y = _to_device(ds, b, device, cfg.channels_last)
+            with _autocast(device):
+                logits = net(x).float()
+                loss = losses.bce_dice_loss(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            # .item() syncs once per step; needed for the epoch means the report plots.
+            loss_sum += loss.item() * len(b)
+            acc_sum += float(((logits.detach() > 0).float() == y).float().mean((1, 2, 3)).sum())
+            n += len(b)
+        test_loss, test_acc = evaluate(net, ds, test_idx, cfg, device)
+        for k, v in (("train_loss", loss_sum / n), ("train_acc", acc_sum / n),
+                     ("test_loss", test_loss), ("test_acc", test_acc),
+                     ("epoch_s", time.perf_counter() - t0), ("lr", opt.param_groups[0]["lr"])):
+            history[k].append(float(v))
+        log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s",
+                 epoch + 1, cfg.epochs, history["train_loss"][-1], history["train_acc"][-1],
+                 test_loss, test_acc, history["epoch_s"][-1])
+        _save(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                          "epoch": epoch + 1, "history": history, "config": cfg.to_dict()})
+    net = net.cpu().eval()
+    _save(final, {"model": net.state_dict(), "history": history, "config": cfg.to_dict()})
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return TrainResult(net, history, cfg, run_dir, trained_now=True)
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
+    """A finished run from its folder (``model.pt`` holds weights, history and config)."""
+    run_dir = paths.resolve(run_dir)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**state["config"])
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net.load_state_dict(state["model"])
+    return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy (the data order does not depend on these; dropout does)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)

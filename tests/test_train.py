@@ -1,0 +1,164 @@
+"""Data pipeline and training loop: splits, normalisation, one step, resume, determinism, reuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lungseg import data, losses, model, paths, train
+
+TINY = 32  # px: real slices downsampled 16x, enough to exercise the loop in seconds
+REAL_CASES = ["Case_000", "Case_005"]
+
+
+def _have_cases() -> bool:
+    try:
+        root = paths.data_dir()
+    except FileNotFoundError:
+        return False
+    return all(paths.images_dir(root, c).is_dir() for c in REAL_CASES)
+
+
+realdata = pytest.mark.skipif(not _have_cases(), reason=f"needs {REAL_CASES} in the data dir")
+
+
+# ---- synthetic, known answers -------------------------------------------------------------
+
+def test_normalise_window_and_raw() -> None:
+    hu = torch.tensor([-2000.0, data.HU_WINDOW[0], data.HU_WINDOW[1], 3000.0])
+    assert data.normalise(hu, "window").tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert data.normalise(torch.tensor([-1024.0, 0.0]), "raw").tolist() == [0.0, 1024.0]
+    with pytest.raises(ValueError, match="unknown input mode"):
+        data.normalise(hu, "zscore")
+
+
+def test_resize_is_block_mean() -> None:
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # top-left 2x2 block: (0 + 1 + 4 + 5) / 4 = 2.5
+    assert data.resize_slices(x, 2)[0, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    assert data.upsample_logits(torch.zeros(2, 1, 8, 8), 32).shape == (2, 1, 32, 32)
+
+
+def test_split_slices_is_the_reports_random_split() -> None:
+    train_idx, test_idx = data.split_slices(300)
+    assert len(train_idx) == 200 and len(test_idx) == 100
+    assert sorted(train_idx + test_idx) == list(range(300))
+    gen = torch.Generator().manual_seed(42)
+    ref = torch.utils.data.random_split(range(300), [2 / 3, 1 / 3], generator=gen)
+    assert train_idx == list(ref[0].indices)
+    assert data.split_slices(300) == (train_idx, test_idx)
+
+
+def test_split_cases_has_no_patient_on_both_sides() -> None:
+    ids = ["A"] * 3 + ["B"] * 2 + ["C"] * 4
+    train_idx, test_idx = data.split_cases(ids, ["B"])
+    assert test_idx == [3, 4]
+    assert {ids[i] for i in train_idx} == {"A", "C"}
+    with pytest.raises(ValueError, match="not in the dataset"):
+        data.split_cases(ids, ["Z"])
+
+
+def test_kfold_covers_every_case_once() -> None:
+    ids = [f"Case_{i:03d}" for i in range(12)]
+    folds = [data.kfold_cases(ids, 4, f) for f in range(4)]
+    assert sorted(c for f in folds for c in f) == ids
+    assert all(len(f) == 3 for f in folds)
+
+
+def test_config_rejects_unknown_parameters() -> None:
+    with pytest.raises(TypeError, match="unknown training parameters"):
+        train.TrainConfig.from_params(cases="all", epochz=3)
+
+
+# ---- real data, tiny --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_ds() -> data.SliceDataset:
+    if not _have_cases():
+        pytest.skip(f"needs {REAL_CASES} in the data dir")
+    return data.load_dataset(REAL_CASES, image_size=TINY)
+
+
+def _tiny_cfg(**kw: object) -> train.TrainConfig:
+    base = dict(cases=REAL_CASES, split="cases", test_cases=["Case_005"], image_size=TINY,
+                epochs=2, batch_size=4, lr=1e-3, max_steps_per_epoch=3, threads=1)
+    base.update(kw)
+    return train.TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@realdata
+def test_dataset_items(tiny_ds: data.SliceDataset) -> None:
+    image, mask, info = tiny_ds[0]
+    assert image.shape == mask.shape == (1, TINY, TINY)
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert info.case_id == "Case_000" and info.index == 0
+    locs = [i.location_mm for i in tiny_ds.infos if i.case_id == "Case_000"]
+    assert locs == sorted(locs)
+
+
+@realdata
+def test_one_step_lowers_the_loss(tiny_ds: data.SliceDataset) -> None:
+    torch.manual_seed(0)
+    net = model.UNet().train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    lung = [i for i in range(len(tiny_ds)) if tiny_ds.masks[i].any()][:8]
+    x, y = tiny_ds.images[lung], tiny_ds.masks[lung].float()
+    torch.manual_seed(1)  # same dropout mask for both evaluations
+    before = losses.bce_dice_loss(net(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        after = losses.bce_dice_loss(net(x), y)
+    assert float(after) < float(before.detach())
+
+
+def _weights(result: train.TrainResult) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def _same_history(a: dict, b: dict) -> bool:
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    return all(a[k] == b[k] for k in keys)
+
+
+@realdata
+def test_determinism_and_reuse(tiny_ds, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(train, "RUNS", tmp_path)
+    first = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
+    second = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
+    assert first.trained_now and second.trained_now
+    assert len(first.history["train_loss"]) == 2
+    assert _same_history(first.history, second.history)
+    w1, w2 = _weights(first), _weights(second)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    reused = train.fit(_tiny_cfg(), dataset=tiny_ds)
+    assert not reused.trained_now and reused.run_dir == first.run_dir
+    assert all(torch.equal(w1[k], v) for k, v in reused.model.state_dict().items())
+
+
+@realdata
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_ds, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(train, "RUNS", tmp_path / "straight")
+    straight = train.fit(_tiny_cfg(), dataset=tiny_ds)
+
+    monkeypatch.setattr(train, "RUNS", tmp_path / "killed")
+    real_save = train._save
+
+    def save_then_die(path, obj):
+        real_save(path, obj)
+        if path.name == "checkpoint.pt" and obj["epoch"] == 1:
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(train, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(_tiny_cfg(), dataset=tiny_ds)
+    monkeypatch.setattr(train, "_save", real_save)
+    assert not (tmp_path / "killed" / straight.run_dir.name / "model.pt").exists()
+    resumed = train.fit(_tiny_cfg(), dataset=tiny_ds)
+    assert resumed.trained_now
+    assert _same_history(straight.history, resumed.history)
+    w1, w2 = _weights(straight), _weights(resumed)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
