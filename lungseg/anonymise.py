@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from tqdm import tqdm
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from tqdm import tqdm
 
 from . import paths
 from .dicom import DICOM_SUFFIXES
@@ -195,5 +195,7 @@ def anonymise_cases(case_ids: list[str], data: str | os.PathLike[str] | None,
                     dst_root: str | os.PathLike[str]) -> list[AnonymisationReport]:
     """Anonymise each case's series from ``DATA/Images/Case_XXX`` into ``dst_root/Case_XXX``."""
     root, dst = paths.data_dir(data), paths.resolve(dst_root)
+    if paths.is_within(dst, root):
+        raise ValueError(f"refusing to write de-identified copies into the data directory {root}")
     return [anonymise(paths.images_dir(root, c), dst / c)
             for c in tqdm(case_ids, desc="anonymise", unit="case")]

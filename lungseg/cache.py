@@ -110,6 +110,9 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
     if not mask_path.is_file():
         raise FileNotFoundError(f"no mask for {case_id}: {mask_path} "
                                 "(expected DATA/Segmentations/Case_XXX_seg.npz)")
+    if paths.is_within(paths.cache_dir(), root):
+        raise ValueError(f"the cache {paths.cache_dir()} must not be inside the data directory "
+                         f"{root}; set ${paths.CACHE_ENV} elsewhere")
     entry = paths.cache_dir() / case_id / case_key(image_dir, mask_path)
     if refresh or not (entry / "meta.json").is_file():
         volume = dicom.load_series(image_dir)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 # A slice step may deviate from the series' median step by this much before it counts as a gap or
 # an uneven series (CT positions are written with ~1e-3 mm precision; a missing slice doubles a step).
@@ -131,6 +132,13 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         ) from exc
 
 
+def _should_hold_image(ds: pydicom.Dataset) -> bool:
+    """True when the header declares an image (image SOP class or Rows), pixel data or not."""
+    meta = getattr(ds, "file_meta", None)
+    uids = (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta else None)
+    return "Rows" in ds or any(u is not None and "Image Storage" in UID(u).name for u in uids)
+
+
 def _read_one(path: Path) -> _Slice | None:
     """Read one file; None (with a warning) for a non-DICOM file or a DICOM file without an image."""
     try:
@@ -143,6 +151,8 @@ def _read_one(path: Path) -> _Slice | None:
     except Exception as exc:  # pydicom raises many types on damaged files
         raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
     if "PixelData" not in ds:
+        if _should_hold_image(ds):  # pydicom stops quietly at the end of a cut-off file
+            raise DicomSeriesError(f"{path}: image file without pixel data (truncated or damaged)")
         warnings.warn(f"skipping {path}: DICOM without pixel data "
                       f"({ds.get('Modality', '?')}, not an image)", DicomWarning, stacklevel=2)
         return None
@@ -228,7 +238,9 @@ def _check_steps(slices: list[_Slice], pos: np.ndarray) -> float:
     for i in np.flatnonzero(steps < DUPLICATE_ATOL_MM):
         raise DicomSeriesError(f"duplicate slice position {pos[i]:.3f} mm: {slices[i].path} and "
                                f"{slices[i + 1].path}")
-    dz = float(np.median(steps))
+    # Lower median: with an even number of steps and one gap, the plain median would average the
+    # true step with the gap and blame the wrong pair of files.
+    dz = float(np.sort(steps)[(len(steps) - 1) // 2])
     tol = max(SPACING_ATOL_MM, SPACING_RTOL * dz)
     for i in np.flatnonzero(np.abs(steps - dz) > tol):
         what = "gap (missing slice?)" if steps[i] > dz else "uneven spacing"

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, metrics
+from . import data, metrics, model, paths
 from .cache import Case
-from .model import UNet
+
 
 INFER_BATCH = 16
 
 
-def predict_logits(net: UNet, case: Case, image_size: int, mode: str = "window",
+def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
                    batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
                    channels_last: bool = True) -> np.ndarray:
     """Logits (z, 512, 512) float32 for every slice of ``case``.
@@ -40,7 +44,7 @@ def predict_logits(net: UNet, case: Case, image_size: int, mode: str = "window",
     return out
 
 
-def predict_cases(net: UNet, cases: Sequence[Case], image_size: int, mode: str = "window",
+def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode: str = "window",
                   device: torch.device | str = "cpu") -> list[np.ndarray]:
     """:func:`predict_logits` for each case, with a progress bar."""
     return [predict_logits(net, c, image_size, mode, device=device)
@@ -56,4 +60,146 @@ def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray],
         row = {"case": case.case_id}
         row.update(metrics.per_patient_metrics(pred, np.asarray(case.mask), case.volume.spacing))
         rows.append(row)
+    return rows
+
+
+# LCTSC 2017 lung results for context (Yang et al. 2018, Med Phys 45:4568; review table in
+# Phys Med 85:107): ranges over the challenge's methods, both lungs.
+LCTSC_LUNG = {"dice": (0.95, 0.98), "hd95_mm": (2.1, 14.5), "msd_mm": (0.59, 2.9)}
+
+
+def test_case_mask(cfg_split: str, case_ids: Sequence[str], n_slices: Sequence[int],
+                   test_cases: Sequence[str], seed: int) -> list[np.ndarray]:
+    """Per case, a bool (z,) array: True where the slice is in the test set of the run's split."""
+    if cfg_split == "cases":
+        return [np.full(n, c in set(test_cases)) for c, n in zip(case_ids, n_slices, strict=True)]
+    _, test_idx = data.split_slices(int(sum(n_slices)), seed)
+    flat = np.zeros(int(sum(n_slices)), dtype=bool)
+    flat[test_idx] = True
+    return np.split(flat, np.cumsum(n_slices)[:-1])
+
+
+def slice_records(cases: Sequence[Case], logits: Sequence[np.ndarray],
+                  in_test: Sequence[np.ndarray], threshold_logit: float = 0.0) -> list[dict]:
+    """One record per slice at 512²: case, index, location (mm), split, accuracy and both Dice."""
+    rows = []
+    for case, lg, test in zip(cases, logits, in_test, strict=True):
+        pred, gt = lg > threshold_logit, np.asarray(case.mask)
+        acc = metrics.slice_accuracy(pred, gt)
+        d_rep = metrics.slice_dice_report(pred, gt)
+        d_std = metrics.slice_dice_standard(pred, gt)
+        gt_empty = ~gt.any(axis=(1, 2))
+        for i in range(len(gt)):
+            rows.append({"case": case.case_id, "slice": i,
+                         "location_mm": float(case.volume.positions[i]),
+                         "split": "test" if test[i] else "train", "accuracy": float(acc[i]),
+                         "dice": float(d_rep[i]), "dice_standard": float(d_std[i]),
+                         "mask_empty": bool(gt_empty[i])})
+    return rows
+
+
+def column(rows: Sequence[dict], key: str, split: str | None = None) -> np.ndarray:
+    """The values of ``key`` over ``rows`` (optionally only one split) as an array."""
+    return np.asarray([r[key] for r in rows if split is None or r["split"] == split])
+
+
+def empty_slice_summary(rows: Sequence[dict], split: str) -> dict:
+    """Share of slices with an empty mask and mean Dice under both conventions."""
+    sel = [r for r in rows if r["split"] == split]
+    return {"split": split, "slices": len(sel),
+            "empty-mask share": float(np.mean([r["mask_empty"] for r in sel])),
+            "mean Dice (report: empty/empty = 0)": float(np.mean([r["dice"] for r in sel])),
+            "mean Dice (standard: empty/empty = 1)": float(np.mean([r["dice_standard"] for r in sel])),
+            "mean Dice, non-empty masks": float(np.mean([r["dice"] for r in sel if not r["mask_empty"]]))}
+
+
+def pick_examples(rows: Sequence[dict], split: str, which: str, n: int = 3) -> list[dict]:
+    """The lowest/median/highest-Dice slices of ``split``, from ``n`` different patients (fewer
+    when the split has fewer patients)."""
+    sel = [r for r in rows if r["split"] == split]
+    ids = [r["case"] for r in sel]
+    n = min(n, len(set(ids)))
+    return [sel[i] for i in metrics.select_examples(column(sel, "dice"), ids, which, n)]
+
+
+def summarise_patients(rows: Sequence[dict]) -> dict:
+    """Mean, min and max of the per-patient metrics."""
+    out = {}
+    for key in ("dice", "hd95_mm", "msd_mm"):
+        v = np.asarray([r[key] for r in rows], dtype=float)
+        out[key] = {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike[str]) -> Path:
+    """Write ``rows`` (dicts with the same keys) as CSV; floats with 6 significant digits."""
+    out = paths.resolve(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return out
+
+
+def write_json(obj: dict, path: str | os.PathLike[str]) -> Path:
+    """Write ``obj`` as indented JSON with sorted keys (stable across reruns)."""
+    out = paths.resolve(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def patient_cases(cfg_split: str, cases: Sequence[Case], test_cases: Sequence[str]) -> list[Case]:
+    """The cases to report per patient: the held-out ones (``cases`` split), else all of them."""
+    return [c for c in cases if c.case_id in set(test_cases)] if cfg_split == "cases" else list(cases)
+
+
+def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case]) -> list[dict] | None:
+    """Per-patient metrics of the course's reference model (512², raw input), None if absent."""
+    path = paths.resolve(weights)
+    if not path.is_file():
+        return None
+    net = model.load_reference(path)
+    return volume_scores(cases, predict_cases(net, cases, data.FULL_SIZE, "raw"))
+
+
+def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
+                    reference: Sequence[dict] | None) -> dict:
+    """Everything the README's results table needs, as plain JSON-able values."""
+    out = {"config": cfg,
+           "per_slice": {s: {"slices": int(len(column(rows, "dice", s))),
+                             "mean_accuracy": float(column(rows, "accuracy", s).mean()),
+                             "mean_dice_report": float(column(rows, "dice", s).mean()),
+                             "mean_dice_standard": float(column(rows, "dice_standard", s).mean())}
+                         for s in ("train", "test") if len(column(rows, "dice", s))},
+           "per_patient": {"cases": [p["case"] for p in patients], **summarise_patients(patients)},
+           "lctsc_2017_lung": {k: list(v) for k, v in LCTSC_LUNG.items()}}
+    if reference:
+        out["reference_model"] = {"cases": [p["case"] for p in reference],
+                                  **summarise_patients(reference)}
+    return out
+
+
+def results_rows(summary: dict) -> list[dict]:
+    """Rows of the results table: this run, the reference model, the LCTSC 2017 range."""
+    split = summary["config"]["split"]
+    who = "held-out patients" if split == "cases" else "all patients (slice split: seen in training)"
+
+    def row(name: str, s: dict) -> dict:
+        return {"model": name, "patients": len(s["cases"]),
+                "Dice mean [min–max]": f"{s['dice']['mean']:.4f} [{s['dice']['min']:.4f}–{s['dice']['max']:.4f}]",
+                "HD95 mm mean [min–max]": f"{s['hd95_mm']['mean']:.2f} [{s['hd95_mm']['min']:.2f}–{s['hd95_mm']['max']:.2f}]",
+                "MSD mm mean [min–max]": f"{s['msd_mm']['mean']:.2f} [{s['msd_mm']['min']:.2f}–{s['msd_mm']['max']:.2f}]"}
+
+    rows = [row(f"this run ({split} split, {summary['config']['image_size']}px), {who}",
+                summary["per_patient"])]
+    if "reference_model" in summary:
+        rows.append(row("course reference weights (512px), same patients", summary["reference_model"]))
+    lc = summary["lctsc_2017_lung"]
+    rows.append({"model": "LCTSC 2017 lung results (range over methods)", "patients": "–",
+                 "Dice mean [min–max]": f"{lc['dice'][0]}–{lc['dice'][1]}",
+                 "HD95 mm mean [min–max]": f"{lc['hd95_mm'][0]}–{lc['hd95_mm'][1]}",
+                 "MSD mm mean [min–max]": f"{lc['msd_mm'][0]}–{lc['msd_mm'][1]}"})
     return rows

@@ -44,6 +44,12 @@ def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return d
 
 
+def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is ``folder`` or lies below it (symbolic links resolved)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
 def images_dir(data: Path, case_id: str) -> Path:
     """``DATA/Images/Case_XXX``: the case's DICOM folder."""
     return data / "Images" / case_id

@@ -105,3 +105,60 @@ def training_curves(history: dict[str, list[float]]) -> Figure:
     ax_loss.set_title("Loss per epoch")
     ax_acc.set_title("Accuracy per epoch")
     return fig
+
+
+def metric_histograms(accuracy: np.ndarray, dice: np.ndarray, title: str) -> Figure:
+    """Figures 4/5: histograms of per-slice accuracy (left) and Dice (right)."""
+    fig, (ax_a, ax_d) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    ax_a.hist(accuracy, bins=40, color="tab:blue")
+    ax_a.set_xlabel("per-slice accuracy")
+    ax_d.hist(dice, bins=40, range=(0.0, 1.0), color="tab:orange")
+    ax_d.set_xlabel("per-slice Dice (report: empty/empty = 0)")
+    for ax in (ax_a, ax_d):
+        ax.set_ylabel("slices")
+    fig.suptitle(f"{title} ({len(dice)} slices): mean accuracy {np.mean(accuracy):.4f}, "
+                 f"mean Dice {np.mean(dice):.4f}")
+    return fig
+
+
+def example_grid(records: list[dict], images: dict[str, np.ndarray], masks: dict[str, np.ndarray],
+                 logits: dict[str, np.ndarray], title: str) -> Figure:
+    """Figures 6–8: one row per slice record: image | ground truth | prediction (512², HU window)."""
+    fig, axes = plt.subplots(len(records), 3, figsize=(9, 3.1 * len(records)),
+                             constrained_layout=True, squeeze=False)
+    for row, r in zip(axes, records, strict=True):
+        c, i = r["case"], r["slice"]
+        row[0].imshow(images[c][i], cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
+        row[1].imshow(masks[c][i], cmap="gray", vmin=0, vmax=1)
+        row[2].imshow(logits[c][i] > 0, cmap="gray", vmin=0, vmax=1)
+        row[0].set_ylabel(f"{c}\nz = {r['location_mm']:.1f} mm", fontsize=9)
+        row[1].set_title(f"Dice {r['dice']:.3f}, accuracy {r['accuracy']:.4f}", fontsize=9)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_title("image")
+    axes[0][2].set_title("prediction")
+    fig.suptitle(title)
+    return fig
+
+
+def architecture(layers: list[dict], title: str = "UNet (from the model object)") -> Figure:
+    """Figure 2: the UNet's blocks as boxes, height ∝ log2 of the spatial size, width ∝ channels."""
+    fig, ax = plt.subplots(figsize=(12, 4.8), constrained_layout=True)
+    colours = {"ConvBlock": "tab:blue", "MaxPool2d": "tab:gray", "Dropout2d": "lightgray",
+               "ConvTranspose2d": "tab:green", "Conv2d": "tab:red"}
+    for k, layer in enumerate(layers):
+        size = layer["out_size"][0]
+        height = np.log2(size)
+        width = 0.25 + 0.55 * np.log2(layer["out_channels"] + 1) / 8
+        ax.add_patch(plt.Rectangle((k - width / 2, 0), width, height,
+                                   color=colours.get(layer["type"], "tab:purple"), alpha=0.8))
+        ax.text(k, height + 0.15, f"{layer['out_channels']}ch\n{size}²", ha="center", fontsize=7)
+        ax.text(k, -0.3, layer["name"], ha="center", va="top", rotation=60, fontsize=7)
+    ax.set_xlim(-1, len(layers))
+    ax.set_ylim(-2.5, np.log2(max(lay["out_size"][0] for lay in layers)) + 1.5)
+    ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), loc="upper right", fontsize=8, ncol=5)
+    ax.set_title(f"{title}: box height = log2(spatial size), label = output channels × size")
+    return fig
