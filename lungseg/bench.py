@@ -1,4 +1,4 @@
-"""Benchmarks, one subcommand each: ``python -m lungseg.bench dicom [--cases ...] [--repeat 3]``.
+"""Benchmarks, one subcommand each: ``python -m lungseg.bench dicom|train [options]``.
 
 ``dicom`` times, per case and in one process, three ways of getting a case's HU volume:
 
@@ -166,7 +166,15 @@ def add_dicom_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_dicom)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_dicom_parser,)
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``train`` benchmark lives in :mod:`lungseg.bench_train` (imports torch lazily here)."""
+    from .bench_train import add_train_parser as add
+
+    add(sub)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_dicom_parser,
+                                                                          add_train_parser)
 
 
 def main(argv: list[str] | None = None) -> int:

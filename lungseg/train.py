@@ -184,6 +184,22 @@ def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device,
     return x, y
 
 
+def train_step(net: model.UNet, opt: torch.optim.Optimizer, sched, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on a batch (N,1,H,W); returns the loss and the summed per-slice accuracy
+    as 0-d tensors (not synced to the host)."""
+    with _autocast(device):
+        logits = net(x).float()
+        loss = losses.bce_dice_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        correct = ((logits > 0) == (y > 0.5)).float().mean((1, 2, 3)).sum()
+    return loss.detach(), correct
+
+
 def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainConfig,
              device: torch.device) -> tuple[float, float]:
     """Mean loss and binary accuracy (threshold 0.5) over ``idx`` in eval mode, at training size."""
@@ -262,16 +278,10 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
         batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
         for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False):
             x, y = _to_device(ds, b, device, cfg.channels_last)
-            with _autocast(device):
-                logits = net(x).float()
-                loss = losses.bce_dice_loss(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            # .item() syncs once per step; needed for the epoch means the report plots.
-            loss_sum += loss.item() * len(b)
-            acc_sum += float(((logits.detach() > 0).float() == y).float().mean((1, 2, 3)).sum())
+            loss, correct = train_step(net, opt, sched, x, y, device)
+            # One host sync per step, for the epoch means the report plots.
+            loss_sum += float(loss) * len(b)
+            acc_sum += float(correct)
             n += len(b)
         test_loss, test_acc = evaluate(net, ds, test_idx, cfg, device)
         for k, v in (("train_loss", loss_sum / n), ("train_acc", acc_sum / n),
