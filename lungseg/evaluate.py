@@ -15,7 +15,6 @@ from tqdm import tqdm
 from . import data, metrics, model, paths
 from .cache import Case
 
-
 INFER_BATCH = 16
 
 
@@ -166,7 +165,7 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case]) -> 
 
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
-                    reference: Sequence[dict] | None) -> dict:
+                    reference: Sequence[dict] | None, comparison: Sequence[dict] = ()) -> dict:
     """Everything the README's results table needs, as plain JSON-able values."""
     out = {"config": cfg,
            "per_slice": {s: {"slices": int(len(column(rows, "dice", s))),
@@ -176,6 +175,8 @@ def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
                          for s in ("train", "test") if len(column(rows, "dice", s))},
            "per_patient": {"cases": [p["case"] for p in patients], **summarise_patients(patients)},
            "lctsc_2017_lung": {k: list(v) for k, v in LCTSC_LUNG.items()}}
+    if comparison:
+        out["protocol_comparison"] = list(comparison)
     if reference:
         out["reference_model"] = {"cases": [p["case"] for p in reference],
                                   **summarise_patients(reference)}
@@ -187,11 +188,15 @@ def results_rows(summary: dict) -> list[dict]:
     split = summary["config"]["split"]
     who = "held-out patients" if split == "cases" else "all patients (slice split: seen in training)"
 
+    def span(s: dict, key: str, fmt: str) -> str:
+        m = s[key]
+        return f"{m['mean']:{fmt}} [{m['min']:{fmt}}–{m['max']:{fmt}}]"
+
     def row(name: str, s: dict) -> dict:
         return {"model": name, "patients": len(s["cases"]),
-                "Dice mean [min–max]": f"{s['dice']['mean']:.4f} [{s['dice']['min']:.4f}–{s['dice']['max']:.4f}]",
-                "HD95 mm mean [min–max]": f"{s['hd95_mm']['mean']:.2f} [{s['hd95_mm']['min']:.2f}–{s['hd95_mm']['max']:.2f}]",
-                "MSD mm mean [min–max]": f"{s['msd_mm']['mean']:.2f} [{s['msd_mm']['min']:.2f}–{s['msd_mm']['max']:.2f}]"}
+                "Dice mean [min–max]": span(s, "dice", ".4f"),
+                "HD95 mm mean [min–max]": span(s, "hd95_mm", ".2f"),
+                "MSD mm mean [min–max]": span(s, "msd_mm", ".2f")}
 
     rows = [row(f"this run ({split} split, {summary['config']['image_size']}px), {who}",
                 summary["per_patient"])]
@@ -203,3 +208,27 @@ def results_rows(summary: dict) -> list[dict]:
                  "HD95 mm mean [min–max]": f"{lc['hd95_mm'][0]}–{lc['hd95_mm'][1]}",
                  "MSD mm mean [min–max]": f"{lc['msd_mm'][0]}–{lc['msd_mm'][1]}"})
     return rows
+
+
+def protocol_rows(runs: dict, cases: Sequence[Case], patients: Sequence[str]) -> list[dict]:
+    """Leakage check: each run (one per split protocol) scored on its own test slices and on the
+    same ``patients`` in 3D. Under the slice split those patients contributed training slices."""
+    out = []
+    for split, run in runs.items():
+        cfg = run.config
+        logits = predict_cases(run.model, cases, cfg.image_size, cfg.input_mode)
+        in_test = test_case_mask(cfg.split, [c.case_id for c in cases],
+                                 [c.volume.shape[0] for c in cases], cfg.test_cases, cfg.seed)
+        rows = slice_records(cases, logits, in_test)
+        vol = [metrics.volume_dice(lg > 0, np.asarray(c.mask))
+               for c, lg in zip(cases, logits, strict=True) if c.case_id in set(patients)]
+        seen = "unseen" if split == "cases" else "2/3 of their slices seen in training"
+        out.append({"protocol": split,
+                    "test set": "held-out patients" if split == "cases" else "random 1/3 of all slices",
+                    "test slices": int(len(column(rows, "dice", "test"))),
+                    "mean slice Dice (report)": float(column(rows, "dice", "test").mean()),
+                    "mean slice Dice (standard)": float(column(rows, "dice_standard", "test").mean()),
+                    f"volume Dice, patients {', '.join(p[-3:] for p in patients)}":
+                        float(np.mean(vol)),
+                    "those patients": seen})
+    return out

@@ -301,6 +301,15 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
     return TrainResult(net, history, cfg, run_dir, trained_now=True)
 
 
+def fit_protocols(config: TrainConfig, compare_split: str = "") -> dict[str, TrainResult]:
+    """``fit(config)``, plus the same recipe under the other split protocol when ``compare_split``
+    names it ("slices" or "cases"), so 03_eval can show what slice leakage does to the scores."""
+    runs = {config.split: fit(config)}
+    if compare_split and compare_split != config.split:
+        runs[compare_split] = fit(dataclasses.replace(config, split=compare_split))
+    return runs
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
     """A finished run from its folder (``model.pt`` holds weights, history and config)."""
     run_dir = paths.resolve(run_dir)
