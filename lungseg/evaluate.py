@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, metrics, model, paths
+from . import data, metrics, model, paths, postprocess
 from .cache import Case
 
 INFER_BATCH = 16
@@ -50,12 +50,15 @@ def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode:
             for c in tqdm(cases, desc="predict", unit="case")]
 
 
-def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray],
-                  threshold_logit: float = 0.0) -> list[dict]:
-    """Per-patient 3D metrics (Dice, HD95 mm, MSD mm, volumes mL) at a logit threshold."""
+def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold: float = 0.5,
+                  clean: bool = False) -> list[dict]:
+    """Per-patient 3D metrics (Dice, HD95 mm, MSD mm, volumes mL) at a probability ``threshold``,
+    optionally after :func:`lungseg.postprocess.clean`."""
     rows = []
     for case, lg in zip(cases, logits, strict=True):
-        pred = lg > threshold_logit
+        pred = lg > postprocess.logit(threshold)
+        if clean:
+            pred = postprocess.clean(pred)
         row = {"case": case.case_id}
         row.update(metrics.per_patient_metrics(pred, np.asarray(case.mask), case.volume.spacing))
         rows.append(row)
@@ -150,9 +153,13 @@ def write_json(obj: dict, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def patient_cases(cfg_split: str, cases: Sequence[Case], test_cases: Sequence[str]) -> list[Case]:
-    """The cases to report per patient: the held-out ones (``cases`` split), else all of them."""
-    return [c for c in cases if c.case_id in set(test_cases)] if cfg_split == "cases" else list(cases)
+def patient_cases(cfg_split: str, cases: Sequence[Case], test_cases: Sequence[str],
+                  held_out: bool = True) -> list[Case]:
+    """Cases to report per patient: the held-out ones (``held_out``) or the training ones of a
+    ``cases`` split; under the slice split every patient is both, so all of them."""
+    if cfg_split != "cases":
+        return list(cases)
+    return [c for c in cases if (c.case_id in set(test_cases)) == held_out]
 
 
 def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case]) -> list[dict] | None:
@@ -165,7 +172,8 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case]) -> 
 
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
-                    reference: Sequence[dict] | None, comparison: Sequence[dict] = ()) -> dict:
+                    reference: Sequence[dict] | None, comparison: Sequence[dict] = (),
+                    tuned: Sequence[dict] = (), tuning: dict | None = None) -> dict:
     """Everything the README's results table needs, as plain JSON-able values."""
     out = {"config": cfg,
            "per_slice": {s: {"slices": int(len(column(rows, "dice", s))),
@@ -177,6 +185,9 @@ def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
            "lctsc_2017_lung": {k: list(v) for k, v in LCTSC_LUNG.items()}}
     if comparison:
         out["protocol_comparison"] = list(comparison)
+    if tuned:
+        out["per_patient_tuned"] = {"cases": [p["case"] for p in tuned], **summarise_patients(tuned),
+                                    **(tuning or {})}
     if reference:
         out["reference_model"] = {"cases": [p["case"] for p in reference],
                                   **summarise_patients(reference)}
@@ -200,6 +211,10 @@ def results_rows(summary: dict) -> list[dict]:
 
     rows = [row(f"this run ({split} split, {summary['config']['image_size']}px), {who}",
                 summary["per_patient"])]
+    if "per_patient_tuned" in summary:
+        t = summary["per_patient_tuned"]
+        extra = " + post-processing" if t["postprocess"] else ""
+        rows.append(row(f"this run, threshold {t['threshold']}{extra} (chosen on training patients)", t))
     if "reference_model" in summary:
         rows.append(row("course reference weights (512px), same patients", summary["reference_model"]))
     lc = summary["lctsc_2017_lung"]
