@@ -90,7 +90,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
             pm.execute_notebook(nb, out_dir / nb.name, parameters=p, kernel_name=kernel,
                                 cwd=str(NOTEBOOKS), progress_bar=False, log_output=True)
         except pm.PapermillExecutionError as exc:
-            print(f"\nFAILED: {nb.relative_to(paths.ROOT)}, cell {exc.exec_count} "
+            shown = nb.relative_to(paths.ROOT) if nb.is_relative_to(paths.ROOT) else nb
+            print(f"\nFAILED: {shown}, cell {exc.exec_count} "
                   f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
                   f"executed copy: {out_dir / nb.name}", file=sys.stderr)
             return 1
@@ -98,7 +99,22 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+    publish_provenance(profile)
     return 0
+
+
+def publish_provenance(profile: str) -> list[Path]:
+    """Copy the run's provenance.json next to the figures it produced (each ``figures_dir`` of the
+    profile), so the committed figures of a full run say where they came from."""
+    src = paths.BUILD / "executed" / profile / "provenance.json"
+    targets = {paths.resolve(p["figures_dir"]) for p in load_profile(profile).values()
+               if isinstance(p, dict) and "figures_dir" in p}
+    written = []
+    for folder in sorted(targets):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "provenance.json").write_text(src.read_text())
+        written.append(folder / "provenance.json")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

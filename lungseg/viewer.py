@@ -1,0 +1,57 @@
+"""An interactive slice viewer for JupyterLab: axial slices with ground-truth and prediction overlays.
+
+Used by 03_eval when run interactively (``interactive = True``); headless runs (papermill, nbval)
+skip it, since widgets need a live kernel and a browser.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from .cache import Case
+from .plots import DISPLAY_WINDOW_HU
+
+GT_COLOUR = (0.1, 0.8, 0.2, 0.4)
+PRED_COLOUR = (1.0, 0.2, 0.1, 0.4)
+HU_RANGE = (-1024, 3071)
+
+
+def _overlay(mask: np.ndarray, colour: tuple[float, float, float, float]) -> np.ndarray:
+    rgba = np.zeros((*mask.shape, 4))
+    rgba[mask] = colour
+    return rgba
+
+
+def draw_slice(case: Case, logits: np.ndarray | None, z: int, window: tuple[float, float],
+               show_gt: bool = True, show_pred: bool = True) -> Figure:
+    """One axial slice ``z`` (HU, ``window``) with ground truth (green) and prediction (red, logit > 0)."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(case.volume.hu[z], cmap="gray", vmin=window[0], vmax=window[1])
+    if show_gt:
+        ax.imshow(_overlay(np.asarray(case.mask[z]), GT_COLOUR))
+    if show_pred and logits is not None:
+        ax.imshow(_overlay(logits[z] > 0, PRED_COLOUR))
+    ax.set_title(f"{case.case_id}, slice {z} (z = {case.volume.positions[z]:.1f} mm)")
+    ax.axis("off")
+    return fig
+
+
+def slice_viewer(case: Case, logits: np.ndarray | None = None) -> widgets.VBox:
+    """A widget: slider over axial slices, HU window, overlay toggles. Display it in a notebook."""
+    nz = case.volume.shape[0]
+    z = widgets.IntSlider(value=nz // 2, min=0, max=nz - 1, description="slice")
+    window = widgets.FloatRangeSlider(value=DISPLAY_WINDOW_HU, min=HU_RANGE[0], max=HU_RANGE[1],
+                                      step=10, description="HU window")
+    gt = widgets.Checkbox(value=True, description="ground truth")
+    pred = widgets.Checkbox(value=logits is not None, description="prediction",
+                            disabled=logits is None)
+
+    def show(z: int, window: tuple[float, float], gt: bool, pred: bool) -> None:
+        draw_slice(case, logits, z, window, gt, pred)
+        plt.show()
+
+    out = widgets.interactive_output(show, {"z": z, "window": window, "gt": gt, "pred": pred})
+    return widgets.VBox([widgets.HBox([z, window]), widgets.HBox([gt, pred]), out])

@@ -1,0 +1,56 @@
+"""Profiles and notebooks agree: every profile parameter is a parameter of its notebook."""
+
+from __future__ import annotations
+
+import papermill as pm
+import pytest
+
+from lungseg import report
+
+
+def test_every_profile_parameter_exists_in_its_notebook() -> None:
+    notebooks = {nb.stem: nb for nb in report.notebooks()}
+    assert list(notebooks) == ["01_dicom", "02_train", "03_eval"]
+    for profile in sorted(p.stem for p in report.PROFILES.glob("*.yaml")):
+        for stem, params in report.load_profile(profile).items():
+            assert stem in notebooks, f"{profile}.yaml names an unknown notebook {stem}"
+            declared = set(pm.inspect_notebook(str(notebooks[stem])))
+            unknown = set(params) - declared
+            assert not unknown, f"{profile}.yaml/{stem}: {sorted(unknown)} not in the parameters cell"
+
+
+def test_training_parameters_match_between_02_and_03() -> None:
+    for profile in ("quick", "cpu", "paper"):
+        prof = report.load_profile(profile)
+        shared = set(prof["02_train"]) - {"figures_dir"}
+        assert all(prof["03_eval"][k] == prof["02_train"][k] for k in shared), profile
+
+
+def test_unknown_profile_and_notebook_selection() -> None:
+    with pytest.raises(SystemExit, match="unknown profile 'nope'.*quick"):
+        report.load_profile("nope")
+    assert [nb.stem for nb in report.notebooks(["02"])] == ["02_train"]
+    with pytest.raises(SystemExit, match="no notebook matches"):
+        report.notebooks(["99"])
+
+
+def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    params = nbformat.v4.new_code_cell("x = 1  # a parameter")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("y = x + 1"),
+                nbformat.v4.new_code_cell("raise ValueError(f'broken {x}')")]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "01_fail.ipynb")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "t.yaml").write_text("01_fail:\n  x: 7\n")
+    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
+    monkeypatch.setattr(report, "PROFILES", tmp_path / "params")
+    monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
+    assert report.run("t", kernel="python3") == 1
+    err = capsys.readouterr().err
+    assert "FAILED: " in err and "01_fail.ipynb, cell" in err and "ValueError: broken 7" in err

@@ -1,0 +1,33 @@
+"""The slice viewer builds its widgets and draws the requested slice with both overlays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungseg import cache, dicom, viewer
+
+
+def _case() -> cache.Case:
+    hu = np.full((3, 16, 16), -1000, dtype=np.int16)
+    mask = np.zeros((3, 16, 16), dtype=bool)
+    mask[1, 4:8, 4:8] = True
+    vol = dicom.Volume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                       positions=np.array([0.0, 3.0, 6.0]), files=("a", "b", "c"), case_id="Case_X",
+                       series_uid="1.2", orientation=(1, 0, 0, 0, 1, 0), sort_key="ImagePositionPatient")
+    return cache.Case(vol, mask)
+
+
+def test_draw_slice_has_image_and_two_overlays() -> None:
+    case = _case()
+    logits = np.where(case.mask, 5.0, -5.0).astype(np.float32)
+    fig = viewer.draw_slice(case, logits, 1, (-1350, 150))
+    assert len(fig.axes[0].images) == 3
+    assert "slice 1 (z = 3.0 mm)" in fig.axes[0].get_title()
+
+
+def test_viewer_widget_controls() -> None:
+    box = viewer.slice_viewer(_case())
+    slider = box.children[0].children[0]
+    assert (slider.min, slider.max, slider.value) == (0, 2, 1)
+    pred_toggle = box.children[1].children[1]
+    assert pred_toggle.disabled  # no prediction given
