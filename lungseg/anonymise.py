@@ -12,6 +12,8 @@ Characteristics (sex, age, size, weight) — the analysis needs none of what is 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from pydicom.sequence import Sequence
 from tqdm import tqdm
 
 from . import paths
-from .dicom import DICOM_SUFFIXES
+from .dicom import DICOM_SUFFIXES, DicomSeriesError, should_hold_image, stored_pixels
 
 # Patient-identifying attributes (Annex E basic profile) and their action:
 # "ID" = replace with the case id, "Z" = empty value, "X" = remove.
@@ -167,12 +169,27 @@ def scan_phi(src_folder: str | os.PathLike[str]) -> AnonymisationReport:
     return report
 
 
+def _read_checked(path: Path) -> pydicom.Dataset:
+    """Read a source file completely, refusing damaged ones (so no damaged copy is written)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
+    if "PixelData" in ds:
+        stored_pixels(path, ds)  # raises on truncated pixel data
+    elif should_hold_image(ds):
+        raise DicomSeriesError(f"{path}: image file without pixel data (truncated or damaged)")
+    return ds
+
+
 def anonymise(src_folder: str | os.PathLike[str],
               dst_folder: str | os.PathLike[str]) -> AnonymisationReport:
     """Write de-identified copies of every DICOM file of ``src_folder`` into ``dst_folder``.
 
-    The source is only read. Pixel data and geometry are copied unchanged; each file is written to
-    a temporary name and renamed when complete. The case id is the source folder's name.
+    The source is only read. Pixel data and geometry are copied unchanged. All copies are written
+    into a temporary sibling folder that replaces ``dst_folder`` only when every file succeeded, so
+    a failure (damaged source file, full disk) leaves no partial output. The case id is the source
+    folder's name. Raises DicomSeriesError naming a damaged source file.
     """
     src, dst = Path(src_folder).resolve(), Path(dst_folder).resolve()
     if dst == src or src in dst.parents:
@@ -180,14 +197,24 @@ def anonymise(src_folder: str | os.PathLike[str],
     files = _dicom_files(src)
     if not files:
         raise FileNotFoundError(f"no DICOM files in {src}")
-    dst.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"destination exists and is not a folder: {dst}")
+    blocker = next((p for p in dst.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"cannot create {dst}: {blocker} is a file, not a folder")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     report = AnonymisationReport(case_id=src.name, dst=dst)
-    for path in files:
-        ds = deidentify(pydicom.dcmread(path), report.case_id, report)
-        tmp = dst / (path.name + ".part")
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, dst / path.name)
-        report.n_files += 1
+    try:
+        for path in files:
+            deidentify(_read_checked(path), report.case_id, report).save_as(
+                tmp / path.name, enforce_file_format=True)
+            report.n_files += 1
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

@@ -102,12 +102,32 @@ def _number(value: object) -> float | None:
     return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
 
 
-def _stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
-    """The stored values of one slice, (rows, cols), without rescaling."""
+def _slope(path: Path, ds: pydicom.Dataset) -> float:
+    """RescaleSlope (1 when absent); 0 or non-finite is an error, not a silent 1."""
+    slope = _number(ds.get("RescaleSlope"))
+    if slope is None:
+        return 1.0
+    if slope == 0 or not np.isfinite(slope):
+        raise DicomSeriesError(f"{path}: invalid RescaleSlope {slope}")
+    return slope
+
+
+def stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """The stored values of one single-frame greyscale slice, (rows, cols), without rescaling.
+
+    Raises DicomSeriesError naming ``path`` for truncated pixel data, colour or multi-frame images
+    and undecodable (compressed, no plugin) pixel data.
+    """
     rows, cols = int(ds.Rows), int(ds.Columns)
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DicomSeriesError(f"{path}: {ds.get('SamplesPerPixel')} samples per pixel "
+                               f"({ds.get('PhotometricInterpretation', '?')}): not a greyscale CT slice")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise DicomSeriesError(f"{path}: multi-frame image ({frames} frames, e.g. Enhanced CT); "
+                               "only single-frame slices are supported: convert to one file per slice")
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsuid is not None and not tsuid.is_compressed and tsuid.is_little_endian \
-            and int(ds.get("SamplesPerPixel", 1)) == 1:
+    if tsuid is not None and not tsuid.is_compressed and tsuid.is_little_endian:
         # Uncompressed little endian: view the bytes directly (pydicom's pixel_array is slower).
         kind = "i" if int(ds.get("PixelRepresentation", 0)) else "u"
         nbytes = int(ds.BitsAllocated) // 8
@@ -132,7 +152,7 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
         ) from exc
 
 
-def _should_hold_image(ds: pydicom.Dataset) -> bool:
+def should_hold_image(ds: pydicom.Dataset) -> bool:
     """True when the header declares an image (image SOP class or Rows), pixel data or not."""
     meta = getattr(ds, "file_meta", None)
     uids = (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta else None)
@@ -151,7 +171,7 @@ def _read_one(path: Path) -> _Slice | None:
     except Exception as exc:  # pydicom raises many types on damaged files
         raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
     if "PixelData" not in ds:
-        if _should_hold_image(ds):  # pydicom stops quietly at the end of a cut-off file
+        if should_hold_image(ds):  # pydicom stops quietly at the end of a cut-off file
             raise DicomSeriesError(f"{path}: image file without pixel data (truncated or damaged)")
         warnings.warn(f"skipping {path}: DICOM without pixel data "
                       f"({ds.get('Modality', '?')}, not an image)", DicomWarning, stacklevel=2)
@@ -166,10 +186,10 @@ def _read_one(path: Path) -> _Slice | None:
             position=_floats(ds.get("ImagePositionPatient")),
             slice_location=_number(ds.get("SliceLocation")),
             instance_number=int(ds.get("InstanceNumber") or 0),
-            slope=_number(ds.get("RescaleSlope")) or 1.0,
+            slope=_slope(path, ds),
             intercept=_number(ds.get("RescaleIntercept")) or 0.0,
             thickness=_number(ds.get("SliceThickness")),
-            pixels=_stored_pixels(path, ds),
+            pixels=stored_pixels(path, ds),
         )
     except DicomSeriesError:
         raise
@@ -218,6 +238,9 @@ def _sort_positions(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray | No
         normal = np.cross(iop[:3], iop[3:])
         pos = np.asarray([s.position for s in slices], dtype=float) @ normal
         key = "ImagePositionPatient"
+        for s, p in zip(slices, pos, strict=True):
+            if not np.isfinite(p):
+                raise DicomSeriesError(f"{s.path}: non-finite ImagePositionPatient {s.position}")
     elif all(s.slice_location is not None for s in slices):
         warnings.warn(f"{slices[0].path.parent}: no ImagePositionPatient/ImageOrientationPatient; "
                       "sorting by SliceLocation", DicomWarning, stacklevel=3)
@@ -339,7 +362,7 @@ def load_mask(npz_path: str | os.PathLike[str], volume: Volume | None = None) ->
             if MASK_KEY not in npz.files:
                 raise MaskError(f"{npz_path}: no array '{MASK_KEY}' (keys: {npz.files})")
             arr = npz[MASK_KEY]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         if isinstance(exc, MaskError):
             raise
         raise MaskError(f"{npz_path}: not a readable .npz file ({exc})") from exc

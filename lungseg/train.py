@@ -218,8 +218,11 @@ def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainC
 def _save(path: Path, obj: dict) -> None:
     """torch.save to a temporary name, then rename: a kill never leaves a torn checkpoint."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
