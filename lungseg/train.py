@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from . import cache, data, losses, model, paths
@@ -234,73 +234,155 @@ def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
     return net, opt, make_scheduler(opt, cfg, steps_per_epoch)
 
 
+@dataclass(frozen=True)
+class _Dist:
+    """This process's place in a torchrun launch: rank and world size (0 and 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _dist_init(device: torch.device) -> tuple[_Dist, torch.device]:
+    """Join the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on
+    CUDA, one GPU per process); otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), device
+    dist = torch.distributed
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+def _wrap(net: model.UNet, dist: _Dist, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``net`` when running in several processes. On CUDA BatchNorm
+    is synchronised across processes; on CPU (SyncBatchNorm is GPU-only) each process normalises
+    with the statistics of its share of the batch, so curves match one process only approximately."""
+    if dist.world == 1:
+        return net
+    if device.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
+    return torch.nn.parallel.DistributedDataParallel(net)
+
+
+def _load_final(final: Path, cfg: TrainConfig, run_dir: Path) -> TrainResult:
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net.load_state_dict(state["model"])
+    log.info("loaded finished run %s", run_dir)
+    return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
+
+
+def _rng_states(dist: _Dist, device: torch.device) -> list:
+    """Every process's RNG state (dropout), gathered so a resumed run continues each stream."""
+    state = (torch.get_rng_state(), torch.cuda.get_rng_state() if device.type == "cuda" else None)
+    if dist.world == 1:
+        return [state]
+    states: list = [None] * dist.world
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def _resume(ck_path: Path, net, opt, sched, dist: _Dist, device: torch.device) -> tuple[dict, int]:
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    cpu_state, cuda_state = ck["rng"][dist.rank]
+    torch.set_rng_state(cpu_state)
+    if device.type == "cuda" and cuda_state is not None:
+        torch.cuda.set_rng_state(cuda_state)
+    log.info("resuming %s after epoch %d", ck_path.parent, ck["epoch"])
+    return ck["history"], ck["epoch"]
+
+
+def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int], cfg: TrainConfig,
+                 epoch: int, dist: _Dist, device: torch.device) -> tuple[float, float]:
+    """One pass over the training batches; returns the mean loss and accuracy over all processes."""
+    ddp_net.train()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
+    batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
+    for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                  disable=not dist.main):
+        b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
+        x, y = _to_device(ds, b, device, cfg.channels_last)
+        loss, correct = train_step(ddp_net, opt, sched, x, y, device)
+        # One host sync per step, for the epoch means the report plots.
+        sums += torch.tensor([float(loss) * len(b), float(correct), len(b)], dtype=torch.float64)
+    if dist.world > 1:
+        sums = sums.to(device)
+        torch.distributed.all_reduce(sums)
+        sums = sums.cpu()
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
 def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainResult:
     """Train (or resume, or load) the run defined by ``config``; see the module docstring.
 
     ``dataset`` may be passed to reuse slices already built for the same cases, size and mode.
+    Under ``torchrun --nproc_per_node N`` each process takes 1/N of every global batch
+    (``batch_size`` must be divisible by N) and DistributedDataParallel averages the gradients.
     """
     cfg = config.resolved()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    dist, device = _dist_init(pick_device(cfg.device))
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
     run_dir = RUNS / run_key(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     final, ckpt_path = run_dir / "model.pt", run_dir / "checkpoint.pt"
     if final.is_file() and not cfg.force_retrain:
-        state = torch.load(final, map_location="cpu", weights_only=False)
-        net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
-        net.load_state_dict(state["model"])
-        log.info("loaded finished run %s", run_dir)
-        return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
-
+        return _load_final(final, cfg, run_dir)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
                                       cfg.input_mode)
     train_idx, test_idx = split_indices(ds, cfg)
     steps = len(_batches(train_idx, cfg.batch_size, cfg.seed, 0, True, cfg.max_steps_per_epoch))
     net, opt, sched = _build(cfg, steps, device)
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("train_loss", "train_acc", "test_loss", "test_acc",
-                                        "epoch_s", "lr")}
+    torch.manual_seed(cfg.seed + dist.rank)  # own dropout stream per process (rank 0: as alone)
+    ddp_net = _wrap(net, dist, device)
+    history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "test_loss",
+                                                       "test_acc", "epoch_s", "lr")}
     start_epoch = 0
     if ckpt_path.is_file() and not cfg.force_retrain:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng_cpu"])
-        if device.type == "cuda" and ck.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng_cuda"])
-        history, start_epoch = ck["history"], ck["epoch"]
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
+        history, start_epoch = _resume(ckpt_path, net, opt, sched, dist, device)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        net.train()
-        loss_sum = acc_sum = 0.0
-        n = 0
-        batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
-        for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False):
-            x, y = _to_device(ds, b, device, cfg.channels_last)
-            loss, correct = train_step(net, opt, sched, x, y, device)
-            # One host sync per step, for the epoch means the report plots.
-            loss_sum += float(loss) * len(b)
-            acc_sum += float(correct)
-            n += len(b)
+        train_loss, train_acc = _train_epoch(ddp_net, opt, sched, ds, train_idx, cfg, epoch, dist, device)
         test_loss, test_acc = evaluate(net, ds, test_idx, cfg, device)
-        for k, v in (("train_loss", loss_sum / n), ("train_acc", acc_sum / n),
-                     ("test_loss", test_loss), ("test_acc", test_acc),
-                     ("epoch_s", time.perf_counter() - t0), ("lr", opt.param_groups[0]["lr"])):
+        for k, v in (("train_loss", train_loss), ("train_acc", train_acc), ("test_loss", test_loss),
+                     ("test_acc", test_acc), ("epoch_s", time.perf_counter() - t0),
+                     ("lr", opt.param_groups[0]["lr"])):
             history[k].append(float(v))
-        log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s",
-                 epoch + 1, cfg.epochs, history["train_loss"][-1], history["train_acc"][-1],
-                 test_loss, test_acc, history["epoch_s"][-1])
-        _save(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
-                          "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                          "epoch": epoch + 1, "history": history, "config": cfg.to_dict()})
+        if dist.main:
+            log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s",
+                     epoch + 1, cfg.epochs, train_loss, train_acc, test_loss, test_acc,
+                     history["epoch_s"][-1])
+        rng = _rng_states(dist, device)
+        if dist.main:
+            _save(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "rng": rng, "epoch": epoch + 1,
+                              "history": history, "config": cfg.to_dict()})
+        dist.barrier()
     net = net.cpu().eval()
-    _save(final, {"model": net.state_dict(), "history": history, "config": cfg.to_dict()})
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    if dist.main:
+        _save(final, {"model": net.state_dict(), "history": history, "config": cfg.to_dict()})
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    dist.barrier()
     return TrainResult(net, history, cfg, run_dir, trained_now=True)
 
 
@@ -323,7 +405,41 @@ def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
     return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy (the data order does not depend on these; dropout does)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+NOTEBOOK_ONLY = ("figures_dir", "compare_split", "reference_weights", "interactive")
+
+
+def config_from_profile(profile: str, overrides: dict[str, str] | None = None) -> TrainConfig:
+    """The 02_train section of ``params/PROFILE.yaml`` (plus ``key=value`` overrides) as a config."""
+    from . import report  # the profiles are read where the notebooks read them
+
+    params = {k: v for k, v in report.load_profile(profile).get("02_train", {}).items()
+              if k not in NOTEBOOK_ONLY}
+    for key, text in (overrides or {}).items():
+        params[key] = yaml.safe_load(text)
+    return TrainConfig.from_params(**params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lungseg.train --profile NAME [--set key=value ...]``; under
+    ``torchrun --nproc_per_node N`` the same command trains with N processes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m lungseg.train", description=main.__doc__)
+    ap.add_argument("--profile", default="quick", help="params/NAME.yaml (its 02_train section)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override a training parameter, e.g. epochs=3 dropout=0")
+    ap.add_argument("--runs", default=None, help="runs folder (default build/runs)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    global RUNS
+    if args.runs:
+        RUNS = paths.resolve(args.runs)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    result = fit(config_from_profile(args.profile, overrides))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), "history": result.history}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

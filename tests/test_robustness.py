@@ -704,7 +704,7 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json"]
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ck["epoch"] == 1 and len(ck["history"]["train_loss"]) == 1
-    assert {"model", "optimizer", "scheduler", "rng_cpu", "config"} <= set(ck)
+    assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(ck)
     model.UNet(base_channels=4).load_state_dict(ck["model"])  # a complete, loadable state
 
     resumed = train.fit(_train_cfg(data_root), dataset=ds)
