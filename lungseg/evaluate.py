@@ -228,6 +228,8 @@ def results_rows(summary: dict) -> list[dict]:
 def protocol_rows(runs: dict, cases: Sequence[Case], patients: Sequence[str]) -> list[dict]:
     """Leakage check: each run (one per split protocol) scored on its own test slices and on the
     same ``patients`` in 3D. Under the slice split those patients contributed training slices."""
+    present = {c.case_id for c in cases}
+    patients = [p for p in patients if p in present]
     out = []
     for split, run in runs.items():
         cfg = run.config

@@ -75,11 +75,13 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     params = load_profile(profile)
     out_dir = paths.BUILD / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
+    prov_path = out_dir / "provenance.json"
+    earlier = json.loads(prov_path.read_text())["notebooks"] if prov_path.is_file() else {}
     prov = {"profile": profile, "git_commit": _git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
                        f"{platform.platform()}, Python {platform.python_version()}",
-            "notebooks": {}}
+            "notebooks": earlier}  # notebooks not run this time keep their earlier record
     for nb in notebooks(only):
         p = dict(params.get(nb.stem, {}))
         if data:
@@ -98,7 +100,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         prov["notebooks"][nb.stem] = {"parameters": p,
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
-    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
+    prov_path.write_text(json.dumps(prov, indent=1) + "\n")
     publish_provenance(profile)
     return 0
 

@@ -278,7 +278,7 @@ def _wrap(net: model.UNet, dist: _Dist, device: torch.device) -> torch.nn.Module
 
 
 def _load_final(final: Path, cfg: TrainConfig, run_dir: Path) -> TrainResult:
-    state = torch.load(final, map_location="cpu", weights_only=False)
+    state = torch.load(final, map_location="cpu", weights_only=True)
     net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
     net.load_state_dict(state["model"])
     log.info("loaded finished run %s", run_dir)
@@ -296,7 +296,7 @@ def _rng_states(dist: _Dist, device: torch.device) -> list:
 
 
 def _resume(ck_path: Path, net, opt, sched, dist: _Dist, device: torch.device) -> tuple[dict, int]:
-    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    ck = torch.load(ck_path, map_location="cpu", weights_only=True)
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -398,7 +398,7 @@ def fit_protocols(config: TrainConfig, compare_split: str = "") -> dict[str, Tra
 def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
     """A finished run from its folder (``model.pt`` holds weights, history and config)."""
     run_dir = paths.resolve(run_dir)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     cfg = TrainConfig(**state["config"])
     net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
     net.load_state_dict(state["model"])

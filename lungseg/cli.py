@@ -1,0 +1,186 @@
+"""Command line: ``python -m lungseg COMMAND`` (predict, convert, anonymise, train, evaluate).
+
+``predict`` segments a new DICOM series; the others are thin wrappers over the package
+(:mod:`lungseg.cache`/:mod:`lungseg.dicom`, :mod:`lungseg.anonymise`, and the 02/03 notebooks run by
+:func:`lungseg.report.run`). Every subcommand has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import evaluate, paths, predict, report
+from .dicom import DicomSeriesError, MaskError, Volume
+
+PROG = "python -m lungseg"
+EXIT_ERROR = 1
+DEBUG_ENV = "LUNGSEG_DEBUG"
+"""Set to show the full traceback of a user error."""
+# Failures that are the user's input, reported as one line rather than a traceback.
+USER_ERRORS = (predict.PredictError, DicomSeriesError, MaskError, FileNotFoundError,
+               FileExistsError, ValueError)
+
+DESCRIPTION = ("Lung segmentation in chest CT with a 2D UNet. "
+               "Run `python -m lungseg COMMAND --help` for the options of each command.")
+
+PREDICT_EPILOG = f"""\
+outputs (in OUT_DIR, written to a temporary folder beside it and renamed when complete):
+  {predict.NIFTI_NAME:<18} mask, uint8, (x, y, z) array, RAS affine from the DICOM geometry
+  {predict.SEG_NAME:<18} DICOM Segmentation (BINARY, segment "Lung"), references the series
+  {predict.OVERVIEW_NAME:<18} middle axial and coronal slices with the mask, physical aspect
+  {predict.STATS_NAME:<18} lung volume (mL), slices, spacing, threshold, checkpoint, timings (s)
+
+default checkpoint: build/runs/*/model.pt of the newest finished run of the
+'{predict.DEFAULT_PROFILE}' profile with split '{predict.DEFAULT_SPLIT}' (held-out patients);
+when there is none: {predict.NO_RUN_HINT}.
+"""
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment the lungs of a DICOM CT series",
+                       description="Segment the lungs of one axial CT series (a folder of DICOM "
+                                   "files, any names/order) with a trained run.",
+                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dicom_dir", metavar="DICOM_DIR", help="folder with one CT series")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="a run's model.pt or run folder (default: see below)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... "
+                                                    "(default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=evaluate.INFER_BATCH,
+                   help="slices per inference batch (default %(default)s)")
+    p.add_argument("--threshold", type=float, default=predict.DEFAULT_THRESHOLD, metavar="P",
+                   help="probability above which a voxel is lung (default %(default)s)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep the raw thresholded mask (default: keep the 2 largest 3D "
+                        "components and fill enclosed holes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
+                            args.threshold, not args.no_postprocess, args.overwrite)
+    t = stats["timings_s"]
+    print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
+          f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
+    return 0
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="DICOM series -> .npy volume, or data-set cases -> cache",
+                       description="Convert a DICOM folder to a (z, y, x) int16 HU .npy with a .json "
+                                   "of its geometry (DICOM_DIR --out FILE.npy), or convert cases of "
+                                   "the data set into the cache build/cache (--cases).")
+    p.add_argument("dicom_dir", nargs="?", metavar="DICOM_DIR", help="folder with one CT series")
+    p.add_argument("--out", metavar="FILE.npy", help="where to write the volume (with DICOM_DIR)")
+    p.add_argument("--cases", metavar="IDS", help='"all" or "Case_000,Case_001" (cache mode)')
+    p.add_argument("--data", metavar="DIR", help=f"data directory (default ${paths.DATA_ENV} or data/)")
+    p.set_defaults(func=_run_convert)
+
+
+def _save_npy(volume: Volume, out: Path) -> None:
+    """Write HU and geometry, each to a temporary name first, so no half file is left."""
+    from .cache import _meta  # the cache's own metadata record, so both formats agree
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**_meta(volume), "files": list(volume.files)}
+    for final, write in ((out, lambda f: np.save(f, volume.hu)),
+                         (out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))):
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, final)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from . import cache, dicom
+
+    if (args.dicom_dir is None) == (args.cases is None):
+        raise ValueError("give either DICOM_DIR --out FILE.npy, or --cases IDS")
+    if args.dicom_dir is not None:
+        if not args.out or not args.out.endswith(".npy"):
+            raise ValueError("DICOM_DIR needs --out FILE.npy")
+        volume = dicom.load_series(Path(args.dicom_dir).absolute())
+        _save_npy(volume, Path(args.out).absolute())
+        print(f"{args.out}: {volume.shape} HU, spacing {volume.spacing} mm (+ .json)")
+        return 0
+    for case in cache.load_cases(cache.resolve_cases(args.cases, args.data), args.data):
+        print(f"{case.case_id}: {case.volume.shape} cached in {Path(case.volume.hu.filename).parent}")
+    return 0
+
+
+def _add_anonymise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("anonymise", help="de-identified copies of a DICOM series",
+                       description="Write de-identified copies (DICOM PS3.15 Annex E basic profile, "
+                                   "UIDs and dates kept) of every DICOM file in SRC into DST. SRC is "
+                                   "only read; the case id written is SRC's folder name.")
+    p.add_argument("src", metavar="SRC", help="folder with the DICOM files")
+    p.add_argument("dst", metavar="DST", help="output folder (created; not inside SRC)")
+    p.set_defaults(func=_run_anonymise)
+
+
+def _run_anonymise(args: argparse.Namespace) -> int:
+    from . import anonymise
+
+    rep = anonymise.anonymise(args.src, args.dst)
+    phi = ", ".join(f"{k} ({n})" for k, n in sorted(rep.phi.items())) or "none"
+    print(f"{rep.dst}: {rep.n_files} files; patient PHI found: {phi}; "
+          f"private tags removed: {rep.private_tags_removed}")
+    return 0
+
+
+def _add_notebook(sub: argparse._SubParsersAction, name: str, notebook: str, what: str) -> None:
+    p = sub.add_parser(name, help=f"{what} (runs notebooks/{notebook}.ipynb)",
+                       description=f"{what}: executes notebooks/{notebook}.ipynb headless with the "
+                                   "parameters of params/NAME.yaml (lungseg.report.run); the executed "
+                                   "copy goes to build/executed/NAME/.")
+    p.add_argument("--profile", default=None, help="params/NAME.yaml: quick, cpu or paper "
+                                                   "(default: paper with CUDA, else cpu)")
+    p.add_argument("--data", metavar="DIR", help=f"data directory (default ${paths.DATA_ENV} or data/)")
+    p.set_defaults(func=lambda a: _run_notebook(a, notebook))
+
+
+def _run_notebook(args: argparse.Namespace, notebook: str) -> int:
+    paths.data_dir(args.data)  # fails early with the expected layout
+    return report.run(args.profile or report.default_profile(), args.data, only=[notebook])
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_predict(sub)
+    _add_convert(sub)
+    _add_anonymise(sub)
+    _add_notebook(sub, "train", "02_train", "Train (or load) the run of a profile")
+    _add_notebook(sub, "evaluate", "03_eval", "Evaluate the run of a profile")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors print one line on stderr and return 1."""
+    args = parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except USER_ERRORS as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Segment the lungs of a new CT series with a trained run: ``python -m lungseg predict``.
+
+The series is read with :func:`lungseg.dicom.load_series` (any folder; the cache is for the data
+set's cases), preprocessed as the checkpoint's training config says (``image_size``, ``input_mode``),
+and the logits are upsampled to the full slice size by :func:`lungseg.evaluate.predict_logits`.
+Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__, data, dicom, evaluate, export, model, paths, postprocess, report, train
+from .cache import Case
+
+DEFAULT_PROFILE = "cpu"
+DEFAULT_SPLIT = "cases"
+DEFAULT_THRESHOLD = 0.5
+NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
+# Profile parameters that are not part of what a run's config must match.
+_PROFILE_IGNORED = ("cases", "test_cases", "data_dir", *train.TrainConfig.NON_KEY)
+
+NIFTI_NAME = "lung_mask.nii.gz"
+SEG_NAME = "lung_mask.seg.dcm"
+OVERVIEW_NAME = "overview.png"
+STATS_NAME = "stats.json"
+OUTPUT_NAMES = (NIFTI_NAME, SEG_NAME, OVERVIEW_NAME, STATS_NAME)
+
+
+class PredictError(RuntimeError):
+    """A predict run that cannot start or finish; the message says why and what to do."""
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def _matches_profile(cfg: dict, wanted: dict) -> bool:
+    return all(cfg.get(k) == v for k, v in wanted.items())
+
+
+def default_checkpoint(runs: Path = train.RUNS, profile: str = DEFAULT_PROFILE,
+                       split: str = DEFAULT_SPLIT) -> Path:
+    """``model.pt`` of the newest finished run (by mtime) of ``profile`` with ``split``.
+
+    A run belongs to the profile when its ``config.json`` has the profile's ``02_train`` values for
+    every training parameter the profile sets (cases and device-only settings aside).
+    """
+    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    params = report.load_profile(profile).get("02_train", {})
+    wanted = {k: v for k, v in params.items() if k in fields and k not in _PROFILE_IGNORED}
+    wanted["split"] = split
+    found = []
+    for ckpt in Path(runs).glob("*/model.pt"):
+        cfg_file = ckpt.parent / "config.json"
+        if cfg_file.is_file() and _matches_profile(json.loads(cfg_file.read_text()), wanted):
+            found.append((ckpt.stat().st_mtime, ckpt))
+    if not found:
+        raise PredictError(f"no finished run of the {profile!r} profile with split {split!r} "
+                           f"in {runs} (*/model.pt): {NO_RUN_HINT}")
+    return max(found)[1]
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, train.TrainConfig]:
+    """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder).
+
+    Loaded with ``weights_only=True`` (no pickled code runs). A bare state dict (the course's
+    reference weights) is taken as the reference model: 512² input, raw stored values.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise PredictError(f"checkpoint not found: {path} ({NO_RUN_HINT})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not checkpoints
+        raise PredictError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        cfg = train.TrainConfig(**state["config"])
+        weights = state["model"]
+    elif isinstance(state, dict) and "conv1.0.weight" in state:
+        cfg = train.TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
+        weights = state
+    else:
+        raise PredictError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
+                           "'config', as train.fit writes)")
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net.load_state_dict(weights, strict=True)
+    return net.eval(), cfg
+
+
+# ---- inference ---------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> str:
+    """``auto`` → cuda, mps or cpu (:func:`train.pick_device`); a named device must be usable here."""
+    try:
+        dev = train.pick_device(name)
+    except RuntimeError as exc:
+        raise PredictError(f"unknown device {name!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return str(dev)
+
+
+def predict_volume(net: model.UNet, cfg: train.TrainConfig, volume: dicom.Volume,
+                   batch_size: int = evaluate.INFER_BATCH, device: str = "cpu") -> np.ndarray:
+    """Logits (z, y, x) float32 at full slice size, one :func:`evaluate.predict_logits` per batch
+    (for the progress bar). Slices must be square, as in training."""
+    nz, ny, nx = volume.shape
+    if ny != nx:
+        raise PredictError(f"slices are {ny}x{nx}: the model takes square slices")
+    out = np.empty((nz, ny, nx), dtype=np.float32)
+    starts = range(0, nz, batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", disable=None):
+        part = dataclasses.replace(volume, hu=volume.hu[start:start + batch_size])
+        no_mask = np.broadcast_to(np.False_, part.hu.shape)  # predict_logits never reads it
+        out[start:start + batch_size] = evaluate.predict_logits(
+            net, Case(part, no_mask), cfg.image_size, cfg.input_mode, batch_size, device)
+    return out
+
+
+def segment(logits: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
+    """Bool (z, y, x) mask: probability above ``threshold``, then :func:`postprocess.clean`."""
+    mask = logits > postprocess.logit(threshold)
+    return postprocess.clean(mask) if clean else mask
+
+
+# ---- output folder -----------------------------------------------------------------------------
+
+def check_out_dir(out_dir: Path, dicom_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder inside the input, and one that holds files unless ``overwrite`` and
+    they are all outputs of an earlier predict (so --overwrite never deletes anything else)."""
+    if paths.is_within(out_dir, dicom_dir):
+        raise PredictError(f"refusing to write into the input folder {dicom_dir}: choose another --out")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PredictError(f"{out_dir} exists and is not a folder")
+    held = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    if held and not overwrite:
+        raise PredictError(f"{out_dir} already holds files; pass --overwrite to replace them")
+    if held - set(OUTPUT_NAMES):
+        raise PredictError(f"{out_dir} holds files predict did not write ({sorted(held - set(OUTPUT_NAMES))}"
+                           "); --overwrite replaces only an earlier predict output: choose another --out")
+
+
+@contextmanager
+def staging(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir``, renamed to ``out_dir`` when the block succeeds and
+    removed otherwise (an existing ``out_dir`` is replaced only then)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{tag}") for kind in ("tmp", "old"))
+    tmp.mkdir()  # mkdir, not mkdtemp: the folder gets the usual permissions (umask), not 0700
+    try:
+        yield tmp
+        if out_dir.exists():
+            os.replace(out_dir, old)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                os.replace(old, out_dir)  # put the previous output back
+                raise
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Clock:
+    """Seconds per named stage, in call order."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._t, 3)
+        self._t = now
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, checkpoint: Path,
+           threshold: float, clean: bool, device: str) -> dict:
+    """What stats.json records (timings are added when the outputs are written)."""
+    return {
+        "lungseg_version": __version__,
+        "input": str(Path(volume.files[0]).parent),
+        "series_uid": volume.series_uid,
+        "slices": volume.shape[0],
+        "shape_zyx": list(volume.shape),
+        "spacing_mm_zyx": list(volume.spacing),
+        "lung_voxels": int(np.count_nonzero(mask)),
+        "lung_volume_ml": export.lung_volume_ml(mask, volume.spacing),
+        "threshold": threshold,
+        "postprocess": clean,
+        "checkpoint": str(checkpoint),
+        "image_size": cfg.image_size,
+        "input_mode": cfg.input_mode,
+        "device": device,
+    }
+
+
+def _write_outputs(tmp: Path, volume: dicom.Volume, mask: np.ndarray, clock: _Clock) -> None:
+    export.write_nifti(mask, volume, tmp / NIFTI_NAME)
+    clock.lap("nifti_s")
+    export.write_seg(mask, volume, tmp / SEG_NAME)
+    clock.lap("seg_s")
+    export.write_overview(volume, mask, tmp / OVERVIEW_NAME)
+    clock.lap("overview_s")
+
+
+def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+            checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
+            batch_size: int = evaluate.INFER_BATCH, threshold: float = DEFAULT_THRESHOLD,
+            clean: bool = True, overwrite: bool = False) -> dict:
+    """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
+    ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
+    current directory."""
+    dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
+    if not dicom_dir.is_dir():
+        raise PredictError(f"DICOM folder not found: {dicom_dir}")
+    if not 0.0 < threshold < 1.0:
+        raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
+    check_out_dir(out_dir, dicom_dir, overwrite)
+    clock = _Clock()
+    ckpt = Path(checkpoint).absolute() if checkpoint else default_checkpoint()
+    net, cfg = load_checkpoint(ckpt)
+    dev = resolve_device(device)
+    clock.lap("load_model_s")
+    volume = dicom.load_series(dicom_dir)
+    clock.lap("read_dicom_s")
+    logits = predict_volume(net, cfg, volume, batch_size, dev)
+    clock.lap("inference_s")
+    mask = segment(logits, threshold, clean)
+    clock.lap("postprocess_s")
+    stats = _stats(volume, mask, cfg, ckpt, threshold, clean, dev)
+    with staging(out_dir) as tmp:
+        _write_outputs(tmp, volume, mask, clock)
+        stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
+        (tmp / STATS_NAME).write_text(json.dumps(stats, indent=1) + "\n")
+    return stats

@@ -1,0 +1,324 @@
+"""``python -m lungseg``: predict on synthetic series (NIfTI geometry, DICOM SEG, atomic output),
+the wrapper subcommands, and ``--help`` of each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
+
+from lungseg import cli, dicom, export, model, paths, predict, train
+
+TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
+TINY_CHANNELS = 4
+N_SLICES = 6
+DZ = 2.5
+SUBCOMMANDS = ("predict", "convert", "anonymise", "train", "evaluate")
+REAL_CASE = paths.ROOT / "data" / "Images" / "Case_000"
+
+
+def write_checkpoint(path: Path, image_size: int = TINY_SIZE, seed: int = 0) -> Path:
+    """An untrained UNet saved as ``train.fit`` saves ``model.pt``."""
+    torch.manual_seed(seed)
+    net = model.UNet(base_channels=TINY_CHANNELS).eval()
+    cfg = train.TrainConfig(cases=["Case_900"], image_size=image_size, split="cases",
+                            base_channels=TINY_CHANNELS, epochs=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "history": {"train_loss": [1.0]},
+                "config": cfg.to_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    return write_checkpoint(tmp_path / "run" / "model.pt")
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> Path:
+    folder = tmp_path / "in" / "Case_900"
+    write_series(folder, n=N_SLICES, dz=DZ, shuffle=True)
+    return folder
+
+
+def sha256_tree(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def run_cli(*args: str | os.PathLike[str]) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def median_threshold(series: Path, ckpt: Path) -> tuple[float, np.ndarray]:
+    """A probability between the two middle logits (so the mask is neither empty nor full), and
+    the logits (z, y, x)."""
+    net, cfg = predict.load_checkpoint(ckpt)
+    logits = predict.predict_volume(net, cfg, dicom.load_series(series))
+    values = np.unique(logits)
+    mid = len(values) // 2
+    t = float(values[mid - 1] + values[mid]) / 2
+    return 1.0 / (1.0 + math.exp(-t)), logits
+
+
+def seg_pixels(path: Path, volume: dicom.Volume) -> np.ndarray:
+    """The SEG's mask (z, y, x) bool, frames matched to the volume's slices by SOPInstanceUID."""
+    seg = hd.seg.segread(path)
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in volume.files]
+    return seg.get_pixels_by_source_instance(uids, segment_numbers=[1])[..., 0].astype(bool)
+
+
+# ---- NIfTI geometry ---------------------------------------------------------------------------
+
+def _tilt(files: list[Path], angle_deg: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rewrite a series (paths in slice-index order) as oblique: columns tilted about x, slices
+    along the new normal. Returns the row and column cosines."""
+    a = math.radians(angle_deg)
+    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, math.cos(a), -math.sin(a)])
+    normal = np.cross(row, col)
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [*row.round(6), *col.round(6)]
+        ds.ImagePositionPatient = list((np.array([-100.0, -90.0, 0.0])
+                                        + (DEFAULT_Z0 + i * DZ) * normal).round(6))
+        ds.save_as(f, enforce_file_format=True)
+    return row, col
+
+
+def test_nifti_affine_maps_voxel_to_image_position_in_ras(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", n=N_SLICES, dz=DZ, shuffle=True)
+    row, col = _tilt(files)
+    vol = dicom.load_series(tmp_path / "s")
+    affine = export.nifti_affine(vol)
+    dy, dx = DEFAULT_PIXEL_SPACING
+    for k, j, i in [(0, 0, 0), (N_SLICES - 1, 0, 0), (2, 5, 0), (3, 0, 7), (N_SLICES - 1, 15, 15)]:
+        ipp = np.asarray(pydicom.dcmread(files[k]).ImagePositionPatient, dtype=float)  # slice k
+        lps = ipp + j * dy * col + i * dx * row
+        ras = lps * [-1.0, -1.0, 1.0]
+        np.testing.assert_allclose(affine @ [i, j, k, 1.0], [*ras, 1.0], atol=1e-4)
+
+
+def test_nifti_file_reloads_with_shape_affine_and_axis_order(tmp_path: Path, series: Path) -> None:
+    vol = dicom.load_series(series)
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[1, 2, 9] = mask[4, 12, 3] = True
+    out = export.write_nifti(mask, vol, tmp_path / "m.nii.gz")
+    img = nib.load(out)
+    assert img.shape == (16, 16, N_SLICES)
+    np.testing.assert_allclose(img.affine, export.nifti_affine(vol), atol=1e-5)
+    assert int(img.header["qform_code"]) == int(img.header["sform_code"]) == export.NIFTI_XFORM_SCANNER
+    data = np.asarray(img.dataobj)
+    assert data.dtype == np.uint8 and data[9, 2, 1] == 1 and data[3, 12, 4] == 1 and data.sum() == 2
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S")  # standard axial CT seen from RAS
+
+
+# ---- DICOM SEG --------------------------------------------------------------------------------
+
+def test_seg_reads_back_with_frames_codes_and_reference(tmp_path: Path, series: Path) -> None:
+    vol = dicom.load_series(series)
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[1:4, 3:9, 2:12] = True
+    mask[2, 0, 0] = False
+    out = export.write_seg(mask, vol, tmp_path / "m.seg.dcm")
+    seg = hd.seg.segread(out)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.NumberOfFrames == 3  # empty slices are omitted
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_uid
+    assert seg.FrameOfReferenceUID == pydicom.dcmread(vol.files[0]).FrameOfReferenceUID
+    desc = seg.SegmentSequence[0]
+    assert desc.SegmentLabel == "Lung"
+    assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "39607008"  # SCT Lung
+    assert desc.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    np.testing.assert_array_equal(seg_pixels(out, vol), mask)
+
+
+# ---- predict ----------------------------------------------------------------------------------
+
+def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: Path) -> None:
+    p, logits = median_threshold(series, ckpt)
+    out = tmp_path / "out"
+    assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--threshold", p,
+                   "--no-postprocess", "--batch-size", "4") == 0
+    assert sorted(f.name for f in out.iterdir()) == sorted(predict.OUTPUT_NAMES)
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no temp left
+    vol = dicom.load_series(series)
+    mask = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0).astype(bool)
+    np.testing.assert_array_equal(mask, logits > predict.postprocess.logit(p))
+    assert 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), mask)
+    stats = json.loads((out / predict.STATS_NAME).read_text())
+    assert stats["slices"] == N_SLICES and stats["postprocess"] is False
+    assert stats["threshold"] == pytest.approx(p) and stats["checkpoint"] == str(ckpt)
+    assert stats["lung_volume_ml"] == pytest.approx(mask.sum() * DZ * 0.75 * 0.8 / 1000)
+    assert {"read_dicom_s", "inference_s", "seg_s", "total_s"} <= set(stats["timings_s"])
+    assert (out / predict.OVERVIEW_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_shuffled_and_sorted_file_names_give_identical_outputs(tmp_path: Path, ckpt: Path) -> None:
+    uid = pydicom.uid.generate_uid()
+    masks, affines = [], []
+    for shuffle in (True, False):
+        folder = tmp_path / f"shuffle{shuffle}" / "Case_900"
+        write_series(folder, n=N_SLICES, dz=DZ, shuffle=shuffle, series_uid=uid)
+        if shuffle:
+            p, _ = median_threshold(folder, ckpt)
+        out = tmp_path / f"out{shuffle}"
+        assert run_cli("predict", folder, "--out", out, "--checkpoint", ckpt, "--threshold", p) == 0
+        img = nib.load(out / predict.NIFTI_NAME)
+        masks.append(np.asarray(img.dataobj))
+        affines.append(img.affine)
+        masks.append(seg_pixels(out / predict.SEG_NAME, dicom.load_series(folder)))
+    assert 0 < masks[0].sum() < masks[0].size
+    np.testing.assert_array_equal(masks[0], masks[2])
+    np.testing.assert_array_equal(masks[1], masks[3])
+    np.testing.assert_array_equal(affines[0], affines[1])
+
+
+def test_missing_checkpoint_leaves_no_output_and_input_unchanged(
+        tmp_path: Path, series: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = sha256_tree(series)
+    out = tmp_path / "results" / "out"
+    assert run_cli("predict", series, "--out", out, "--checkpoint", tmp_path / "none.pt") == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not out.exists() and not out.parent.exists()
+    assert sha256_tree(series) == before
+
+
+def test_failed_export_leaves_no_partial_output(tmp_path: Path, series: Path, ckpt: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "write_overview", boom)
+    with pytest.raises(OSError, match="disk full"):
+        predict.predict(series, tmp_path / "out", ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "run"]
+
+
+def test_out_dir_is_replaced_only_with_overwrite_and_only_when_ours(
+        tmp_path: Path, series: Path, ckpt: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt) == 0
+    assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt) == 1
+    assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--overwrite") == 0
+    (out / "notes.txt").write_text("mine")
+    assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--overwrite") == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    assert run_cli("predict", series, "--out", series / "pred", "--checkpoint", ckpt) == 1
+
+
+def test_missing_input_folder_is_a_clear_error(tmp_path: Path, ckpt: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("predict", tmp_path / "nope", "--out", tmp_path / "o", "--checkpoint", ckpt) == 1
+    assert "DICOM folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _fake_run(runs: Path, name: str, mtime: float, **config: object) -> Path:
+    run = runs / name
+    run.mkdir(parents=True)
+    cfg = {**train.TrainConfig(image_size=192, epochs=12, batch_size=8, lr=0.003, schedule="onecycle",
+                               channels_last=True, split="cases").to_dict(), **config}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "model.pt").write_bytes(b"")
+    os.utime(run / "model.pt", (mtime, mtime))
+    return run / "model.pt"
+
+
+def test_default_checkpoint_is_newest_cpu_run_with_case_split(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
+        predict.default_checkpoint(runs)
+    old = _fake_run(runs, "a", 1000.0)
+    _fake_run(runs, "b", 3000.0, split="slices")  # the cpu profile's comparison run
+    _fake_run(runs, "c", 4000.0, image_size=64, epochs=2)  # the quick profile
+    assert predict.default_checkpoint(runs) == old
+    new = _fake_run(runs, "d", 2000.0)
+    assert predict.default_checkpoint(runs) == new
+    (runs / "e").mkdir()  # a run still training: no model.pt
+    (runs / "e" / "config.json").write_text(json.dumps(json.loads((runs / "d" / "config.json").read_text())))
+    assert predict.default_checkpoint(runs) == new
+
+
+# ---- the other subcommands --------------------------------------------------------------------
+
+def test_convert_writes_npy_and_geometry(tmp_path: Path, series: Path) -> None:
+    out = tmp_path / "vol" / "ct.npy"
+    assert run_cli("convert", series, "--out", out) == 0
+    vol = dicom.load_series(series)
+    np.testing.assert_array_equal(np.load(out), vol.hu)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["spacing"] == list(vol.spacing) and meta["files"] == list(vol.files)
+    assert run_cli("convert", series) == 1  # needs --out
+
+
+def test_convert_cases_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
+    write_case(tmp_path / "data", "Case_900", n=3)
+    assert run_cli("convert", "--cases", "all", "--data", tmp_path / "data") == 0
+    assert len(list((tmp_path / "cache" / "Case_900").glob("*/hu.npy"))) == 1
+
+
+def test_anonymise_wrapper_removes_phi(tmp_path: Path) -> None:
+    src = tmp_path / "Case_901"
+    write_series(src, n=2, phi=True)
+    assert run_cli("anonymise", src, tmp_path / "anon") == 0
+    for f in (tmp_path / "anon").iterdir():
+        ds = pydicom.dcmread(f)
+        assert ds.PatientName == "Case_901" and "PatientBirthTime" not in ds
+        assert PHI["PatientName"] not in str(ds)
+
+
+@pytest.mark.parametrize(("command", "notebook"), [("train", "02_train"), ("evaluate", "03_eval")])
+def test_notebook_wrappers_call_report_run(command: str, notebook: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(cli.report, "run", lambda *a, **k: calls.append((a, k)) or 0)
+    assert run_cli(command, "--profile", "quick", "--data", tmp_path) == 0
+    assert calls == [(("quick", str(tmp_path)), {"only": [notebook]})]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_of_every_subcommand_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: python -m lungseg" in capsys.readouterr().out
+
+
+def test_module_entry_point_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "lungseg", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert all(c in out.stdout for c in SUBCOMMANDS)
+
+
+# ---- real data (optional) ---------------------------------------------------------------------
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"needs {REAL_CASE}")
+def test_predict_on_a_real_case_with_a_tiny_model(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=64)
+    before = {f.name: f.stat().st_mtime_ns for f in REAL_CASE.iterdir()}
+    out = tmp_path / "out"
+    assert run_cli("predict", REAL_CASE, "--out", out, "--checkpoint", ckpt, "--threshold", "0.5") == 0
+    vol = dicom.load_series(REAL_CASE)
+    img = nib.load(out / predict.NIFTI_NAME)
+    assert img.shape == vol.shape[::-1]
+    first = pydicom.dcmread(vol.files[0], stop_before_pixels=True)
+    ras = np.asarray(first.ImagePositionPatient, dtype=float) * [-1, -1, 1]
+    np.testing.assert_allclose(img.affine[:3, 3], ras, atol=1e-4)
+    seg = hd.seg.segread(out / predict.SEG_NAME)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_uid
+    assert seg.PatientID == first.PatientID
+    assert {f.name: f.stat().st_mtime_ns for f in REAL_CASE.iterdir()} == before
