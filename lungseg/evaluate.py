@@ -15,16 +15,17 @@ from tqdm import tqdm
 from . import data, metrics, model, paths, postprocess
 from .cache import Case
 
-INFER_BATCH = 16
+INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
 
 
 def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
                    batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-                   channels_last: bool = True) -> np.ndarray:
+                   channels_last: bool = True, amp: bool = True) -> np.ndarray:
     """Logits (z, 512, 512) float32 for every slice of ``case``.
 
     Slices are resized to ``image_size`` as in training and the logits upsampled back to full size
-    (bilinear), so every metric is computed on the original 512×512 grid.
+    (bilinear), so every metric is computed on the original 512×512 grid. ``amp``: bf16 autocast
+    where native (2x faster on an AVX-512 BF16 CPU).
     """
     net = net.to(device).eval()
     if channels_last:
@@ -32,7 +33,7 @@ def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "wi
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
     full = hu.shape[-1]
     out = np.empty((hu.shape[0], full, full), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), model.autocast(torch.device(device), amp):
         for start in range(0, hu.shape[0], batch_size):
             x = data.resize_slices(data.normalise(hu[start:start + batch_size], mode), image_size)
             x = x.to(device)

