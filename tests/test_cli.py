@@ -19,7 +19,7 @@ import pytest
 import torch
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import cli, dicom, export, model, paths, predict, train
+from lungseg import cli, dicom, export, model, paths, predict, report, train
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 TINY_CHANNELS = 4
@@ -228,8 +228,10 @@ def test_missing_input_folder_is_a_clear_error(tmp_path: Path, ckpt: Path,
 def _fake_run(runs: Path, name: str, mtime: float, **config: object) -> Path:
     run = runs / name
     run.mkdir(parents=True)
-    cfg = {**train.TrainConfig(image_size=192, epochs=12, batch_size=8, lr=0.003, schedule="onecycle",
-                               channels_last=True, split="cases").to_dict(), **config}
+    fields = set(train.TrainConfig().to_dict())
+    profile = {k: v for k, v in report.load_profile("cpu")["02_train"].items()
+               if k in fields and k not in ("cases", "test_cases")}
+    cfg = {**train.TrainConfig(**profile).to_dict(), "split": "cases", **config}
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "model.pt").write_bytes(b"")
     os.utime(run / "model.pt", (mtime, mtime))
