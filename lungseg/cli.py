@@ -57,11 +57,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                                     "(default %(default)s)")
     p.add_argument("--batch-size", type=int, default=evaluate.INFER_BATCH,
                    help="slices per inference batch (default %(default)s)")
-    p.add_argument("--threshold", type=float, default=predict.DEFAULT_THRESHOLD, metavar="P",
-                   help="probability above which a voxel is lung (default %(default)s)")
-    p.add_argument("--no-postprocess", action="store_true",
-                   help="keep the raw thresholded mask (default: keep the 2 largest 3D "
-                        "components and fill enclosed holes)")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="probability above which a voxel is lung (default: the run's inference.json "
+                        f"written by 03_eval, else {predict.DEFAULT_THRESHOLD})")
+    p.add_argument("--no-postprocess", action="store_const", const=False, default=None,
+                   dest="postprocess",
+                   help="keep the raw thresholded mask (default: as 03_eval chose for the run, else "
+                        "keep the 2 largest 3D components and fill enclosed holes)")
     p.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files")
     p.set_defaults(func=_run_predict)
 
@@ -70,7 +72,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
-                            args.threshold, not args.no_postprocess, args.overwrite)
+                            args.threshold, args.postprocess, args.overwrite)
     t = stats["timings_s"]
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, metrics, model, paths, postprocess
+from . import data, metrics, model, paths, postprocess, train
 from .cache import Case
 
 INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
@@ -45,9 +46,9 @@ def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "wi
 
 
 def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode: str = "window",
-                  device: torch.device | str = "cpu") -> list[np.ndarray]:
+                  device: torch.device | str = "cpu", amp: bool = True) -> list[np.ndarray]:
     """:func:`predict_logits` for each case, with a progress bar."""
-    return [predict_logits(net, c, image_size, mode, device=device)
+    return [predict_logits(net, c, image_size, mode, device=device, amp=amp)
             for c in tqdm(cases, desc="predict", unit="case")]
 
 
@@ -163,13 +164,15 @@ def patient_cases(cfg_split: str, cases: Sequence[Case], test_cases: Sequence[st
     return [c for c in cases if (c.case_id in set(test_cases)) == held_out]
 
 
-def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case]) -> list[dict] | None:
-    """Per-patient metrics of the course's reference model (512², raw input), None if absent."""
+def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case],
+                     device: torch.device | str = "cpu") -> list[dict] | None:
+    """Per-patient metrics of the course's reference model (512², raw input HU + 1024, float32 as
+    it was trained: bf16 would round its raw inputs of up to ~4000 to steps of 16), None if absent."""
     path = paths.resolve(weights)
     if not path.is_file():
         return None
     net = model.load_reference(path)
-    return volume_scores(cases, predict_cases(net, cases, data.FULL_SIZE, "raw"))
+    return volume_scores(cases, predict_cases(net, cases, data.FULL_SIZE, "raw", device, amp=False))
 
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
@@ -215,7 +218,7 @@ def results_rows(summary: dict) -> list[dict]:
     if "per_patient_tuned" in summary:
         t = summary["per_patient_tuned"]
         extra = " + post-processing" if t["postprocess"] else ""
-        rows.append(row(f"this run, threshold {t['threshold']}{extra} (chosen on training patients)", t))
+        rows.append(row(f"this run, threshold {t['threshold']}{extra} (chosen on {t['chosen_on']})", t))
     if "reference_model" in summary:
         rows.append(row("course reference weights (512px), same patients", summary["reference_model"]))
     lc = summary["lctsc_2017_lung"]
@@ -226,15 +229,15 @@ def results_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def protocol_rows(runs: dict, cases: Sequence[Case], patients: Sequence[str]) -> list[dict]:
-    """Leakage check: each run (one per split protocol) scored on its own test slices and on the
-    same ``patients`` in 3D. Under the slice split those patients contributed training slices."""
+def protocol_rows(runs: dict, cases: Sequence[Case], device: torch.device | str = "cpu") -> list[dict]:
+    """Leakage check: each run (one per split protocol) scored on its own test slices and, in 3D, on
+    the held-out patients of the ``cases`` run, which contributed training slices to the slice split."""
     present = {c.case_id for c in cases}
-    patients = [p for p in patients if p in present]
+    patients = [p for p in runs["cases"].config.test_cases if p in present]
     out = []
     for split, run in runs.items():
         cfg = run.config
-        logits = predict_cases(run.model, cases, cfg.image_size, cfg.input_mode)
+        logits = predict_cases(run.model, cases, cfg.image_size, cfg.input_mode, device, cfg.amp)
         in_test = test_case_mask(cfg.split, [c.case_id for c in cases],
                                  [c.volume.shape[0] for c in cases], cfg.test_cases, cfg.seed)
         rows = slice_records(cases, logits, in_test)
@@ -249,4 +252,38 @@ def protocol_rows(runs: dict, cases: Sequence[Case], patients: Sequence[str]) ->
                     f"volume Dice, patients {', '.join(p[-3:] for p in patients)}":
                         float(np.mean(vol)),
                     "those patients": seen})
+    return out
+
+
+def tuning_source(cfg_split: str) -> str:
+    """What the threshold and post-processing were chosen on, for the results table."""
+    return ("the training patients" if cfg_split == "cases"
+            else "all patients: the slice split has no patient-level training set (includes test slices)")
+
+
+INFERENCE_SETTINGS = "inference.json"
+"""Written into a run's folder by 03_eval: the threshold and post-processing ``predict`` defaults to."""
+
+
+def save_inference_settings(run_dir: Path, threshold: float, use_postprocess: bool, chosen_on: str) -> Path:
+    """Record the chosen threshold and post-processing beside the run's weights."""
+    return write_json({"threshold": threshold, "postprocess": use_postprocess, "chosen_on": chosen_on},
+                      run_dir / INFERENCE_SETTINGS)
+
+
+def load_runs(config: train.TrainConfig, compare_split: str = "") -> dict[str, train.TrainResult]:
+    """The finished runs of 02_train for ``config`` and, if given, the ``compare_split`` protocol.
+
+    Raises FileNotFoundError naming the missing run instead of training it (evaluation must not
+    silently start a 20-minute training).
+    """
+    splits = dict.fromkeys([config.split, compare_split] if compare_split else [config.split])
+    out = {}
+    for split in splits:
+        cfg = dataclasses.replace(config, split=split).resolved()
+        run_dir = train.RUNS / train.run_key(cfg)
+        if not (run_dir / "model.pt").is_file():
+            raise FileNotFoundError(f"no finished {split}-split run in {run_dir}: run 02_train with the "
+                                    "same parameters first")
+        out[split] = train.load_run(run_dir)
     return out

@@ -13,7 +13,7 @@ from .cache import Case
 
 LUNG_COMPONENTS = 2
 """Both lungs: the two largest 3D components (face-connected) are kept."""
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 """Probabilities tried by the threshold study (0.5 is the report's)."""
 
 

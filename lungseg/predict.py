@@ -222,21 +222,32 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, mask: np.ndarray, clock: _Cl
     clock.lap("overview_s")
 
 
+def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) -> tuple[float, bool]:
+    """Threshold and post-processing: as given, else the run's ``inference.json`` (written by
+    03_eval from the training patients), else ``DEFAULT_THRESHOLD`` with post-processing."""
+    settings_file = (ckpt if ckpt.is_dir() else ckpt.parent) / evaluate.INFERENCE_SETTINGS
+    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return (threshold if threshold is not None else float(saved.get("threshold", DEFAULT_THRESHOLD)),
+            clean if clean is not None else bool(saved.get("postprocess", True)))
+
+
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
-            batch_size: int = evaluate.INFER_BATCH, threshold: float = DEFAULT_THRESHOLD,
-            clean: bool = True, overwrite: bool = False) -> dict:
+            batch_size: int = evaluate.INFER_BATCH, threshold: float | None = None,
+            clean: bool | None = None, overwrite: bool = False) -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
-    current directory."""
+    current directory. ``threshold``/``clean`` default to what 03_eval chose for the run (its
+    ``inference.json``), else 0.5 and post-processing on."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     if not dicom_dir.is_dir():
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
-    if not 0.0 < threshold < 1.0:
-        raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
     check_out_dir(out_dir, dicom_dir, overwrite)
     clock = _Clock()
     ckpt = Path(checkpoint).absolute() if checkpoint else default_checkpoint()
+    threshold, clean = inference_settings(ckpt, threshold, clean)
+    if not 0.0 < threshold < 1.0:
+        raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
     net, cfg = load_checkpoint(ckpt)
     dev = resolve_device(device)
     clock.lap("load_model_s")

@@ -77,6 +77,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     prov_path = out_dir / "provenance.json"
     earlier = json.loads(prov_path.read_text())["notebooks"] if prov_path.is_file() else {}
+    # Top level: the latest call; each notebook keeps the commit and date of its own last run.
     prov = {"profile": profile, "git_commit": _git_commit(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
@@ -97,7 +98,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                   f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
                   f"executed copy: {out_dir / nb.name}", file=sys.stderr)
             return 1
-        prov["notebooks"][nb.stem] = {"parameters": p,
+        prov["notebooks"][nb.stem] = {"parameters": p, "git_commit": prov["git_commit"],
+                                      "date": prov["date"],
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
     prov_path.write_text(json.dumps(prov, indent=1) + "\n")

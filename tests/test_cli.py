@@ -324,3 +324,13 @@ def test_predict_on_a_real_case_with_a_tiny_model(tmp_path: Path) -> None:
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_uid
     assert seg.PatientID == first.PatientID
     assert {f.name: f.stat().st_mtime_ns for f in REAL_CASE.iterdir()} == before
+
+
+def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    assert predict.inference_settings(ckpt, None, None) == (predict.DEFAULT_THRESHOLD, True)
+    (ckpt.parent / "inference.json").write_text(json.dumps({"threshold": 0.7, "postprocess": False}))
+    assert predict.inference_settings(ckpt, None, None) == (0.7, False)
+    assert predict.inference_settings(ckpt, 0.4, True) == (0.4, True)  # explicit options win

@@ -51,3 +51,19 @@ def test_summarise_and_results_rows() -> None:
     rows = evaluate.results_rows(summary)
     assert rows[0]["Dice mean [min–max]"] == "0.8500 [0.8000–0.9000]"
     assert rows[-1]["Dice mean [min–max]"] == "0.95–0.98"
+
+
+def test_load_runs_refuses_to_train(tmp_path, monkeypatch) -> None:
+    from lungseg import paths, train
+
+    try:
+        root = paths.data_dir()
+    except FileNotFoundError:
+        pytest.skip("needs the data dir")
+    if not paths.images_dir(root, "Case_000").is_dir():
+        pytest.skip("needs Case_000")
+    monkeypatch.setattr(train, "RUNS", tmp_path)
+    cfg = train.TrainConfig(cases=["Case_000"], split="slices", image_size=32, epochs=1)
+    with pytest.raises(FileNotFoundError, match="run 02_train with the same parameters first"):
+        evaluate.load_runs(cfg)
+    assert list(tmp_path.iterdir()) == []  # nothing was trained or created
