@@ -63,17 +63,25 @@ def _meta(volume: dicom.Volume) -> dict:
 
 
 def _write(entry: Path, volume: dicom.Volume, mask: np.ndarray) -> None:
-    """Write an entry into a temporary folder and rename it, so a killed run leaves no half entry."""
+    """Write an entry into a temporary folder and rename it, so a killed run leaves no half entry.
+
+    Safe when several processes (torchrun) convert the same case at once: the first rename wins,
+    the others discard their copy, and only finished entries of other keys are removed.
+    """
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
     try:
         np.save(tmp / "hu.npy", volume.hu)
         np.save(tmp / "mask.npy", mask.astype(np.uint8))
         (tmp / "meta.json").write_text(json.dumps(_meta(volume), indent=1))
-        for old in entry.parent.iterdir():  # older keys of this case are stale
-            if old.is_dir() and old != tmp:
+        for old in entry.parent.iterdir():  # finished entries of older keys are stale
+            if old.is_dir() and old != entry and not old.name.startswith(".tmp-"):
                 shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process has just written the same entry
+            if not (entry / "meta.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -128,11 +128,14 @@ def pick_device(name: str = "auto") -> torch.device:
 _CODE = ("model.py", "losses.py", "data.py", "train.py")
 
 
-def run_key(cfg: TrainConfig) -> str:
-    """Hash of the config (without ``NON_KEY``), the cases' cache keys and the training code."""
+def run_key(cfg: TrainConfig, world: int = 1) -> str:
+    """Hash of the config (without ``NON_KEY``), the cases' cache keys, the training code and,
+    for multi-process runs, the number of processes (on CPU BatchNorm statistics depend on it)."""
     h = hashlib.sha256()
     h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in cfg.NON_KEY},
                         sort_keys=True).encode())
+    if world > 1:
+        h.update(f"world={world}".encode())
     root = paths.data_dir(cfg.data_dir or None)
     for c in cfg.cases:
         h.update(cache.case_key(paths.images_dir(root, c), paths.mask_file(root, c)).encode())
@@ -158,6 +161,13 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
             opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
                                                pct_start=ONECYCLE_WARMUP)
+
+
+def _epoch_batches(train_idx: list[int], cfg: TrainConfig, epoch: int, world: int) -> list[torch.Tensor]:
+    """The global batches of one epoch. Under several processes a last batch that cannot be shared
+    equally is dropped: an empty share would give a NaN loss, an uneven one unequal weights."""
+    batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
+    return batches if world == 1 else [b for b in batches if len(b) % world == 0]
 
 
 def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool,
@@ -308,7 +318,7 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
     """One pass over the training batches; returns the mean loss and accuracy over all processes."""
     ddp_net.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
-    batches = _batches(train_idx, cfg.batch_size, cfg.seed, epoch, True, cfg.max_steps_per_epoch)
+    batches = _epoch_batches(train_idx, cfg, epoch, dist.world)
     for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                   disable=not dist.main):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
@@ -336,7 +346,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
     dist, device = _dist_init(pick_device(cfg.device))
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
-    run_dir = RUNS / run_key(cfg)
+    run_dir = RUNS / run_key(cfg, dist.world)
     final, ckpt_path = run_dir / "model.pt", run_dir / "checkpoint.pt"
     if final.is_file() and not cfg.force_retrain:
         return _load_final(final, cfg, run_dir)
@@ -346,7 +356,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
     ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
                                       cfg.input_mode)
     train_idx, test_idx = split_indices(ds, cfg)
-    steps = len(_batches(train_idx, cfg.batch_size, cfg.seed, 0, True, cfg.max_steps_per_epoch))
+    steps = len(_epoch_batches(train_idx, cfg, 0, dist.world))
     net, opt, sched = _build(cfg, steps, device)
     torch.manual_seed(cfg.seed + dist.rank)  # own dropout stream per process (rank 0: as alone)
     ddp_net = _wrap(net, dist, device)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lungseg import paths
 
@@ -50,3 +51,14 @@ def test_two_processes_follow_one_process(tmp_path) -> None:
     for key in ("train_loss", "test_loss"):
         assert two[key] == pytest.approx(one[key], rel=TOLERANCE), key
     assert (tmp_path / "two").is_dir() and len(list((tmp_path / "two").glob("*/model.pt"))) == 1
+
+
+def test_a_batch_that_cannot_be_shared_equally_is_dropped() -> None:
+    from lungseg import train
+
+    cfg = train.TrainConfig(batch_size=4, seed=42)
+    alone = train._epoch_batches(list(range(9)), cfg, 0, 1)
+    assert [len(b) for b in alone] == [4, 4, 1]
+    shared = train._epoch_batches(list(range(9)), cfg, 0, 2)
+    assert [len(b) for b in shared] == [4, 4]  # the 1-slice batch would leave a process empty
+    assert all(torch.equal(a, b) for a, b in zip(alone[:2], shared, strict=True))
