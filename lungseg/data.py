@@ -65,6 +65,9 @@ def upsample_logits(logits: torch.Tensor, size: int = FULL_SIZE) -> torch.Tensor
 def case_tensors(case: Case, image_size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A case's slices as (z, 1, S, S) float32 input and (z, 1, S, S) uint8 mask (0/1)."""
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)  # a copy: the cache is read-only
+    if hu.shape[-1] != hu.shape[-2]:
+        raise ValueError(f"{case.case_id}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
+                         "the resize to image_size x image_size assumes square slices")
     mask = torch.from_numpy(np.asarray(case.mask, dtype=np.uint8)).unsqueeze(1)
     image = resize_slices(normalise(hu, mode), image_size)
     if image_size != mask.shape[-1]:

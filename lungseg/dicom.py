@@ -23,6 +23,8 @@ from pydicom.uid import UID
 # an uneven series (CT positions are written with ~1e-3 mm precision; a missing slice doubles a step).
 SPACING_RTOL = 0.01
 SPACING_ATOL_MM = 0.01
+# In-plane drift allowed between consecutive slice positions (gantry tilt / sheared series otherwise).
+SHEAR_ATOL_MM = 0.01
 # Two slices closer than this along the normal are duplicates.
 DUPLICATE_ATOL_MM = 1e-3
 # Tolerance for PixelSpacing (mm) and orientation cosines agreeing between slices of one series.
@@ -255,6 +257,19 @@ def _sort_positions(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray | No
     return [slices[i] for i in order], pos[order], key
 
 
+def _check_along_normal(slices: list[_Slice]) -> None:
+    """Consecutive ImagePositionPatient must differ only along the slice normal: a sheared series
+    (gantry tilt) would get a wrong dz and affine, so it is refused rather than silently resampled."""
+    iop = np.asarray(slices[0].orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    steps = np.diff(np.asarray([s.position for s in slices], dtype=float), axis=0)
+    in_plane = np.linalg.norm(steps - np.outer(steps @ normal, normal), axis=1)
+    for i in np.flatnonzero(in_plane > SHEAR_ATOL_MM):
+        raise DicomSeriesError(
+            f"{slices[i + 1].path}: slice position shifts {in_plane[i]:.3f} mm in-plane from "
+            f"{slices[i].path.name} (gantry tilt or sheared series; not supported)")
+
+
 def _check_steps(slices: list[_Slice], pos: np.ndarray) -> float:
     """Median slice step (mm); raises on duplicates, gaps and uneven steps."""
     steps = np.diff(pos)
@@ -326,6 +341,8 @@ def load_series(folder: str | os.PathLike[str], series_uid: str | None = None) -
     first = slices[0]
     if pos is not None and len(slices) > 1:
         dz = _check_steps(slices, pos)
+        if key == "ImagePositionPatient":
+            _check_along_normal(slices)
     else:
         dz = first.thickness or 1.0
         pos = np.arange(len(slices), dtype=float) * dz

@@ -32,6 +32,9 @@ def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "wi
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
+    if hu.shape[-1] != hu.shape[-2]:
+        raise ValueError(f"{case.case_id}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
+                         "the resize-based preprocessing assumes square slices")
     full = hu.shape[-1]
     out = np.empty((hu.shape[0], full, full), dtype=np.float32)
     with torch.inference_mode(), model.autocast(torch.device(device), amp):

@@ -411,3 +411,11 @@ def test_resolve_cases(data_tree: tuple[Path, list[Path], Path]) -> None:
     assert cache.resolve_cases(f" {CASE}, ", data) == [CASE]
     with pytest.raises(FileNotFoundError, match="Case_999"):
         cache.resolve_cases("Case_999", data)
+
+
+def test_a_sheared_series_is_refused(tmp_path: Path) -> None:
+    files = write_series(tmp_path, n=N, shuffle=False)
+    for i, f in enumerate(files):  # x drifts 0.5 mm per slice: a tilted gantry
+        edit(f, ImagePositionPatient=[-100.0 + 0.5 * i, -90.0, DEFAULT_Z0 + i * DZ])
+    with pytest.raises(DicomSeriesError, match=r"shifts 0\.500 mm in-plane.*not supported"):
+        load_series(tmp_path)

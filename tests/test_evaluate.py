@@ -67,3 +67,17 @@ def test_load_runs_refuses_to_train(tmp_path, monkeypatch) -> None:
     with pytest.raises(FileNotFoundError, match="run 02_train with the same parameters first"):
         evaluate.load_runs(cfg)
     assert list(tmp_path.iterdir()) == []  # nothing was trained or created
+
+
+def test_non_square_slices_are_refused_clearly() -> None:
+    from lungseg import cache, data, dicom, model
+
+    hu = np.zeros((2, 16, 24), dtype=np.int16)
+    vol = dicom.Volume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                       positions=np.array([0.0, 3.0]), files=("a", "b"), case_id="Case_X",
+                       series_uid="1", orientation=(1, 0, 0, 0, 1, 0), sort_key="ImagePositionPatient")
+    case = cache.Case(vol, np.zeros(hu.shape, dtype=bool))
+    with pytest.raises(ValueError, match="Case_X: slices of .16, 24. pixels are not square"):
+        evaluate.predict_logits(model.UNet(base_channels=4), case, 16)
+    with pytest.raises(ValueError, match="not square"):
+        data.case_tensors(case, 16, "window")
