@@ -48,7 +48,8 @@ def case_key(image_dir: Path, mask_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _meta(volume: dicom.Volume) -> dict:
+def volume_meta(volume: dicom.Volume) -> dict:
+    """The geometry record of a volume (JSON-able; file names without folders)."""
     return {
         "case_id": volume.case_id,
         "series_uid": volume.series_uid,
@@ -73,7 +74,7 @@ def _write(entry: Path, volume: dicom.Volume, mask: np.ndarray) -> None:
     try:
         np.save(tmp / "hu.npy", volume.hu)
         np.save(tmp / "mask.npy", mask.astype(np.uint8))
-        (tmp / "meta.json").write_text(json.dumps(_meta(volume), indent=1))
+        (tmp / "meta.json").write_text(json.dumps(volume_meta(volume), indent=1))
         for old in entry.parent.iterdir():  # finished entries of older keys are stale
             if old.is_dir() and old != entry and not old.name.startswith(".tmp-"):
                 shutil.rmtree(old, ignore_errors=True)

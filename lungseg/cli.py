@@ -93,10 +93,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 def _save_npy(volume: Volume, out: Path) -> None:
     """Write HU and geometry, each to a temporary name first, so no half file is left."""
-    from .cache import _meta  # the cache's own metadata record, so both formats agree
+    from .cache import volume_meta  # the cache's own record, so both formats agree
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**_meta(volume), "files": list(volume.files)}
+    meta = {**volume_meta(volume), "files": list(volume.files)}
     for final, write in ((out, lambda f: np.save(f, volume.hu)),
                          (out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))):
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)

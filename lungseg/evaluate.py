@@ -19,26 +19,28 @@ from .cache import Case
 INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
 
 
-def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
-                   batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-                   channels_last: bool = True, amp: bool = True) -> np.ndarray:
-    """Logits (z, 512, 512) float32 for every slice of ``case``.
+def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
+               batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
+               channels_last: bool = True, amp: bool = True, name: str = "volume",
+               progress: bool = False) -> np.ndarray:
+    """Logits (z, H, W) float32 for a (z, H, W) HU volume with square slices.
 
     Slices are resized to ``image_size`` as in training and the logits upsampled back to full size
-    (bilinear), so every metric is computed on the original 512×512 grid. ``amp``: bf16 autocast
-    where native (2x faster on an AVX-512 BF16 CPU).
+    (bilinear), so every metric is computed on the original grid. ``amp``: bf16 autocast where
+    native (2x faster on an AVX-512 BF16 CPU). ``name`` labels errors and the progress bar.
     """
     net = net.to(device).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
+    hu = torch.from_numpy(np.array(hu)).unsqueeze(1)
     if hu.shape[-1] != hu.shape[-2]:
-        raise ValueError(f"{case.case_id}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
+        raise ValueError(f"{name}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
                          "the resize-based preprocessing assumes square slices")
     full = hu.shape[-1]
     out = np.empty((hu.shape[0], full, full), dtype=np.float32)
+    starts = range(0, hu.shape[0], batch_size)
     with torch.inference_mode(), model.autocast(torch.device(device), amp):
-        for start in range(0, hu.shape[0], batch_size):
+        for start in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
             x = data.resize_slices(data.normalise(hu[start:start + batch_size], mode), image_size)
             x = x.to(device)
             if channels_last:
@@ -46,6 +48,14 @@ def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "wi
             logits = data.upsample_logits(net(x).float(), full)
             out[start:start + batch_size] = logits[:, 0].cpu().numpy()
     return out
+
+
+def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
+                   batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
+                   channels_last: bool = True, amp: bool = True) -> np.ndarray:
+    """:func:`predict_hu` on the volume of ``case``: logits (z, 512, 512) float32."""
+    return predict_hu(net, case.volume.hu, image_size, mode, batch_size, device, channels_last, amp,
+                      name=case.case_id)
 
 
 def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode: str = "window",

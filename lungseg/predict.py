@@ -2,7 +2,7 @@
 
 The series is read with :func:`lungseg.dicom.load_series` (any folder; the cache is for the data
 set's cases), preprocessed as the checkpoint's training config says (``image_size``, ``input_mode``),
-and the logits are upsampled to the full slice size by :func:`lungseg.evaluate.predict_logits`.
+and the logits are upsampled to the full slice size by :func:`lungseg.evaluate.predict_hu`.
 Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into place when complete.
 """
 
@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import __version__, data, dicom, evaluate, export, model, paths, postprocess, report, train
-from .cache import Case
 
 DEFAULT_PROFILE = "cpu"
 DEFAULT_SPLIT = "cases"
@@ -115,19 +113,13 @@ def resolve_device(name: str) -> str:
 
 def predict_volume(net: model.UNet, cfg: train.TrainConfig, volume: dicom.Volume,
                    batch_size: int = evaluate.INFER_BATCH, device: str = "cpu") -> np.ndarray:
-    """Logits (z, y, x) float32 at full slice size, one :func:`evaluate.predict_logits` per batch
-    (for the progress bar). Slices must be square, as in training."""
+    """Logits (z, y, x) float32 at full slice size (:func:`evaluate.predict_hu`, with a progress
+    bar). Slices must be square, as in training."""
     nz, ny, nx = volume.shape
     if ny != nx:
         raise PredictError(f"slices are {ny}x{nx}: the model takes square slices")
-    out = np.empty((nz, ny, nx), dtype=np.float32)
-    starts = range(0, nz, batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", disable=None):
-        part = dataclasses.replace(volume, hu=volume.hu[start:start + batch_size])
-        no_mask = np.broadcast_to(np.False_, part.hu.shape)  # predict_logits never reads it
-        out[start:start + batch_size] = evaluate.predict_logits(
-            net, Case(part, no_mask), cfg.image_size, cfg.input_mode, batch_size, device)
-    return out
+    return evaluate.predict_hu(net, volume.hu, cfg.image_size, cfg.input_mode, batch_size, device,
+                               name=Path(volume.files[0]).parent.name, progress=True)
 
 
 def segment(logits: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
