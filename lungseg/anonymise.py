@@ -1,228 +1,414 @@
-"""De-identify DICOM series: DICOM PS3.15 Annex E basic profile, written as copies.
+"""De-identify DICOM files: the whole DICOM PS3.15 Annex E basic profile, then an allowlist, then a check.
 
-Why our own table rather than a library: ``deid`` and ``dicognito`` were considered. dicognito
-replaces identifiers with random look-alikes and re-generates every UID (which breaks the link
-between a series, its cache entry and its mask); deid needs a recipe file and pulls in a large
-dependency set for the same ~40 attribute actions. Here the actions are one explicit, reviewable
-table on top of pydicom, with the profile options we keep recorded in the files themselves:
-Retain UIDs, Retain Longitudinal Temporal Information (full dates) and Retain Patient
-Characteristics (sex, age, size, weight) — the analysis needs none of what is removed.
+Three layers, each independent of the others:
+
+1. **The standard's table.** Every attribute of PS3.15 Table E.1-1 (about 650 rows, with the
+   repeating curve/overlay groups) gets its basic-profile action, at any depth in sequences. The
+   table is not typed by hand: it is the one maintained in the ``dicom-anonymizer`` package
+   (``dicomanonymizer.dicom_anonymization_databases``, generated from the standard), of which we
+   use the data only, so that the options below can be applied. Options (recorded in
+   DeidentificationMethodCodeSequence): **Retain UIDs** (links between a series, its masks and any
+   SEG/RTSTRUCT stay valid) and **Retain Patient Characteristics** (sex, age, size, weight: lung
+   volumes depend on them). Dates and times are *not* retained (blanked or removed as the table
+   says): the analysis needs none.
+2. **An allowlist.** What survives the table is kept only when it is on :data:`KEEP` (pixel,
+   geometry and acquisition attributes the pipeline or a viewer needs) or is a UID; every other
+   attribute (private tags, free text the table does not list, unknown VRs) is removed.
+3. **Verification.** Every written file is read back and walked to any depth: each non-empty text
+   value must be on the allowlist, a retained UID, the pseudonym, or a dummy of the profile, and no
+   identifying value of the source (names, IDs, addresses, phone numbers...) may appear in any kept
+   value. Anything else fails the run before the output folder appears.
+
+File names are generated (``PSEUDONYM_0001.dcm``), never copied (a source name may carry a patient
+name), and the pseudonym written into PatientName/PatientID comes from the ``pseudonym`` argument or
+a case-id folder name (``Case_012``), never from an arbitrary folder name (which may be an MRN).
+
+Why not a library end to end: ``dicognito`` re-generates every UID and randomises identifiers;
+``deid`` and ``dicom-anonymizer``'s own driver do not apply the allowlist and verification above.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
+from dicomanonymizer.dicom_anonymization_databases import dicomfields_2026c as table_e11
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from . import paths
-from .dicom import DICOM_SUFFIXES, DicomSeriesError, should_hold_image, stored_pixels
+from . import paths, writing
+from .dicom import DicomSeriesError, find_dicom_files, read_dataset, should_hold_image, stored_pixels
 
-# Patient-identifying attributes (Annex E basic profile) and their action:
-# "ID" = replace with the case id, "Z" = empty value, "X" = remove.
-PATIENT_ACTIONS: dict[str, str] = {
-    "PatientName": "ID",
-    "PatientID": "ID",
-    "PatientBirthDate": "Z",
-    "PatientBirthTime": "X",
-    "OtherPatientIDs": "X",
-    "OtherPatientNames": "X",
-    "OtherPatientIDsSequence": "X",
-    "IssuerOfPatientID": "X",
-    "PatientBirthName": "X",
-    "PatientMotherBirthName": "X",
-    "PatientAddress": "X",
-    "PatientTelephoneNumbers": "X",
-    "CountryOfResidence": "X",
-    "RegionOfResidence": "X",
-    "MilitaryRank": "X",
-    "BranchOfService": "X",
-    "MedicalRecordLocator": "X",
-    "PatientReligiousPreference": "X",
-    "Occupation": "X",
-    "AdditionalPatientHistory": "X",
-    "PatientComments": "X",
-    "ResponsiblePerson": "X",
-    "ResponsibleOrganization": "X",
-    "PatientInsurancePlanCodeSequence": "X",
+TOOL = "anonymise"
+TABLE_VERSION = "PS3.15 Table E.1-1 (2026c, via dicom-anonymizer 2.1.0)"
+CASE_ID_PATTERN = re.compile(r"^Case_\d+$")
+PSEUDONYM_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEFAULT_PSEUDONYM = "ANONYMOUS"
+
+# The table's action categories (dicom-anonymizer names) -> what we do with the options chosen:
+# "D" dummy value, "Z" empty value, "X" remove, "K" keep (Retain UIDs), "KR" keep and clean inside.
+CATEGORY_ACTIONS = {
+    "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "K", "Z_D_TAGS": "Z", "X_Z_TAGS": "X",
+    "X_D_TAGS": "X", "X_Z_D_TAGS": "X", "X_Z_U_STAR_TAGS": "KR",
 }
-# Other identifying attributes of the basic profile (staff, institution, accession): cleaned in
-# every file but not counted as patient PHI in the report.
-OTHER_ACTIONS: dict[str, str] = {
-    "AccessionNumber": "Z",
-    "StudyID": "Z",
-    "ReferringPhysicianName": "Z",
-    "InstitutionName": "X",
-    "InstitutionAddress": "X",
-    "InstitutionalDepartmentName": "X",
-    "StationName": "X",
-    "PhysiciansOfRecord": "X",
-    "PerformingPhysicianName": "X",
-    "NameOfPhysiciansReadingStudy": "X",
-    "OperatorsName": "X",
-    "RequestingPhysician": "X",
-    "RequestingService": "X",
-}
+RETAINED_CHARACTERISTICS = ("PatientSex", "PatientAge", "PatientSize", "PatientWeight")
+"""Retain Patient Characteristics Option (the table removes or blanks these otherwise)."""
+PSEUDONYMISED = ("PatientName", "PatientID")
+"""Replaced by the pseudonym (the profile allows a dummy value for these)."""
+DUMMY_TEXT = "ANONYMISED"
+DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "IS": "0", "DS": "0"}
+TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
+                      "UC", "UR", "UT", "UI"})
+STRING_VRS = TEXT_VRS - {"DA", "DS", "DT", "IS", "TM", "UI"}
+"""Text that can spell a name or an ID (numbers, dates and UIDs cannot hold letters)."""
+# Values of these (source) attributes identify the patient: none may reappear in a kept value.
+IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+               "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber",
+               "MedicalRecordLocator", "AdmissionID", "IssuerOfPatientID", "PatientBirthDate",
+               "ReferringPhysicianName", "InstitutionName", "InstitutionAddress", "StudyID")
+MIN_IDENTIFIER_LEN = 4  # shorter fragments ("M", "CT", initials) would match everywhere
+
+KEEP: frozenset[str] = frozenset({
+    # identity of the data, as the de-identification leaves it
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "FrameOfReferenceUID", "Modality", "ImageType", "Manufacturer", "ManufacturerModelName",
+    "SeriesNumber", "InstanceNumber", "AcquisitionNumber", *PSEUDONYMISED, *RETAINED_CHARACTERISTICS,
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning",
+    "LongitudinalTemporalInformationModified", "BurnedInAnnotation",
+    # image pixel module and rescale
+    "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+    "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames", "PixelData",
+    "PixelPaddingValue", "SmallestImagePixelValue", "LargestImagePixelValue", "PixelAspectRatio",
+    "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth", "VOILUTFunction",
+    "LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod",
+    # geometry
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "SpacingBetweenSlices", "SliceLocation", "PatientPosition",
+    # CT acquisition and reconstruction (technical, no free text)
+    "KVP", "DataCollectionDiameter", "ReconstructionDiameter", "DistanceSourceToDetector",
+    "DistanceSourceToPatient", "GantryDetectorTilt", "TableHeight", "RotationDirection", "ExposureTime",
+    "XRayTubeCurrent", "Exposure", "ExposureInuAs", "FilterType", "GeneratorPower", "FocalSpots",
+    "ConvolutionKernel", "BodyPartExamined", "ScanOptions", "RevolutionTime", "SingleCollimationWidth",
+    "TotalCollimationWidth", "TableSpeed", "TableFeedPerRotation", "SpiralPitchFactor", "CTDIvol",
+    # references between objects (UIDs only)
+    "ReferencedImageSequence", "SourceImageSequence", "ReferencedSOPClassUID",
+    "ReferencedSOPInstanceUID", "ReferencedFrameOfReferenceUID", "ReferencedSeriesSequence",
+    "ReferencedInstanceSequence",
+})
 # DeidentificationMethod is LO (64 chars at most): the details go in the code sequence.
-METHOD = "lungseg: PS3.15 Annex E basic profile, options in (0012,0064)"
+METHOD = "lungseg: PS3.15 E.1-1 basic profile, allowlist; see (0012,0064)"
 # (code, meaning) of DICOM CID 7050 for what was applied.
 METHOD_CODES = (
     ("113100", "Basic Application Confidentiality Profile"),
-    ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
     ("113108", "Retain Patient Characteristics Option"),
     ("113110", "Retain UIDs Option"),
 )
 
 
+def _load_table() -> tuple[dict[BaseTag, str], list[tuple[int, int, int, int, str]]]:
+    """The table as {tag: action} plus masked rows (group, element, group mask, element mask, action)
+    for the repeating groups (curves 50xx, overlays 60xx)."""
+    exact: dict[BaseTag, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    for category, action in CATEGORY_ACTIONS.items():
+        for row in getattr(table_e11, category):
+            if len(row) == 2:
+                exact[Tag(row[0], row[1])] = action
+            else:
+                masked.append((*row, action))
+    return exact, masked
+
+
+TABLE, MASKED_ROWS = _load_table()
+
+
+def table_action(tag: BaseTag) -> str | None:
+    """The basic-profile action for ``tag`` with our options, or None when the table has no row."""
+    if tag in TABLE:
+        return TABLE[tag]
+    for group, element, gmask, emask, action in MASKED_ROWS:
+        if tag.group & gmask == group and tag.element & emask == element & emask:
+            return action
+    return None
+
+
 @dataclass
 class AnonymisationReport:
-    """What was found and done in one series folder."""
+    """What was found and done in one source folder."""
 
     case_id: str
+    """The pseudonym written into PatientName and PatientID."""
     n_files: int = 0
     phi: Counter = field(default_factory=Counter)
     """Patient-identifying attribute -> number of files where it carried a value."""
-    other_cleaned: Counter = field(default_factory=Counter)
-    private_tags_removed: int = 0
+    actions: Counter = field(default_factory=Counter)
+    """Action -> number of attributes it was applied to (all files, all depths)."""
+    skipped: list[str] = field(default_factory=list)
+    """Source files not copied (not DICOM, or a DICOMDIR index), with the reason."""
+    verified_values: int = 0
+    """Non-empty values checked in the written files by the verification pass."""
     dst: Path | None = None
 
     @property
     def had_phi(self) -> bool:
         return bool(self.phi)
 
+    @property
+    def private_tags_removed(self) -> int:
+        return self.actions["removed (private)"]
 
-def _identifying(ds: Dataset, keyword: str, case_id: str) -> bool:
-    """True when ``keyword`` is present with a value other than empty or the case id."""
+
+PATIENT_PHI = ("PatientName", "PatientID", "PatientBirthDate", "PatientBirthTime", "OtherPatientIDs",
+               "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
+               "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers",
+               "PatientTelecomInformation", "CountryOfResidence", "RegionOfResidence", "MilitaryRank",
+               "BranchOfService", "MedicalRecordLocator", "PatientReligiousPreference", "Occupation",
+               "AdditionalPatientHistory", "PatientComments", "ResponsiblePerson",
+               "ResponsibleOrganization", "PatientInsurancePlanCodeSequence", "AdmissionID",
+               "CurrentPatientLocation", "MedicalAlerts", "Allergies", "EthnicGroup")
+"""Patient attributes counted as PHI in the report when they carry a value other than the pseudonym."""
+
+
+def _has_value(ds: Dataset, keyword: str, pseudonym: str) -> bool:
     if keyword not in ds:
         return False
     value = ds.data_element(keyword).value
     if value is None or value == "" or (isinstance(value, Sequence) and len(value) == 0):
         return False
-    return str(value) != case_id
+    return str(value) != pseudonym
 
 
 def find_phi(ds: Dataset, case_id: str) -> list[str]:
-    """Patient-identifying attributes of ``ds`` that carry a value (other than the case id)."""
-    return [kw for kw in PATIENT_ACTIONS if _identifying(ds, kw, case_id)]
+    """Patient-identifying attributes of ``ds`` (top level) that carry a value other than ``case_id``."""
+    return [kw for kw in PATIENT_PHI if _has_value(ds, kw, case_id)]
 
 
-def _apply(ds: Dataset, keyword: str, action: str, case_id: str) -> None:
-    if keyword not in ds:
-        return
+def identifiers(ds: Dataset) -> set[str]:
+    """Identifying strings of the source (any depth), upper-cased: whole values of
+    :data:`IDENTIFYING` attributes and of every person name, and each person-name component;
+    only those at least MIN_IDENTIFIER_LEN long."""
+    keys = {Tag(pydicom.datadict.tag_for_keyword(k)) for k in IDENTIFYING}
+    found: set[str] = set()
+    for elem in ds.iterall():
+        if (elem.tag not in keys and elem.VR != "PN") or elem.value in (None, "") or elem.VR == "SQ":
+            continue
+        values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+        for v in values:
+            text = str(v).strip()
+            found.add(text)
+            if elem.VR == "PN":
+                found.update(re.split(r"[\^=]+", text))
+    return {s.strip().upper() for s in found if len(s.strip()) >= MIN_IDENTIFIER_LEN}
+
+
+def _dummy(elem: DataElement) -> object | None:
+    """The "D" replacement of an element (None: remove it instead)."""
+    if elem.VR == "SQ":
+        return Sequence([])
+    if elem.VR == "UI":
+        return generate_uid(entropy_srcs=[str(elem.value)]) if elem.value else ""
+    if elem.VR in DUMMIES:
+        return DUMMIES[elem.VR]
+    if elem.VR in TEXT_VRS:
+        return DUMMY_TEXT[:16] if elem.VR in ("AE", "CS", "SH") else DUMMY_TEXT
+    return None
+
+
+def _action(elem: DataElement, pseudonym: str) -> str:
+    """What to do with one element: the table's action, adjusted by the options and the allowlist."""
+    if elem.tag.is_private:
+        return "removed (private)"
+    if elem.keyword in PSEUDONYMISED:
+        return "pseudonym"
+    if elem.keyword in RETAINED_CHARACTERISTICS:
+        return "kept (Retain Patient Characteristics)"
+    action = table_action(elem.tag)
     if action == "X":
-        delattr(ds, keyword)
-    elif action == "Z":
-        ds.data_element(keyword).value = ""
-    else:
-        ds.data_element(keyword).value = case_id
+        return "removed (E.1-1)"
+    if action == "Z":
+        return "emptied (E.1-1)"
+    if action == "D":
+        return "dummy (E.1-1)" if _dummy(elem) is not None else "removed (E.1-1)"
+    if action in ("K", "KR") or elem.keyword in KEEP or elem.VR == "UI":
+        return "kept"
+    return "removed (not on the allowlist)"
 
 
-def deidentify(ds: Dataset, case_id: str, report: AnonymisationReport | None = None) -> Dataset:
-    """De-identify ``ds`` in place (attributes, private tags) and record what was done."""
-    for kw in find_phi(ds, case_id):
-        if report is not None:
-            report.phi[kw] += 1
-    for kw, action in PATIENT_ACTIONS.items():
-        _apply(ds, kw, action, case_id)
-    for kw, action in OTHER_ACTIONS.items():
-        if report is not None and _identifying(ds, kw, case_id):
-            report.other_cleaned[kw] += 1
-        _apply(ds, kw, action, case_id)
-    n_private = sum(1 for el in ds.iterall() if el.tag.is_private)
-    ds.remove_private_tags()
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD
-    codes = []
+def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter) -> None:
+    """Apply :func:`_action` to every element of ``ds`` and, recursively, of its sequence items."""
+    for elem in list(ds):
+        what = _action(elem, pseudonym)
+        counts[what] += 1
+        if what.startswith("removed"):
+            del ds[elem.tag]
+        elif what.startswith("emptied"):
+            elem.value = Sequence([]) if elem.VR == "SQ" else ""
+        elif what == "pseudonym":
+            elem.value = pseudonym
+        elif what.startswith("dummy"):
+            elem.value = _dummy(elem)
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                _clean(item, pseudonym, secrets, counts)
+        elif _leaks(elem, secrets):  # a kept attribute quoting the patient's name or ID
+            del ds[elem.tag]
+            counts["removed (holds an identifier)"] += 1
+
+
+def _leaks(elem: DataElement, secrets: set[str]) -> bool:
+    """True when a kept text value (UIDs aside) contains an identifying string of the source."""
+    if elem.VR not in STRING_VRS or elem.value in (None, ""):
+        return False
+    text = str(elem.value).upper()
+    return any(s in text for s in secrets)
+
+
+def _method_codes() -> Sequence:
+    items = []
     for value, meaning in METHOD_CODES:
         item = Dataset()
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
-        codes.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(codes)
+        items.append(item)
+    return Sequence(items)
+
+
+def deidentify(ds: Dataset, pseudonym: str, report: AnonymisationReport | None = None) -> Dataset:
+    """De-identify ``ds`` in place (all depths, file meta rebuilt) and count the actions in ``report``."""
+    secrets = identifiers(ds) - {pseudonym.upper()}
     if report is not None:
-        report.private_tags_removed += n_private
+        for kw in find_phi(ds, pseudonym):
+            report.phi[kw] += 1
+    counts: Counter = Counter()
+    _clean(ds, pseudonym, secrets, counts)
+    ds.PatientName, ds.PatientID = pseudonym, pseudonym
+    ds.PatientIdentityRemoved = "YES"
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    ds.DeidentificationMethod = METHOD
+    ds.DeidentificationMethodCodeSequence = _method_codes()
+    old_meta = getattr(ds, "file_meta", FileMetaDataset())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", old_meta.get("MediaStorageSOPClassUID"))
+    meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", old_meta.get("MediaStorageSOPInstanceUID"))
+    syntax = old_meta.get("TransferSyntaxUID")
+    meta.TransferSyntaxUID = syntax or (pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR
+                                        else pydicom.uid.ExplicitVRLittleEndian)
+    ds.file_meta = meta
+    if report is not None:
+        report.actions.update(counts)
     return ds
 
 
-def _dicom_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"DICOM folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
+ALLOWED_VALUES = frozenset({DUMMY_TEXT, *DUMMIES.values(), "YES", "REMOVED", METHOD})
 
 
-def scan_phi(src_folder: str | os.PathLike[str]) -> AnonymisationReport:
-    """Detect patient PHI in a series folder without writing anything (headers only)."""
+def verify(path: Path, pseudonym: str, secrets: set[str]) -> int:
+    """Check a written file; return the number of non-empty values checked.
+
+    Raises DicomSeriesError for a private tag, a non-empty text value that is not on :data:`KEEP`
+    (nor a UID, the pseudonym or a profile dummy), or a kept value containing a source identifier.
+    """
+    ds = pydicom.dcmread(path)
+    checked = 0
+    for elem in [*ds.file_meta, *ds.iterall()]:
+        if elem.tag.is_private:
+            raise DicomSeriesError(f"{path}: private tag {elem.tag} survived de-identification")
+        if elem.VR not in TEXT_VRS or elem.value in (None, "") or elem.tag.group == 0x0002:
+            continue
+        checked += 1
+        value = str(elem.value)
+        if not (elem.keyword in KEEP or elem.VR == "UI" or value == pseudonym or value in ALLOWED_VALUES):
+            raise DicomSeriesError(f"{path}: {elem.keyword or elem.tag} kept a value after "
+                                   "de-identification (not on the allowlist)")
+        if _leaks(elem, secrets):
+            raise DicomSeriesError(f"{path}: {elem.keyword or elem.tag} contains an identifier of the source")
+    return checked
+
+
+def choose_pseudonym(src: Path, pseudonym: str | None) -> str:
+    """The pseudonym: as given (checked), the source folder name when it is a case id
+    (``Case_012``), else :data:`DEFAULT_PSEUDONYM` — never an arbitrary folder name (may be an MRN)."""
+    if pseudonym is None:
+        return src.name if CASE_ID_PATTERN.match(src.name) else DEFAULT_PSEUDONYM
+    if not PSEUDONYM_PATTERN.match(pseudonym):
+        raise ValueError(f"pseudonym {pseudonym!r}: use 1-64 ASCII letters, digits, '_', '.' or '-'")
+    return pseudonym
+
+
+def scan_phi(src_folder: str | os.PathLike[str], recursive: bool | None = None) -> AnonymisationReport:
+    """Detect patient PHI in a folder without writing anything (headers only)."""
     src = Path(src_folder)
-    report = AnonymisationReport(case_id=src.name)
-    for path in _dicom_files(src):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    report = AnonymisationReport(case_id=choose_pseudonym(src, None))
+    files, _ = find_dicom_files(src, recursive)
+    for path in files:
+        ds = read_dataset(path, stop_before_pixels=True)
         report.n_files += 1
         for kw in find_phi(ds, report.case_id):
             report.phi[kw] += 1
     return report
 
 
-def _read_checked(path: Path) -> pydicom.Dataset:
+def _read_checked(path: Path) -> Dataset:
     """Read a source file completely, refusing damaged ones (so no damaged copy is written)."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises many types on damaged files
-        raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
+    ds = read_dataset(path)
     if "PixelData" in ds:
         stored_pixels(path, ds)  # raises on truncated pixel data
     elif should_hold_image(ds):
         raise DicomSeriesError(f"{path}: image file without pixel data (truncated or damaged)")
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        raise DicomSeriesError(f"{path}: BurnedInAnnotation is YES: identifiers may be burned into the "
+                               "pixels, which de-identification of the header cannot remove")
     return ds
 
 
-def anonymise(src_folder: str | os.PathLike[str],
-              dst_folder: str | os.PathLike[str]) -> AnonymisationReport:
+def anonymise(src_folder: str | os.PathLike[str], dst_folder: str | os.PathLike[str],
+              pseudonym: str | None = None, *, overwrite: bool = False,
+              recursive: bool | None = None) -> AnonymisationReport:
     """Write de-identified copies of every DICOM file of ``src_folder`` into ``dst_folder``.
 
-    The source is only read. Pixel data and geometry are copied unchanged. All copies are written
-    into a temporary sibling folder that replaces ``dst_folder`` only when every file succeeded, so
-    a failure (damaged source file, full disk) leaves no partial output. The case id is the source
-    folder's name. Raises DicomSeriesError naming a damaged source file.
+    The source is only read. ``dst_folder`` must not be, lie inside or contain the source; it must
+    be new or empty, or (with ``overwrite``) hold exactly an earlier output of this command (see
+    :mod:`lungseg.writing`). Copies are named ``PSEUDONYM_0001.dcm`` ... in path order, written into a
+    temporary sibling, verified, and renamed into place only when all succeeded. Pixel data and
+    geometry are unchanged. Raises DicomSeriesError naming a damaged source file or a failed check.
     """
-    src, dst = Path(src_folder).resolve(), Path(dst_folder).resolve()
-    if dst == src or src in dst.parents:
-        raise ValueError(f"refusing to write de-identified copies into the source folder {src}")
-    files = _dicom_files(src)
+    src, dst = Path(src_folder).absolute(), Path(dst_folder).absolute()
+    if not src.is_dir():
+        raise FileNotFoundError(f"DICOM folder not found: {src}")
+    pseudonym = choose_pseudonym(src, pseudonym)
+    writing.check_not_overlapping(dst, [src], "destination")
+    writing.check_replaceable(dst, overwrite, TOOL)
+    files, others = find_dicom_files(src, recursive)
     if not files:
         raise FileNotFoundError(f"no DICOM files in {src}")
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"destination exists and is not a folder: {dst}")
-    blocker = next((p for p in dst.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise NotADirectoryError(f"cannot create {dst}: {blocker} is a file, not a folder")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    report = AnonymisationReport(case_id=src.name, dst=dst)
-    try:
-        for path in files:
-            deidentify(_read_checked(path), report.case_id, report).save_as(
-                tmp / path.name, enforce_file_format=True)
+    report = AnonymisationReport(case_id=pseudonym, dst=dst)
+    report.skipped = [f"{p.relative_to(src)}: not DICOM" for p in others]
+    with writing.staged_folder(dst, TOOL, overwrite=overwrite, sources=[src],
+                               extra={"pseudonym": pseudonym, "profile": TABLE_VERSION}) as tmp:
+        for i, path in enumerate(files, start=1):
+            ds = _read_checked(path)
+            secrets = identifiers(ds) - {pseudonym.upper()}
+            out = tmp / f"{pseudonym}_{i:04d}.dcm"
+            deidentify(ds, pseudonym, report).save_as(out, enforce_file_format=True)
+            report.verified_values += verify(out, pseudonym, secrets)
             report.n_files += 1
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
 def anonymise_cases(case_ids: list[str], data: str | os.PathLike[str] | None,
-                    dst_root: str | os.PathLike[str]) -> list[AnonymisationReport]:
-    """Anonymise each case's series from ``DATA/Images/Case_XXX`` into ``dst_root/Case_XXX``."""
+                    dst_root: str | os.PathLike[str], overwrite: bool = True) -> list[AnonymisationReport]:
+    """Anonymise each case's series from ``DATA/Images/Case_XXX`` into ``dst_root/Case_XXX`` (the case
+    id is the pseudonym). ``overwrite`` replaces only this command's own earlier outputs."""
     root, dst = paths.data_dir(data), paths.resolve(dst_root)
-    if paths.is_within(dst, root):
-        raise ValueError(f"refusing to write de-identified copies into the data directory {root}")
-    return [anonymise(paths.images_dir(root, c), dst / c)
+    writing.check_not_overlapping(dst, [root], "destination")
+    return [anonymise(paths.images_dir(root, c), dst / c, c, overwrite=overwrite)
             for c in tqdm(case_ids, desc="anonymise", unit="case")]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import dicom, paths
+from . import dicom, orient, paths
 
-_CODE = (Path(dicom.__file__), Path(__file__))
+_CODE = (Path(dicom.__file__), Path(orient.__file__), Path(__file__))
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,9 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
               refresh: bool = False) -> Case:
     """Volume and mask of ``case_id`` from the cache, converting from DICOM on a miss.
 
+    Both are in the canonical axial orientation (:func:`lungseg.orient.canonical`; the LCTSC cases
+    already are), so every case reaches training and evaluation the same way up.
+
     ``data`` is the data directory (see :func:`paths.data_dir`). ``refresh`` forces a reconversion.
     """
     root = paths.data_dir(data)
@@ -124,8 +127,10 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
                          f"{root}; set ${paths.CACHE_ENV} elsewhere")
     entry = paths.cache_dir() / case_id / case_key(image_dir, mask_path)
     if refresh or not (entry / "meta.json").is_file():
-        volume = dicom.load_series(image_dir)
-        _write(entry, volume, dicom.load_mask(mask_path, volume))
+        native = dicom.load_series(image_dir)
+        mask = dicom.load_mask(mask_path, native)  # masks follow the sorted acquisition grid
+        volume, reo = orient.canonical(native)  # training and evaluation see one orientation
+        _write(entry, volume, reo.to_canonical(mask))
     return _read(entry, image_dir)
 
 

@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from . import evaluate, paths, predict, report
+from . import evaluate, paths, predict, report, writing
 from .dicom import DicomSeriesError, MaskError, Volume
 
 PROG = "python -m lungseg"
@@ -25,8 +25,7 @@ EXIT_ERROR = 1
 DEBUG_ENV = "LUNGSEG_DEBUG"
 """Set to show the full traceback of a user error."""
 # Failures that are the user's input, reported as one line rather than a traceback.
-USER_ERRORS = (predict.PredictError, DicomSeriesError, MaskError, FileNotFoundError,
-               FileExistsError, ValueError)
+USER_ERRORS = (predict.PredictError, DicomSeriesError, MaskError, ValueError, OSError)
 
 DESCRIPTION = ("Lung segmentation in chest CT with a 2D UNet. "
                "Run `python -m lungseg COMMAND --help` for the options of each command.")
@@ -64,15 +63,26 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    dest="postprocess",
                    help="keep the raw thresholded mask (default: as 03_eval chose for the run, else "
                         "keep the 2 largest 3D components and fill enclosed holes)")
-    p.add_argument("--overwrite", action="store_true", help="replace an OUT_DIR that holds files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an OUT_DIR holding an earlier predict output (nothing else)")
+    _add_series_options(p)
     p.set_defaults(func=_run_predict)
+
+
+def _add_series_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series", metavar="UID", default=None,
+                   help="SeriesInstanceUID to read when the folder holds several series (default: the "
+                        "only one, or the CT series with the most slices, said in a note)")
+    p.add_argument("--recursive", action="store_true", default=None,
+                   help="also read subfolders (automatic when the folder holds a DICOMDIR or only "
+                        "subfolders)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
-                            args.threshold, args.postprocess, args.overwrite)
+                            args.threshold, args.postprocess, args.overwrite, args.series, args.recursive)
     t = stats["timings_s"]
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
@@ -88,7 +98,32 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE.npy", help="where to write the volume (with DICOM_DIR)")
     p.add_argument("--cases", metavar="IDS", help='"all" or "Case_000,Case_001" (cache mode)')
     p.add_argument("--data", metavar="DIR", help=f"data directory (default ${paths.DATA_ENV} or data/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace FILE.npy/.json written by an earlier convert (nothing else)")
+    _add_series_options(p)
     p.set_defaults(func=_run_convert)
+
+
+CONVERT_MARK = "lungseg convert"
+
+
+def _check_convert_out(out: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an output inside the source folder, and existing files unless ``overwrite`` and the
+    .json beside them says convert wrote them."""
+    writing.check_not_overlapping(out, [source], "output file")
+    sidecar = out.with_suffix(".json")
+    existing = [p for p in (out, sidecar) if p.exists() or p.is_symlink()]
+    if not existing:
+        return
+    ours = False
+    try:
+        ours = json.loads(sidecar.read_text()).get("written_by") == CONVERT_MARK
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not overwrite or not ours or any(not p.is_file() or p.is_symlink() for p in existing):
+        raise writing.UnsafeOutputError(
+            f"{existing[0]} exists; " + ("pass --overwrite to replace an earlier convert output" if ours
+                                         else "it was not written by lungseg convert: choose another --out"))
 
 
 def _save_npy(volume: Volume, out: Path) -> None:
@@ -96,13 +131,9 @@ def _save_npy(volume: Volume, out: Path) -> None:
     from .cache import volume_meta  # the cache's own record, so both formats agree
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {**volume_meta(volume), "files": list(volume.files)}
-    for final, write in ((out, lambda f: np.save(f, volume.hu)),
-                         (out.with_suffix(".json"), lambda f: f.write(json.dumps(meta, indent=1).encode()))):
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, final)
+    meta = {**volume_meta(volume), "files": list(volume.files), "written_by": CONVERT_MARK}
+    writing.atomic_write(out, lambda f: np.save(f, volume.hu))
+    writing.atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -113,8 +144,10 @@ def _run_convert(args: argparse.Namespace) -> int:
     if args.dicom_dir is not None:
         if not args.out or not args.out.endswith(".npy"):
             raise ValueError("DICOM_DIR needs --out FILE.npy")
-        volume = dicom.load_series(Path(args.dicom_dir).absolute())
-        _save_npy(volume, Path(args.out).absolute())
+        source, out = Path(args.dicom_dir).absolute(), Path(args.out).absolute()
+        _check_convert_out(out, source, args.overwrite)
+        volume = dicom.load_series(source, args.series, args.recursive)
+        _save_npy(volume, out)
         print(f"{args.out}: {volume.shape} HU, spacing {volume.spacing} mm (+ .json)")
         return 0
     for case in cache.load_cases(cache.resolve_cases(args.cases, args.data), args.data):
@@ -124,21 +157,34 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def _add_anonymise(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anonymise", help="de-identified copies of a DICOM series",
-                       description="Write de-identified copies (DICOM PS3.15 Annex E basic profile, "
-                                   "UIDs and dates kept) of every DICOM file in SRC into DST. SRC is "
-                                   "only read; the case id written is SRC's folder name.")
+                       description="Write de-identified copies of every DICOM file in SRC into DST: "
+                                   "the whole DICOM PS3.15 Table E.1-1 basic profile (UIDs and patient "
+                                   "sex/age/size/weight retained, dates removed) at every depth, then "
+                                   "an allowlist, then a verification of every written file. SRC is "
+                                   "only read; copies are named PSEUDONYM_0001.dcm ...")
     p.add_argument("src", metavar="SRC", help="folder with the DICOM files")
-    p.add_argument("dst", metavar="DST", help="output folder (created; not inside SRC)")
+    p.add_argument("dst", metavar="DST", help="new or empty output folder (not SRC, inside it, or above it)")
+    p.add_argument("--pseudonym", default=None,
+                   help="written as PatientName/PatientID (default: SRC's name if it is a case id like "
+                        "Case_012, else ANONYMOUS; a folder name may be an MRN, so it is never used)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a DST holding an earlier anonymise output (nothing else)")
+    p.add_argument("--recursive", action="store_true", default=None,
+                   help="also read subfolders (automatic with a DICOMDIR or only subfolders)")
     p.set_defaults(func=_run_anonymise)
 
 
 def _run_anonymise(args: argparse.Namespace) -> int:
     from . import anonymise
 
-    rep = anonymise.anonymise(args.src, args.dst)
+    rep = anonymise.anonymise(args.src, args.dst, args.pseudonym, overwrite=args.overwrite,
+                              recursive=args.recursive)
     phi = ", ".join(f"{k} ({n})" for k, n in sorted(rep.phi.items())) or "none"
-    print(f"{rep.dst}: {rep.n_files} files; patient PHI found: {phi}; "
-          f"private tags removed: {rep.private_tags_removed}")
+    actions = ", ".join(f"{k}: {n}" for k, n in sorted(rep.actions.items()))
+    print(f"{rep.dst}: {rep.n_files} files as {rep.case_id}_NNNN.dcm; patient PHI found: {phi}")
+    print(f"  attributes {actions}; verified {rep.verified_values} values in the copies")
+    for line in rep.skipped:
+        print(f"  not copied: {line}")
     return 0
 
 
@@ -171,12 +217,20 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_note(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+               file: object = None, line: str | None = None) -> None:
+    """Warnings of the package as one readable line ("note: ..."), not with source locations."""
+    print(f"{PROG}: note: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line on stderr and return 1."""
     args = parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_note
+            return func(args)
     except USER_ERRORS as exc:
         if os.environ.get(DEBUG_ENV):
             raise

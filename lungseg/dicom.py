@@ -8,16 +8,18 @@ error that names the file and the problem, so no silently wrong volume reaches t
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 import zipfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # A slice step may deviate from the series' median step by this much before it counts as a gap or
 # an uneven series (CT positions are written with ~1e-3 mm precision; a missing slice doubles a step).
@@ -30,6 +32,10 @@ DUPLICATE_ATOL_MM = 1e-3
 # Tolerance for PixelSpacing (mm) and orientation cosines agreeing between slices of one series.
 GEOMETRY_ATOL = 1e-4
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# ImageOrientationPatient cosines must be unit vectors and orthogonal to this precision.
+ORIENTATION_ATOL = 1e-3
+# A slice normal within this angle of a patient axis counts as axial/coronal/sagittal; beyond, oblique.
+AXIS_ALIGNED_DEG = 5.0
 
 
 class DicomSeriesError(ValueError):
@@ -62,7 +68,7 @@ class Volume:
     orientation: tuple[float, ...]
     """ImageOrientationPatient: row then column direction cosines."""
     sort_key: str
-    """Which attribute ordered the slices: ImagePositionPatient, SliceLocation or InstanceNumber."""
+    """Which attribute ordered the slices: always ImagePositionPatient (positions are required)."""
     slice_thickness: float | None = None
     """SliceThickness as written in the files (mm), for reference; geometry uses ``spacing``."""
 
@@ -80,38 +86,171 @@ class Volume:
 
 @dataclass
 class _Slice:
-    """What one file contributes: plain header values (parsed once) and its stored pixels."""
+    """What one file contributes: plain header values (parsed and validated once) and its pixels."""
 
     path: Path
     series_uid: str
+    modality: str
+    description: str
+    image_type: str
     size: tuple[int, int]
-    pixel_spacing: tuple[float, ...] | None
-    orientation: tuple[float, ...] | None
-    position: tuple[float, ...] | None
-    slice_location: float | None
-    instance_number: int
+    pixel_spacing: tuple[float, float]
+    orientation: tuple[float, ...]
+    position: tuple[float, float, float]
     slope: float
     intercept: float
     thickness: float | None
     pixels: np.ndarray
 
 
-def _floats(value: object) -> tuple[float, ...] | None:
-    return None if value is None or value == "" else tuple(float(v) for v in value)  # type: ignore[attr-defined]
+def is_dicom(path: str | os.PathLike[str]) -> bool:
+    """The one rule for "is this file DICOM?", used by every command.
+
+    True for a Part 10 file ('DICM' after the 128-byte preamble) and for a bare data set without the
+    preamble whose first element is a File Meta (0002,xxxx) or Identifying (0008,xxxx) element in
+    little endian, explicit or implicit VR (what some older exports write). Decided by content, never
+    by the file name.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008) or element > 0x0100:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True
+    return struct.unpack("<I", head[4:8])[0] < 0x10000  # implicit VR: a plausible value length
+
+
+def find_dicom_files(folder: str | os.PathLike[str], recursive: bool | None = None
+                     ) -> tuple[list[Path], list[Path]]:
+    """(DICOM files, other files) in ``folder``, each sorted by path; hidden files are ignored.
+
+    ``recursive=None`` looks into subfolders when the folder holds a ``DICOMDIR`` or no file but
+    subfolders (a media export). The DICOMDIR index itself is not a data file and is left out.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DICOM folder not found: {folder}")
+    top = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if recursive is None:
+        recursive = any(p.name.upper() == "DICOMDIR" for p in top) or (
+            not any(p.is_file() for p in top) and any(p.is_dir() for p in top))
+    candidates = folder.rglob("*") if recursive else top
+    files = sorted(p for p in candidates if p.is_file() and p.name.upper() != "DICOMDIR"
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    dicom = [p for p in files if is_dicom(p)]
+    return dicom, [p for p in files if p not in set(dicom)]
+
+
+def read_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """``pydicom.dcmread`` of a file that :func:`is_dicom`; any parse failure is a DicomSeriesError."""
+    try:
+        return pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
+
+
+def _tag_values(path: Path, ds: pydicom.Dataset, keyword: str, n: int | None) -> tuple[float, ...] | None:
+    """The finite numbers of a multi-valued tag (``n`` of them when given), None when absent/empty."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, MultiValue | list | tuple) else [value]))
+    except (TypeError, ValueError):
+        raise DicomSeriesError(f"{path}: {keyword} {value!r} is not numeric") from None
+    if n is not None and len(values) != n:
+        raise DicomSeriesError(f"{path}: {keyword} has {len(values)} values {list(values)}, expected {n}")
+    if not all(np.isfinite(values)):
+        raise DicomSeriesError(f"{path}: {keyword} {list(values)} is not finite")
+    return values
+
+
+def _required(path: Path, ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...]:
+    values = _tag_values(path, ds, keyword, n)
+    if values is None:
+        raise DicomSeriesError(f"{path}: {keyword} is missing; without it the geometry is unknown")
+    return values
+
+
+def _optional_number(ds: pydicom.Dataset, keyword: str) -> float | None:
+    """A single optional number; unparsable or non-finite values are ignored (None)."""
+    try:
+        value = _number(ds.get(keyword))
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and np.isfinite(value) else None
 
 
 def _number(value: object) -> float | None:
     return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
 
 
-def _slope(path: Path, ds: pydicom.Dataset) -> float:
-    """RescaleSlope (1 when absent); 0 or non-finite is an error, not a silent 1."""
-    slope = _number(ds.get("RescaleSlope"))
-    if slope is None:
-        return 1.0
-    if slope == 0 or not np.isfinite(slope):
-        raise DicomSeriesError(f"{path}: invalid RescaleSlope {slope}")
-    return slope
+def _rescale(path: Path, ds: pydicom.Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent; zero or non-finite values are errors."""
+    out = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        try:
+            value = _number(ds.get(keyword))
+        except (TypeError, ValueError):
+            raise DicomSeriesError(f"{path}: {keyword} {ds.get(keyword)!r} is not numeric") from None
+        if value is None:
+            value = default
+        if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise DicomSeriesError(f"{path}: invalid {keyword} {value}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def _check_geometry(path: Path, spacing: tuple[float, ...], iop: tuple[float, ...]) -> None:
+    """PixelSpacing positive; ImageOrientationPatient two orthogonal unit vectors."""
+    if min(spacing) <= 0:
+        raise DicomSeriesError(f"{path}: PixelSpacing {list(spacing)} must be two positive values (mm)")
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    if (abs(np.linalg.norm(row) - 1) > ORIENTATION_ATOL or abs(np.linalg.norm(col) - 1) > ORIENTATION_ATOL
+            or abs(row @ col) > ORIENTATION_ATOL):
+        raise DicomSeriesError(f"{path}: ImageOrientationPatient {list(iop)} is not two orthogonal "
+                               "unit vectors")
+
+
+def _check_pixel_format(path: Path, ds: pydicom.Dataset) -> None:
+    """Refuse colour and multi-frame images: a CT slice is one greyscale frame."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise DicomSeriesError(f"{path}: {ds.get('SamplesPerPixel')} samples per pixel "
+                               f"({ds.get('PhotometricInterpretation', '?')}): not a greyscale CT slice")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames > 1:
+        raise DicomSeriesError(f"{path}: multi-frame image ({frames} frames, e.g. Enhanced CT); "
+                               "only single-frame slices are supported: convert to one file per slice")
+
+
+def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+    """Uncompressed little-endian pixels viewed directly (faster than ``pixel_array``), with the
+    bits above BitsStored masked off (unsigned) or sign-extended (signed), as PS3.5 8.1.1 says."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    nbytes = int(ds.BitsAllocated) // 8
+    need = rows * cols * nbytes
+    if len(ds.PixelData) < need:
+        raise DicomSeriesError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {need} bytes)")
+    arr = np.frombuffer(ds.PixelData, dtype=f"<{'i' if signed else 'u'}{nbytes}", count=rows * cols)
+    arr = arr.reshape(rows, cols)
+    bits_stored = int(ds.get("BitsStored", nbytes * 8))
+    if not 0 < bits_stored <= nbytes * 8:
+        raise DicomSeriesError(f"{path}: BitsStored {bits_stored} with BitsAllocated {nbytes * 8}")
+    if bits_stored < nbytes * 8:
+        shift = nbytes * 8 - bits_stored
+        # Unsigned: clear the high bits (e.g. an embedded overlay plane); signed: sign-extend.
+        arr = (arr << shift) >> shift if signed else arr & ((1 << bits_stored) - 1)
+    return arr
 
 
 def stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
@@ -120,31 +259,14 @@ def stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     Raises DicomSeriesError naming ``path`` for truncated pixel data, colour or multi-frame images
     and undecodable (compressed, no plugin) pixel data.
     """
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomSeriesError(f"{path}: {ds.get('SamplesPerPixel')} samples per pixel "
-                               f"({ds.get('PhotometricInterpretation', '?')}): not a greyscale CT slice")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
-        raise DicomSeriesError(f"{path}: multi-frame image ({frames} frames, e.g. Enhanced CT); "
-                               "only single-frame slices are supported: convert to one file per slice")
+    _check_pixel_format(path, ds)
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsuid is not None and not tsuid.is_compressed and tsuid.is_little_endian:
-        # Uncompressed little endian: view the bytes directly (pydicom's pixel_array is slower).
-        kind = "i" if int(ds.get("PixelRepresentation", 0)) else "u"
-        nbytes = int(ds.BitsAllocated) // 8
-        buf = ds.PixelData
-        need = rows * cols * nbytes
-        if len(buf) < need:
-            raise DicomSeriesError(f"{path}: truncated pixel data ({len(buf)} of {need} bytes)")
-        arr = np.frombuffer(buf, dtype=f"<{kind}{nbytes}", count=rows * cols).reshape(rows, cols)
-        bits_stored = int(ds.get("BitsStored", nbytes * 8))
-        if kind == "i" and bits_stored < nbytes * 8:  # sign-extend values stored in fewer bits
-            shift = nbytes * 8 - bits_stored
-            arr = (arr << shift) >> shift
-        return arr
+    if tsuid is None:  # a bare data set without file meta: pydicom assumed the syntax while reading
+        tsuid = ExplicitVRLittleEndian if not ds.is_implicit_VR else ImplicitVRLittleEndian
+    if not tsuid.is_compressed and tsuid.is_little_endian and int(ds.get("BitsAllocated", 0)) in (8, 16, 32):
+        return _raw_pixels(path, ds)
     try:
-        return ds.pixel_array
+        return ds.pixel_array  # pydicom masks to BitsStored itself
     except Exception as exc:
         raise DicomSeriesError(
             f"{path}: cannot decode pixel data in transfer syntax {tsuid} "
@@ -161,17 +283,29 @@ def should_hold_image(ds: pydicom.Dataset) -> bool:
     return "Rows" in ds or any(u is not None and "Image Storage" in UID(u).name for u in uids)
 
 
+def _header(path: Path, ds: pydicom.Dataset) -> dict:
+    """The validated header values of one image file (errors name the file and the tag)."""
+    spacing = _required(path, ds, "PixelSpacing", 2)
+    iop = _required(path, ds, "ImageOrientationPatient", 6)
+    _check_geometry(path, spacing, iop)
+    slope, intercept = _rescale(path, ds)
+    return dict(
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        modality=str(ds.get("Modality", "") or ""),
+        description=str(ds.get("SeriesDescription", "") or ""),
+        image_type="\\".join(str(v) for v in (ds.get("ImageType") or [])),
+        size=(int(ds.Rows), int(ds.Columns)),
+        pixel_spacing=(spacing[0], spacing[1]),
+        orientation=iop,
+        position=_required(path, ds, "ImagePositionPatient", 3),
+        slope=slope, intercept=intercept,
+        thickness=_optional_number(ds, "SliceThickness"),
+    )
+
+
 def _read_one(path: Path) -> _Slice | None:
-    """Read one file; None (with a warning) for a non-DICOM file or a DICOM file without an image."""
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        if path.suffix.lower() in DICOM_SUFFIXES:
-            raise DicomSeriesError(f"{path}: not a valid DICOM file (no DICM preamble)") from None
-        warnings.warn(f"skipping non-DICOM file {path}", DicomWarning, stacklevel=2)
-        return None
-    except Exception as exc:  # pydicom raises many types on damaged files
-        raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
+    """Read one DICOM file; None (with a warning) for a DICOM file that holds no image."""
+    ds = read_dataset(path)
     if "PixelData" not in ds:
         if should_hold_image(ds):  # pydicom stops quietly at the end of a cut-off file
             raise DicomSeriesError(f"{path}: image file without pixel data (truncated or damaged)")
@@ -179,82 +313,85 @@ def _read_one(path: Path) -> _Slice | None:
                       f"({ds.get('Modality', '?')}, not an image)", DicomWarning, stacklevel=2)
         return None
     try:
-        return _Slice(
-            path=path,
-            series_uid=str(ds.get("SeriesInstanceUID", "")),
-            size=(int(ds.Rows), int(ds.Columns)),
-            pixel_spacing=_floats(ds.get("PixelSpacing")),
-            orientation=_floats(ds.get("ImageOrientationPatient")),
-            position=_floats(ds.get("ImagePositionPatient")),
-            slice_location=_number(ds.get("SliceLocation")),
-            instance_number=int(ds.get("InstanceNumber") or 0),
-            slope=_slope(path, ds),
-            intercept=_number(ds.get("RescaleIntercept")) or 0.0,
-            thickness=_number(ds.get("SliceThickness")),
-            pixels=stored_pixels(path, ds),
-        )
+        _check_pixel_format(path, ds)  # an Enhanced CT file has no per-file geometry: say what it is
+        header = _header(path, ds)
+        return _Slice(path=path, pixels=stored_pixels(path, ds), **header)
     except DicomSeriesError:
         raise
     except Exception as exc:  # a damaged header value (e.g. a truncated DS string)
         raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
 
 
-def _list_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"DICOM folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file())
+def plane_name(orientation: Sequence[float]) -> str:
+    """"axial", "coronal" or "sagittal" from the slice normal of an ImageOrientationPatient; "oblique"
+    when the normal is more than ``AXIS_ALIGNED_DEG`` from every patient axis."""
+    iop = np.asarray(orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    axis = int(np.argmax(np.abs(normal)))
+    if np.abs(normal[axis]) < np.cos(np.radians(AXIS_ALIGNED_DEG)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def describe_series(slices: list[_Slice]) -> str:
+    """One line per series: UID, modality, plane, slices, image type and description."""
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(s.series_uid, []).append(s)
+    return "; ".join(
+        f"{uid or '<no SeriesInstanceUID>'}: {g[0].modality or '?'} {plane_name(g[0].orientation)}, "
+        f"{len(g)} slices" + (f", {g[0].image_type}" if g[0].image_type else "")
+        + (f", '{g[0].description}'" if g[0].description else "")
+        for uid, g in sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
 def _pick_series(slices: list[_Slice], folder: Path, series_uid: str | None) -> list[_Slice]:
-    counts = Counter(s.series_uid for s in slices)
+    """The slices of ``series_uid``; without it, the only series, or the CT series (not a localizer)
+    with the most slices when that choice is unambiguous (said in a DicomWarning)."""
+    uids = Counter(s.series_uid for s in slices)
     if series_uid is not None:
         chosen = [s for s in slices if s.series_uid == series_uid]
         if not chosen:
-            raise DicomSeriesError(f"{folder}: no slice of series {series_uid}; found {dict(counts)}")
+            raise DicomSeriesError(f"{folder}: no slice of series {series_uid}; found "
+                                   f"{describe_series(slices)}")
         return chosen
-    if len(counts) > 1:
-        listing = ", ".join(f"{uid or '<missing>'} ({n} files)" for uid, n in counts.most_common())
-        raise DicomSeriesError(
-            f"{folder}: more than one series ({listing}); pass series_uid= to pick one"
-        )
-    return slices
+    if len(uids) == 1:
+        return slices
+    ct = Counter(s.series_uid for s in slices
+                 if s.modality == "CT" and "LOCALIZER" not in s.image_type.upper())
+    ranked = ct.most_common(2)
+    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+        raise DicomSeriesError(f"{folder}: more than one series and no single largest CT series: "
+                               f"{describe_series(slices)}; choose one with --series UID")
+    uid = ranked[0][0]
+    warnings.warn(f"{folder}: {len(uids)} series; using the CT series with the most slices, {uid} "
+                  f"(all: {describe_series(slices)}); choose another with --series UID",
+                  DicomWarning, stacklevel=3)
+    return [s for s in slices if s.series_uid == uid]
 
 
 def _check_consistent(slices: list[_Slice]) -> None:
     first = slices[0]
+    if first.modality and first.modality != "CT":
+        raise DicomSeriesError(f"{first.path}: Modality {first.modality}, not CT: lungseg reads CT "
+                               "in Hounsfield units only")
     for s in slices[1:]:
         if s.size != first.size:
             raise DicomSeriesError(f"{s.path}: Rows/Columns {s.size} differ from {first.size} "
                                    f"in {first.path}")
-        for name in ("pixel_spacing", "orientation"):
+        for name, label in (("pixel_spacing", "PixelSpacing"), ("orientation", "ImageOrientationPatient")):
             a, b = getattr(s, name), getattr(first, name)
-            if (a is None) != (b is None) or (a is not None and not np.allclose(a, b, atol=GEOMETRY_ATOL)):
-                label = "PixelSpacing" if name == "pixel_spacing" else "ImageOrientationPatient"
+            if not np.allclose(a, b, atol=GEOMETRY_ATOL):
                 raise DicomSeriesError(f"{s.path}: {label} {a} differs from {b} in {first.path}")
 
 
-def _sort_positions(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray | None, str]:
-    """Order slices; return them, their positions along the normal (mm) or None, and the key used."""
-    if all(s.position is not None and s.orientation is not None for s in slices):
-        iop = np.asarray(slices[0].orientation, dtype=float)
-        normal = np.cross(iop[:3], iop[3:])
-        pos = np.asarray([s.position for s in slices], dtype=float) @ normal
-        key = "ImagePositionPatient"
-        for s, p in zip(slices, pos, strict=True):
-            if not np.isfinite(p):
-                raise DicomSeriesError(f"{s.path}: non-finite ImagePositionPatient {s.position}")
-    elif all(s.slice_location is not None for s in slices):
-        warnings.warn(f"{slices[0].path.parent}: no ImagePositionPatient/ImageOrientationPatient; "
-                      "sorting by SliceLocation", DicomWarning, stacklevel=3)
-        pos = np.array([s.slice_location for s in slices], dtype=float)
-        key = "SliceLocation"
-    else:
-        warnings.warn(f"{slices[0].path.parent}: no slice positions; sorting by InstanceNumber and "
-                      "taking dz from SliceThickness", DicomWarning, stacklevel=3)
-        order = np.argsort([s.instance_number for s in slices], kind="stable")
-        return [slices[i] for i in order], None, "InstanceNumber"
+def _sort_positions(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
+    """Slices ordered by ImagePositionPatient along the slice normal, and those positions (mm)."""
+    iop = np.asarray(slices[0].orientation, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.asarray([s.position for s in slices], dtype=float) @ normal
     order = np.argsort(pos, kind="stable")
-    return [slices[i] for i in order], pos[order], key
+    return [slices[i] for i in order], pos[order]
 
 
 def _check_along_normal(slices: list[_Slice]) -> None:
@@ -314,49 +451,56 @@ def _to_hu(slices: list[_Slice]) -> np.ndarray:
                      for s in slices])
 
 
-def read_slices(folder: str | os.PathLike[str]) -> list[_Slice]:
-    """Read every image file in ``folder`` (not recursive); non-DICOM files are skipped with a warning."""
+def read_slices(folder: str | os.PathLike[str], recursive: bool | None = None) -> list[_Slice]:
+    """Read every image file in ``folder`` (see :func:`find_dicom_files`); non-DICOM files are
+    skipped with a warning, a non-DICOM file named ``*.dcm`` is an error."""
     folder = Path(folder)
-    files = _list_files(folder)
+    files, others = find_dicom_files(folder, recursive)
+    for p in others:
+        if p.suffix.lower() in DICOM_SUFFIXES:
+            raise DicomSeriesError(f"{p}: named like a DICOM file but not DICOM (no DICM marker and no "
+                                   "DICOM header): damaged or mislabelled")
+        warnings.warn(f"skipping non-DICOM file {p}", DicomWarning, stacklevel=2)
     # A plain loop: parsing is pure Python under the GIL, and measured threads or processes slower.
     slices = [s for s in map(_read_one, files) if s is not None]
     if not slices:
-        raise DicomSeriesError(f"{folder}: no DICOM image in the folder ({len(files)} files)")
+        raise DicomSeriesError(f"{folder}: no DICOM image in the folder ({len(files) + len(others)} files)")
     return slices
 
 
-def load_series(folder: str | os.PathLike[str], series_uid: str | None = None) -> Volume:
-    """Read a DICOM series folder into a :class:`Volume` (z, y, x) in HU, sorted by slice position.
+def load_series(folder: str | os.PathLike[str], series_uid: str | None = None,
+                recursive: bool | None = None) -> Volume:
+    """Read a DICOM CT series folder into a :class:`Volume` (z, y, x) in HU, sorted by slice position.
 
-    Sorting uses ImagePositionPatient projected on the slice normal (cross product of the two
-    ImageOrientationPatient cosines), falling back to SliceLocation, then InstanceNumber, with a
-    :class:`DicomWarning`. Raises :class:`DicomSeriesError` naming the file for unreadable files, no
-    image, several series (unless ``series_uid`` picks one), inconsistent geometry, duplicate
-    positions and gaps or uneven steps beyond ``SPACING_RTOL``/``SPACING_ATOL_MM``.
+    The volume stays in the acquisition's own orientation (see :mod:`lungseg.orient` to bring it to
+    the axial orientation the model was trained in). Slices are sorted by ImagePositionPatient
+    projected on the slice normal. Raises :class:`DicomSeriesError` naming the file and tag for
+    unreadable files, no image, a non-CT modality, missing or invalid PixelSpacing /
+    ImageOrientationPatient / ImagePositionPatient / rescale values, several series with no clear
+    choice (``series_uid`` picks one), inconsistent geometry, duplicate positions, gaps or uneven
+    steps beyond ``SPACING_RTOL``/``SPACING_ATOL_MM``, and sheared (gantry-tilt) series.
     """
     folder = Path(folder)
-    slices = _pick_series(read_slices(folder), folder, series_uid)
+    slices = _pick_series(read_slices(folder, recursive), folder, series_uid)
     _check_consistent(slices)
-    slices, pos, key = _sort_positions(slices)
+    slices, pos = _sort_positions(slices)
     first = slices[0]
-    if pos is not None and len(slices) > 1:
+    if len(slices) > 1:
         dz = _check_steps(slices, pos)
-        if key == "ImagePositionPatient":
-            _check_along_normal(slices)
+        _check_along_normal(slices)
     else:
         dz = first.thickness or 1.0
-        pos = np.arange(len(slices), dtype=float) * dz
-    dy, dx = first.pixel_spacing or (1.0, 1.0)
+    dy, dx = first.pixel_spacing
     return Volume(
         hu=_to_hu(slices),
         spacing=(dz, float(dy), float(dx)),
-        origin=first.position or (0.0, 0.0, float(pos[0])),
+        origin=first.position,
         positions=np.asarray(pos, dtype=float),
         files=tuple(str(s.path) for s in slices),
         case_id=folder.name,
         series_uid=first.series_uid,
-        orientation=first.orientation or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        sort_key=key,
+        orientation=first.orientation,
+        sort_key="ImagePositionPatient",
         slice_thickness=first.thickness,
     )
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__, data, dicom, evaluate, export, model, paths, postprocess, report, train
+from . import __version__, data, dicom, evaluate, export, model, orient, postprocess, report, train, writing
 
 DEFAULT_PROFILE = "cpu"
 DEFAULT_SPLIT = "cases"
@@ -119,7 +115,7 @@ def predict_volume(net: model.UNet, cfg: train.TrainConfig, volume: dicom.Volume
     if ny != nx:
         raise PredictError(f"slices are {ny}x{nx}: the model takes square slices")
     return evaluate.predict_hu(net, volume.hu, cfg.image_size, cfg.input_mode, batch_size, device,
-                               name=Path(volume.files[0]).parent.name, progress=True)
+                               name=volume.case_id, progress=True)
 
 
 def segment(logits: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
@@ -130,43 +126,17 @@ def segment(logits: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
 
 # ---- output folder -----------------------------------------------------------------------------
 
+TOOL = "predict"
+
+
 def check_out_dir(out_dir: Path, dicom_dir: Path, overwrite: bool) -> None:
-    """Refuse an output folder inside the input, and one that holds files unless ``overwrite`` and
-    they are all outputs of an earlier predict (so --overwrite never deletes anything else)."""
-    if paths.is_within(out_dir, dicom_dir):
-        raise PredictError(f"refusing to write into the input folder {dicom_dir}: choose another --out")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PredictError(f"{out_dir} exists and is not a folder")
-    held = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
-    if held and not overwrite:
-        raise PredictError(f"{out_dir} already holds files; pass --overwrite to replace them")
-    if held - set(OUTPUT_NAMES):
-        raise PredictError(f"{out_dir} holds files predict did not write ({sorted(held - set(OUTPUT_NAMES))}"
-                           "); --overwrite replaces only an earlier predict output: choose another --out")
-
-
-@contextmanager
-def staging(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out_dir``, renamed to ``out_dir`` when the block succeeds and
-    removed otherwise (an existing ``out_dir`` is replaced only then)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp, old = (out_dir.with_name(f".{out_dir.name}.{kind}-{tag}") for kind in ("tmp", "old"))
-    tmp.mkdir()  # mkdir, not mkdtemp: the folder gets the usual permissions (umask), not 0700
+    """Refuse an output folder that is, lies inside or contains the input, and one that holds files
+    unless ``overwrite`` and they are exactly an earlier predict output (:mod:`lungseg.writing`)."""
     try:
-        yield tmp
-        if out_dir.exists():
-            os.replace(out_dir, old)
-            try:
-                os.replace(tmp, out_dir)
-            except OSError:
-                os.replace(old, out_dir)  # put the previous output back
-                raise
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        writing.check_not_overlapping(out_dir, [dicom_dir], "output folder")
+        writing.check_replaceable(out_dir, overwrite, TOOL)
+    except writing.UnsafeOutputError as exc:
+        raise PredictError(str(exc)) from None
 
 
 class _Clock:
@@ -186,11 +156,14 @@ class _Clock:
 
 def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, checkpoint: Path,
            threshold: float, clean: bool, device: str) -> dict:
-    """What stats.json records (timings are added when the outputs are written)."""
+    """What stats.json records (timings are added when the outputs are written). ``volume`` and
+    ``mask`` are on the acquisition grid."""
     return {
         "lungseg_version": __version__,
         "input": str(Path(volume.files[0]).parent),
         "series_uid": volume.series_uid,
+        "acquisition_plane": dicom.plane_name(volume.orientation),
+        "image_orientation_patient": list(volume.orientation),
         "slices": volume.shape[0],
         "shape_zyx": list(volume.shape),
         "spacing_mm_zyx": list(volume.spacing),
@@ -205,12 +178,16 @@ def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, check
     }
 
 
-def _write_outputs(tmp: Path, volume: dicom.Volume, mask: np.ndarray, clock: _Clock) -> None:
+def _write_outputs(tmp: Path, volume: dicom.Volume, mask: np.ndarray, reo: orient.Reorientation,
+                   clock: _Clock) -> None:
+    """NIfTI and SEG on the acquisition grid (``volume``, ``mask``); the overview in the canonical
+    axial orientation, whatever the acquisition plane."""
     export.write_nifti(mask, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
     export.write_seg(mask, volume, tmp / SEG_NAME)
     clock.lap("seg_s")
-    export.write_overview(volume, mask, tmp / OVERVIEW_NAME)
+    canon, _ = orient.canonical(volume)
+    export.write_overview(canon, reo.to_canonical(mask), tmp / OVERVIEW_NAME)
     clock.lap("overview_s")
 
 
@@ -226,11 +203,14 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
             batch_size: int = evaluate.INFER_BATCH, threshold: float | None = None,
-            clean: bool | None = None, overwrite: bool = False) -> dict:
+            clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
+            recursive: bool | None = None) -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``threshold``/``clean`` default to what 03_eval chose for the run (its
-    ``inference.json``), else 0.5 and post-processing on."""
+    ``inference.json``), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
+    feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
+    its mask back to the acquisition grid for the outputs; oblique series are refused."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     if not dicom_dir.is_dir():
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
@@ -243,15 +223,17 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     net, cfg = load_checkpoint(ckpt)
     dev = resolve_device(device)
     clock.lap("load_model_s")
-    volume = dicom.load_series(dicom_dir)
+    volume = dicom.load_series(dicom_dir, series_uid, recursive)
+    canon, reo = orient.canonical(volume)
     clock.lap("read_dicom_s")
-    logits = predict_volume(net, cfg, volume, batch_size, dev)
+    logits = predict_volume(net, cfg, canon, batch_size, dev)
     clock.lap("inference_s")
-    mask = segment(logits, threshold, clean)
+    mask = reo.to_native(segment(logits, threshold, clean))
     clock.lap("postprocess_s")
     stats = _stats(volume, mask, cfg, ckpt, threshold, clean, dev)
-    with staging(out_dir) as tmp:
-        _write_outputs(tmp, volume, mask, clock)
+    stats["reoriented_for_inference"] = not reo.is_identity
+    with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
+        _write_outputs(tmp, volume, mask, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
-        (tmp / STATS_NAME).write_text(json.dumps(stats, indent=1) + "\n")
+        writing.atomic_write_text(tmp / STATS_NAME, json.dumps(stats, indent=1) + "\n")
     return stats

@@ -19,7 +19,7 @@ import pytest
 import torch
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import cli, dicom, export, model, paths, predict, report, train
+from lungseg import cli, dicom, export, model, paths, predict, report, train, writing
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 TINY_CHANNELS = 4
@@ -150,7 +150,7 @@ def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: P
     out = tmp_path / "out"
     assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--threshold", p,
                    "--no-postprocess", "--batch-size", "4") == 0
-    assert sorted(f.name for f in out.iterdir()) == sorted(predict.OUTPUT_NAMES)
+    assert sorted(f.name for f in out.iterdir()) == sorted([*predict.OUTPUT_NAMES, writing.MARKER])
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no temp left
     vol = dicom.load_series(series)
     mask = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0).astype(bool)
@@ -276,7 +276,9 @@ def test_anonymise_wrapper_removes_phi(tmp_path: Path) -> None:
     src = tmp_path / "Case_901"
     write_series(src, n=2, phi=True)
     assert run_cli("anonymise", src, tmp_path / "anon") == 0
-    for f in (tmp_path / "anon").iterdir():
+    copies = sorted((tmp_path / "anon").glob("*.dcm"))
+    assert [f.name for f in copies] == ["Case_901_0001.dcm", "Case_901_0002.dcm"]
+    for f in copies:
         ds = pydicom.dcmread(f)
         assert ds.PatientName == "Case_901" and "PatientBirthTime" not in ds
         assert PHI["PatientName"] not in str(ds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -123,18 +124,39 @@ def test_single_slice_takes_dz_from_slice_thickness(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- series errors
-def test_mixed_series_is_an_error_listing_both_uids(tmp_path: Path) -> None:
+def test_mixed_series_picks_the_largest_ct_series_and_says_so(tmp_path: Path) -> None:
     uid_a, uid_b = generate_uid(), generate_uid()
     write_series(tmp_path, n=3, series_uid=uid_a, names=["a1.dcm", "a2.dcm", "a3.dcm"])
     write_series(tmp_path, n=2, series_uid=uid_b, names=["b1.dcm", "b2.dcm"], z0=50.0)
-    with pytest.raises(DicomSeriesError, match="more than one series") as err:
-        load_series(tmp_path)
-    assert uid_a in str(err.value) and uid_b in str(err.value)
+    with pytest.warns(DicomWarning, match="--series") as record:
+        vol = load_series(tmp_path)
+    assert vol.series_uid == uid_a and vol.shape == (3, 16, 16)
+    message = str(record[0].message)
+    assert uid_a in message and uid_b in message and "CT axial, 2 slices" in message
     vol = load_series(tmp_path, series_uid=uid_b)
     assert vol.series_uid == uid_b and vol.shape == (2, 16, 16)
     assert [Path(f).name for f in vol.files] == ["b1.dcm", "b2.dcm"]
     with pytest.raises(DicomSeriesError, match="no slice of series"):
         load_series(tmp_path, series_uid=generate_uid())
+
+
+def test_two_equally_large_series_are_an_error_listing_both(tmp_path: Path) -> None:
+    uid_a, uid_b = generate_uid(), generate_uid()
+    write_series(tmp_path, n=2, series_uid=uid_a, names=["a1.dcm", "a2.dcm"])
+    write_series(tmp_path, n=2, series_uid=uid_b, names=["b1.dcm", "b2.dcm"], z0=50.0)
+    with pytest.raises(DicomSeriesError, match="--series UID") as err:
+        load_series(tmp_path)
+    assert uid_a in str(err.value) and uid_b in str(err.value)
+
+
+def test_a_localizer_is_never_picked(tmp_path: Path) -> None:
+    uid_ct, uid_scout = generate_uid(), generate_uid()
+    write_series(tmp_path, n=2, series_uid=uid_ct, names=["a1.dcm", "a2.dcm"])
+    scouts = write_series(tmp_path, n=3, series_uid=uid_scout, names=["s1.dcm", "s2.dcm", "s3.dcm"], z0=80.0)
+    for p in scouts:
+        edit(p, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    with pytest.warns(DicomWarning, match="LOCALIZER"):
+        assert load_series(tmp_path).series_uid == uid_ct
 
 
 def test_duplicate_position_names_both_files(tmp_path: Path) -> None:
@@ -180,11 +202,11 @@ def test_truncated_file_is_named(tmp_path: Path, size: int) -> None:
 def test_non_dicom_files_are_skipped_with_a_warning(tmp_path: Path) -> None:
     write_series(tmp_path, n=3)
     (tmp_path / "README.txt").write_text("not an image\n")
-    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1" + bytes(100))  # hidden: not even looked at
     with pytest.warns(DicomWarning) as record:
         vol = load_series(tmp_path)
     messages = " ".join(str(w.message) for w in record)
-    assert "README.txt" in messages and ".DS_Store" in messages
+    assert "README.txt" in messages and ".DS_Store" not in messages
     np.testing.assert_array_equal(vol.hu, _expected_volume([0, 1, 2]))
 
 
@@ -228,28 +250,12 @@ def test_inconsistent_geometry_names_the_file(tmp_path: Path, keyword: str, valu
         load_series(tmp_path)
 
 
-def test_fallback_to_slice_location(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keyword", ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"])
+def test_missing_geometry_is_an_error_naming_file_and_tag(tmp_path: Path, keyword: str) -> None:
     files = write_series(tmp_path, n=N)
-    for p in files:
-        edit(p, ImagePositionPatient=None)
-    with pytest.warns(DicomWarning, match="SliceLocation"):
-        vol = load_series(tmp_path)
-    assert vol.sort_key == "SliceLocation"
-    assert vol.files == tuple(str(p) for p in files)
-    assert vol.spacing[0] == DZ
-    np.testing.assert_array_equal(vol.hu, _expected_volume(list(range(N))))
-
-
-def test_fallback_to_instance_number(tmp_path: Path) -> None:
-    files = write_series(tmp_path, n=N, dz=2.0)
-    for p in files:
-        edit(p, ImagePositionPatient=None, SliceLocation=None)
-    with pytest.warns(DicomWarning, match="InstanceNumber"):
-        vol = load_series(tmp_path)
-    assert vol.sort_key == "InstanceNumber"
-    assert vol.files == tuple(str(p) for p in files)
-    assert vol.spacing[0] == 2.0  # from SliceThickness
-    np.testing.assert_array_equal(vol.hu, _expected_volume(list(range(N))))
+    edit(files[2], **{keyword: None})
+    with pytest.raises(DicomSeriesError, match=rf"{re.escape(str(files[2]))}: {keyword} is missing"):
+        load_series(tmp_path)
 
 
 # --------------------------------------------------------------------------- masks

@@ -1,0 +1,225 @@
+"""Right/left lung labels from a one-label mask, sided by the DICOM geometry (lungseg.sides).
+
+Synthetic "patients" are defined in patient LPS mm and sampled onto grids of several orientations, so
+the expected side of every voxel is known whatever the array layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synthetic
+
+from lungseg import paths, sides
+from lungseg.dicom import load_mask, load_series
+from lungseg.export import voxel_to_lps
+
+STANDARD = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # head-first supine
+MIRRORED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # columns run to the patient's right (also feet-first supine)
+PRONE = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+ROTATED = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # rows run right-left: left-right is the array's y axis
+SHAPE = (8, 44, 52)
+SPACING = (3.0, 2.0, 2.0)  # (dz, dy, dx) mm
+# Plausible right/left lung volume ratio bounds for the real cases (a generic sanity range).
+VOLUME_RATIO_RANGE = (1 / 3, 3.0)
+MIN_LUNG_ML = 100.0
+
+World = Callable[[np.ndarray], np.ndarray]
+
+
+def affine_for(orientation: tuple[float, ...], shape: tuple[int, int, int] = SHAPE,
+               spacing: tuple[float, float, float] = SPACING, feet_first: bool = False) -> np.ndarray:
+    """(4, 4) voxel (i, j, k) -> LPS mm affine as lungseg.export.voxel_to_lps builds it, with the grid
+    centred on the LPS origin. ``feet_first``: slices stacked towards the feet."""
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    normal = np.cross(row, col) * (-1.0 if feet_first else 1.0)
+    dz, dy, dx = spacing
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = row * dx, col * dy, normal * dz
+    centre = affine[:3, :3] @ ((np.array(shape[::-1], dtype=float) - 1) / 2)
+    affine[:3, 3] = -centre
+    return affine
+
+
+def lps_of_voxels(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(z, y, x, 3) LPS mm of every voxel centre."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    ijk1 = np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(float)
+    return (ijk1 @ affine.T)[..., :3]
+
+
+def box(lo: tuple[float, float, float], hi: tuple[float, float, float]) -> World:
+    """A box in LPS mm (x, y, z bounds), as a membership test of (..., 3) points."""
+    return lambda p: np.all((p >= np.asarray(lo)) & (p <= np.asarray(hi)), axis=-1)
+
+
+# Right lung at negative x (patient's right), left lung at positive x, both 30 mm deep.
+RIGHT_LUNG = box((-40.0, -20.0, -9.0), (-8.0, 20.0, 9.0))
+LEFT_LUNG = box((8.0, -20.0, -9.0), (36.0, 16.0, 9.0))
+BRIDGE = box((-8.0, -20.0, -3.0), (8.0, -18.0, 3.0))  # one pixel thick, two slices: an anterior junction
+
+
+def sample(affine: np.ndarray, *parts: World) -> np.ndarray:
+    points = lps_of_voxels(affine, SHAPE)
+    return np.any([part(points) for part in parts], axis=0)
+
+
+ORIENTATIONS = {"standard": (STANDARD, False), "mirrored": (MIRRORED, False),
+                "feet-first": (MIRRORED, True), "prone": (PRONE, False), "rotated": (ROTATED, False)}
+
+
+@pytest.mark.parametrize("name", ORIENTATIONS)
+def test_separate_lungs_are_sided_in_patient_coordinates(name: str) -> None:
+    orientation, feet_first = ORIENTATIONS[name]
+    affine = affine_for(orientation, feet_first=feet_first)
+    points = lps_of_voxels(affine, SHAPE)
+    right, left = RIGHT_LUNG(points), LEFT_LUNG(points)
+    labels, info = sides.split_lungs_with_info(right | left, affine)
+    assert labels.dtype == np.uint8 and labels.shape == SHAPE
+    assert np.all(labels[right] == sides.RIGHT) and np.all(labels[left] == sides.LEFT)
+    assert np.all(labels[~(right | left)] == 0)
+    assert (info.method, info.touched, info.n_components, info.strays) == ("components", False, 2, 0)
+    voxel_ml = np.prod(SPACING) / 1000
+    assert info.right_ml == pytest.approx(right.sum() * voxel_ml)
+    assert info.left_ml == pytest.approx(left.sum() * voxel_ml)
+
+
+def test_mirroring_the_orientation_swaps_the_labels_of_the_same_array() -> None:
+    mask = sample(affine_for(STANDARD), RIGHT_LUNG, LEFT_LUNG)
+    standard = sides.split_lungs(mask, affine_for(STANDARD))
+    mirrored = sides.split_lungs(mask, affine_for(MIRRORED))
+    assert set(np.unique(standard)) == {0, 1, 2}
+    swapped = np.choose(standard, [0, 2, 1]).astype(np.uint8)
+    np.testing.assert_array_equal(mirrored, swapped)
+
+
+@pytest.mark.parametrize("name", ORIENTATIONS)
+def test_touching_lungs_are_split_at_the_junction(name: str) -> None:
+    orientation, feet_first = ORIENTATIONS[name]
+    affine = affine_for(orientation, feet_first=feet_first)
+    points = lps_of_voxels(affine, SHAPE)
+    right, left, bridge = RIGHT_LUNG(points), LEFT_LUNG(points), BRIDGE(points)
+    mask = right | left | bridge
+    labels, info = sides.split_lungs_with_info(mask, affine)
+    assert info.touched and info.method == "eroded" and info.n_components == 1
+    assert info.split_depth_mm is not None and 0 < info.split_depth_mm <= sides.MAX_SPLIT_DEPTH_MM
+    np.testing.assert_array_equal(labels > 0, mask)
+    assert np.all(labels[right] == sides.RIGHT) and np.all(labels[left] == sides.LEFT)
+    # The bridge is cut at the patient's midline (x = 0): its voxels go to the side they lie on.
+    x = points[..., 0]
+    assert np.all(labels[bridge & (x < 0)] == sides.RIGHT) and np.all(labels[bridge & (x > 0)] == sides.LEFT)
+
+
+def test_stray_components_join_the_nearest_lung() -> None:
+    affine = affine_for(STANDARD)
+    points = lps_of_voxels(affine, SHAPE)
+    near_left = box((38.0, -4.0, -3.0), (42.0, 0.0, 0.0))(points)  # lateral of the left lung
+    near_right = box((-20.0, 24.0, -3.0), (-16.0, 26.0, 0.0))(points)  # behind the right lung
+    mask = RIGHT_LUNG(points) | LEFT_LUNG(points) | near_left | near_right
+    labels, info = sides.split_lungs_with_info(mask, affine)
+    assert near_left.any() and near_right.any()
+    assert info.strays == 2 and info.n_components == 4 and info.method == "components"
+    assert np.all(labels[near_left] == sides.LEFT) and np.all(labels[near_right] == sides.RIGHT)
+    np.testing.assert_array_equal(labels > 0, mask)
+
+
+def test_a_stray_beside_touching_lungs_does_not_count_as_a_lung() -> None:
+    affine = affine_for(STANDARD)
+    points = lps_of_voxels(affine, SHAPE)
+    stray = box((-30.0, 24.0, -3.0), (-26.0, 28.0, 0.0))(points)  # a blob behind the right lung
+    mask = RIGHT_LUNG(points) | LEFT_LUNG(points) | BRIDGE(points) | stray
+    labels, info = sides.split_lungs_with_info(mask, affine)
+    assert info.touched and info.strays == 1
+    assert np.all(labels[stray] == sides.RIGHT) and np.all(labels[LEFT_LUNG(points)] == sides.LEFT)
+
+
+@pytest.mark.parametrize(("orientation", "part", "side"), [
+    (STANDARD, LEFT_LUNG, sides.LEFT), (MIRRORED, LEFT_LUNG, sides.LEFT), (STANDARD, RIGHT_LUNG, sides.RIGHT)])
+def test_a_single_lung_is_sided_against_the_grid_centre(orientation: tuple[float, ...], part: World,
+                                                        side: int) -> None:
+    affine = affine_for(orientation)
+    mask = sample(affine, part)
+    labels, info = sides.split_lungs_with_info(mask, affine)
+    assert info.method == "single" and not info.touched
+    np.testing.assert_array_equal(labels, np.where(mask, side, 0))
+
+
+def test_empty_mask_gives_empty_labels() -> None:
+    labels, info = sides.split_lungs_with_info(np.zeros(SHAPE, dtype=bool), affine_for(STANDARD))
+    assert not labels.any() and info.method == "empty" and info.right_ml == info.left_ml == 0
+
+
+def test_bad_inputs_are_named_errors() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        sides.split_lungs(np.zeros((4, 4), dtype=bool), affine_for(STANDARD))
+    with pytest.raises(ValueError, match="affine"):
+        sides.split_lungs(np.zeros(SHAPE, dtype=bool), np.eye(3))
+
+
+@pytest.mark.parametrize(("orientation", "feet_first", "expected"), [
+    (STANDARD, False, (2, 1)), (MIRRORED, False, (2, -1)), (MIRRORED, True, (2, -1)),
+    (PRONE, False, (2, -1)), (ROTATED, False, (1, -1)), ((0.0, 0.0, 1.0, 1.0, 0.0, 0.0), False, (1, 1))])
+def test_lr_axis_sign(orientation: tuple[float, ...], feet_first: bool, expected: tuple[int, int]) -> None:
+    assert sides.lr_axis_sign(affine_for(orientation, feet_first=feet_first)) == expected
+
+
+def test_a_mirrored_dicom_series_flips_the_sides(tmp_path: Path) -> None:
+    """Through load_series and voxel_to_lps: the same pixels stored with IOP [-1, 0, 0, 0, 1, 0]."""
+    volumes = {}
+    for name, orientation in (("standard", STANDARD), ("mirrored", MIRRORED)):
+        for f in synthetic.write_series(tmp_path / name, n=4, rows=12, cols=20):
+            synthetic.edit(f, ImageOrientationPatient=list(orientation))
+        volumes[name] = load_series(tmp_path / name)
+    mask = np.zeros(volumes["standard"].shape, dtype=bool)
+    mask[1:3, 3:9, 2:7] = True  # low column index ...
+    mask[1:3, 3:9, 12:18] = True  # ... and high column index
+    standard = sides.split_lungs(mask, volumes["standard"])
+    mirrored = sides.split_lungs(mask, volumes["mirrored"])
+    np.testing.assert_array_equal(sides.affine_of(volumes["mirrored"]), voxel_to_lps(volumes["mirrored"]))
+    assert standard[1, 5, 4] == sides.RIGHT and standard[1, 5, 15] == sides.LEFT
+    assert mirrored[1, 5, 4] == sides.LEFT and mirrored[1, 5, 15] == sides.RIGHT
+
+
+def _available_cases() -> tuple[Path, list[str]]:
+    """The data directory and the cases with images and a mask; skips when there are none."""
+    try:
+        data = paths.data_dir()
+        cases = [c for c in paths.list_cases(data) if paths.mask_file(data, c).is_file()]
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc).splitlines()[0] + " (see ../shared/data/lctsc12/unpack.sh)")
+    if not cases:
+        pytest.skip(f"no case with images and a mask in {data}")
+    return data, cases
+
+
+@pytest.mark.realdata
+def test_every_real_case_splits_into_two_plausible_lungs(capsys: pytest.CaptureFixture[str]) -> None:
+    data, cases = _available_cases()
+    touched, problems = [], []
+    for case_id in cases:
+        volume = load_series(paths.images_dir(data, case_id))
+        mask = load_mask(paths.mask_file(data, case_id), volume)
+        labels, info = sides.split_lungs_with_info(mask, volume)
+        affine = voxel_to_lps(volume)
+        centroid_x = {}
+        for side in (sides.RIGHT, sides.LEFT):
+            zyx = np.argwhere(labels == side).mean(axis=0)
+            centroid_x[side] = (affine @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[0]
+        ratio = info.right_ml / info.left_ml if info.left_ml else np.inf
+        if not np.array_equal(labels > 0, mask):
+            problems.append(f"{case_id}: labels do not cover the mask exactly")
+        if min(info.right_ml, info.left_ml) < MIN_LUNG_ML:
+            problems.append(f"{case_id}: a lung below {MIN_LUNG_ML} mL ({info})")
+        if not centroid_x[sides.RIGHT] < centroid_x[sides.LEFT]:
+            problems.append(f"{case_id}: right lung centroid x {centroid_x[sides.RIGHT]:.1f} mm is not left of "
+                            f"the left one's {centroid_x[sides.LEFT]:.1f} mm (LPS)")
+        if not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]:
+            problems.append(f"{case_id}: right/left volume ratio {ratio:.2f}")
+        if info.touched:
+            touched.append(f"{case_id} ({info.split_depth_mm:.1f} mm)")
+    with capsys.disabled():
+        print(f"\nlung split: {len(touched)} of {len(cases)} cases have touching lungs: {', '.join(touched)}")
+    assert not problems, "\n".join(problems)
