@@ -65,7 +65,7 @@ RETAINED_CHARACTERISTICS = ("PatientSex", "PatientAge", "PatientSize", "PatientW
 PSEUDONYMISED = ("PatientName", "PatientID")
 """Replaced by the pseudonym (the profile allows a dummy value for these)."""
 DUMMY_TEXT = "ANONYMISED"
-DUMMIES = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "IS": "0", "DS": "0"}
+DUMMIES = {"AS": "000Y", "DA": "19000101", "TM": "000000", "DT": "19000101000000", "IS": "0", "DS": "0"}
 TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM",
                       "UC", "UR", "UT", "UI"})
 STRING_VRS = TEXT_VRS - {"DA", "DS", "DT", "IS", "TM", "UI"}
@@ -224,11 +224,12 @@ def _dummy(elem: DataElement) -> object | None:
     return None
 
 
-def _action(elem: DataElement, pseudonym: str) -> str:
-    """What to do with one element: the table's action, adjusted by the options and the allowlist."""
+def _action(elem: DataElement, top_level: bool) -> str:
+    """What to do with one element: the table's action, adjusted by the options and the allowlist.
+    The pseudonym goes into the patient's own PatientName/PatientID only (``top_level``)."""
     if elem.tag.is_private:
         return "removed (private)"
-    if elem.keyword in PSEUDONYMISED:
+    if elem.keyword in PSEUDONYMISED and top_level:
         return "pseudonym"
     if elem.keyword in RETAINED_CHARACTERISTICS:
         return "kept (Retain Patient Characteristics)"
@@ -244,10 +245,10 @@ def _action(elem: DataElement, pseudonym: str) -> str:
     return "removed (not on the allowlist)"
 
 
-def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter) -> None:
+def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter, top_level: bool = True) -> None:
     """Apply :func:`_action` to every element of ``ds`` and, recursively, of its sequence items."""
     for elem in list(ds):
-        what = _action(elem, pseudonym)
+        what = _action(elem, top_level)
         counts[what] += 1
         if what.startswith("removed"):
             del ds[elem.tag]
@@ -259,7 +260,7 @@ def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter) -> N
             elem.value = _dummy(elem)
         elif elem.VR == "SQ":
             for item in elem.value:
-                _clean(item, pseudonym, secrets, counts)
+                _clean(item, pseudonym, secrets, counts, top_level=False)
         elif _leaks(elem, secrets):  # a kept attribute quoting the patient's name or ID
             del ds[elem.tag]
             counts["removed (holds an identifier)"] += 1

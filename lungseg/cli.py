@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import evaluate, paths, predict, report, writing
-from .dicom import DicomSeriesError, MaskError, Volume
+from .dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
 EXIT_ERROR = 1
@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         with warnings.catch_warnings():
+            warnings.filterwarnings("always", category=DicomWarning)  # the user must see each note
             warnings.showwarning = _show_note
             return func(args)
     except USER_ERRORS as exc:

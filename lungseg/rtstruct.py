@@ -208,6 +208,9 @@ def rtstruct_dataset(labels: np.ndarray, volume: Volume, names: Mapping[int, str
         raise ValueError(f"{volume.files[0]}: no FrameOfReferenceUID, so an RTSTRUCT cannot reference it")
     affine = voxel_to_lps(volume)
     ds = _base_dataset(sources[0], label)
+    # Frame of Reference module: part of the RT Structure Set IOD in current DICOM editions.
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = sources[0].get("PositionReferenceIndicator", "")
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([_referenced_frame(sources, frame_uid)])
     rois, contours, observations = [], [], []
     for value, name in names.items():

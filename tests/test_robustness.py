@@ -306,7 +306,8 @@ def damaged_header_value(d: Path) -> Expect:
     raw = victim.read_bytes()
     assert raw.count(b"0.75\\0.8") == 1
     victim.write_bytes(raw.replace(b"0.75\\0.8", b"ab.c\\0.8"))  # PixelSpacing, same length
-    return Expect(DicomSeriesError, rf"{re.escape(str(victim))}: PixelSpacing \['ab\.c', '0\.8'\] is not numeric")
+    return Expect(DicomSeriesError,
+                  rf"{re.escape(str(victim))}: PixelSpacing \['ab\.c', '0\.8'\] is not numeric")
 
 
 def one_slice_without_position(d: Path) -> Expect:

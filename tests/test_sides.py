@@ -137,7 +137,8 @@ def test_a_stray_beside_touching_lungs_does_not_count_as_a_lung() -> None:
 
 
 @pytest.mark.parametrize(("orientation", "part", "side"), [
-    (STANDARD, LEFT_LUNG, sides.LEFT), (MIRRORED, LEFT_LUNG, sides.LEFT), (STANDARD, RIGHT_LUNG, sides.RIGHT)])
+    (STANDARD, LEFT_LUNG, sides.LEFT), (MIRRORED, LEFT_LUNG, sides.LEFT),
+    (STANDARD, RIGHT_LUNG, sides.RIGHT)])
 def test_a_single_lung_is_sided_against_the_grid_centre(orientation: tuple[float, ...], part: World,
                                                         side: int) -> None:
     affine = affine_for(orientation)
@@ -214,8 +215,8 @@ def test_every_real_case_splits_into_two_plausible_lungs(capsys: pytest.CaptureF
         if min(info.right_ml, info.left_ml) < MIN_LUNG_ML:
             problems.append(f"{case_id}: a lung below {MIN_LUNG_ML} mL ({info})")
         if not centroid_x[sides.RIGHT] < centroid_x[sides.LEFT]:
-            problems.append(f"{case_id}: right lung centroid x {centroid_x[sides.RIGHT]:.1f} mm is not left of "
-                            f"the left one's {centroid_x[sides.LEFT]:.1f} mm (LPS)")
+            problems.append(f"{case_id}: right lung centroid at LPS x {centroid_x[sides.RIGHT]:.1f} mm, "
+                            f"not below the left one's {centroid_x[sides.LEFT]:.1f} mm")
         if not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]:
             problems.append(f"{case_id}: right/left volume ratio {ratio:.2f}")
         if info.touched:
