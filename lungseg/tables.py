@@ -47,10 +47,13 @@ def case_table(cases: Sequence[Case], reports: Sequence[AnonymisationReport] | N
 
 
 def phi_table(reports: Sequence[AnonymisationReport]) -> str:
-    """Markdown table of the cases in which patient-identifying attributes were found."""
-    rows = [{"case": r.case_id, "attributes found (files)":
-             ", ".join(f"{k} ({n})" for k, n in sorted(r.phi.items())),
-             "other cleaned": ", ".join(sorted(r.other_cleaned)) or "–",
-             "private tags removed": r.private_tags_removed}
-            for r in reports if r.had_phi]
-    return markdown(rows) if rows else "No patient-identifying attribute found."
+    """Markdown table per case: patient PHI found, attributes per de-identification action (all
+    files, all depths) and values checked by the verification pass."""
+    rows = [{"case": r.case_id,
+             "patient PHI found (files)": ", ".join(f"{k} ({n})" for k, n in sorted(r.phi.items())) or "–",
+             **{action: r.actions[action] for action in ("removed (E.1-1)", "emptied (E.1-1)",
+                                                         "removed (not on the allowlist)",
+                                                         "removed (private)")},
+             "values verified": r.verified_values}
+            for r in reports]
+    return markdown(rows) if rows else "No case."

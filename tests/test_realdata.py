@@ -121,13 +121,19 @@ def test_phi_found_exactly_where_the_readme_says(case_id: str) -> None:
 
 def test_anonymised_case_003_has_no_phi_and_the_same_pixels(scratch: Path) -> None:
     src, dst = case_dir("Case_003"), scratch / "Case_003"
-    assert anonymise.anonymise(src, dst).had_phi
+    report = anonymise.anonymise(src, dst)
+    assert report.had_phi and report.case_id == "Case_003"
     assert not anonymise.scan_phi(dst).had_phi
-    for path in sorted(src.glob("*.dcm")):
-        old, new = pydicom.dcmread(path), pydicom.dcmread(dst / path.name)
+    first = pydicom.dcmread(next(src.glob("*.dcm")), stop_before_pixels=True)
+    planted = [str(first.PatientName), str(first.PatientID), str(first.PatientBirthDate)]
+    copies = sorted(dst.glob("*.dcm"))  # generated names, in the sources' path order
+    for path, copy in zip(sorted(src.glob("*.dcm")), copies, strict=True):
+        old, new = pydicom.dcmread(path), pydicom.dcmread(copy)
         assert new.PixelData == old.PixelData, path.name
         assert new.ImagePositionPatient == old.ImagePositionPatient, path.name
         assert new.PatientIdentityRemoved == "YES"
+        raw = copy.read_bytes()
+        assert not any(v.encode() in raw for v in planted if len(v) >= 4), path.name
 
 
 def test_the_notebook_steps_leave_the_data_untouched(

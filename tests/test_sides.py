@@ -113,6 +113,17 @@ def test_touching_lungs_are_split_at_the_junction(name: str) -> None:
     assert np.all(labels[bridge & (x < 0)] == sides.RIGHT) and np.all(labels[bridge & (x > 0)] == sides.LEFT)
 
 
+def test_touching_lungs_reaching_the_edges_of_the_grid_are_split() -> None:
+    affine = affine_for(STANDARD)
+    points = lps_of_voxels(affine, SHAPE)
+    right = box((-99.0, -99.0, -99.0), (-8.0, 99.0, 99.0))(points)  # every row, slice, first column
+    left = box((8.0, -99.0, -99.0), (99.0, 99.0, 99.0))(points)
+    bridge = box((-8.0, -20.0, -3.0), (8.0, -18.0, 3.0))(points)
+    labels, info = sides.split_lungs_with_info(right | left | bridge, affine)
+    assert info.touched and right[0, 0, 0] and left[-1, -1, -1]
+    assert np.all(labels[right] == sides.RIGHT) and np.all(labels[left] == sides.LEFT)
+
+
 def test_stray_components_join_the_nearest_lung() -> None:
     affine = affine_for(STANDARD)
     points = lps_of_voxels(affine, SHAPE)
