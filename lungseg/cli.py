@@ -32,10 +32,16 @@ DESCRIPTION = ("Lung segmentation in chest CT with a 2D UNet. "
 
 PREDICT_EPILOG = f"""\
 outputs (in OUT_DIR, written to a temporary folder beside it and renamed when complete):
-  {predict.NIFTI_NAME:<18} mask, uint8, (x, y, z) array, RAS affine from the DICOM geometry
-  {predict.SEG_NAME:<18} DICOM Segmentation (BINARY, segment "Lung"), references the series
-  {predict.OVERVIEW_NAME:<18} middle axial and coronal slices with the mask, physical aspect
-  {predict.STATS_NAME:<18} lung volume (mL), slices, spacing, threshold, checkpoint, timings (s)
+  {predict.NIFTI_NAME:<22} labels, uint8, 1 = patient's right lung, 2 = left lung; (x, y, z)
+  {'':<22} array, RAS affine from the DICOM geometry
+  {predict.SEG_NAME:<22} DICOM Segmentation, segments "Right lung" and "Left lung" (SNOMED CT)
+  {predict.RTSTRUCT_NAME:<22} RT Structure Set, ROIs Lung_R and Lung_L, contours on every slice
+  {predict.OVERVIEW_NAME:<22} middle axial and coronal slices with both lungs, physical aspect
+  {predict.STATS_NAME:<22} volumes (mL, per lung), slices, spacing, threshold, checkpoint, timings
+
+The side of each lung comes from the DICOM geometry (ImageOrientationPatient/ImagePositionPatient),
+never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
+model and the outputs written on the series' own grid. Oblique series are refused.
 
 default checkpoint: build/runs/*/model.pt of the newest finished run of the
 '{predict.DEFAULT_PROFILE}' profile with split '{predict.DEFAULT_SPLIT}' (held-out patients);

@@ -17,8 +17,8 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from pydicom.sr.codedict import codes
 
 from . import __version__, plots
@@ -36,6 +36,11 @@ SEGMENT_NUMBER = 1
 SEGMENT_LABEL = "Lung"
 SEGMENT_CATEGORY = codes.SCT.AnatomicalStructure  # SCT 91723000
 SEGMENT_TYPE = codes.SCT.Lung  # SCT 39607008, both lungs as one label
+# Per-lung segments (label value -> label, SNOMED CT type from CID 7151), lungmask's convention.
+LUNG_SEGMENTS: dict[int, tuple[str, hd.sr.CodedConcept]] = {
+    1: ("Right lung", hd.sr.CodedConcept("3341006", "SCT", "Right lung")),
+    2: ("Left lung", hd.sr.CodedConcept("44029006", "SCT", "Left lung")),
+}
 ALGORITHM_NAME = "lungseg 2D UNet"
 ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # DCM 123110
 SEG_SERIES_NUMBER = 9901
@@ -71,7 +76,8 @@ def nifti_affine(volume: Volume) -> np.ndarray:
 
 
 def nifti_image(mask: np.ndarray, volume: Volume) -> nib.Nifti1Image:
-    """A NIfTI-1 image of a (z, y, x) mask (stored uint8, axes transposed to x, y, z), in mm."""
+    """A NIfTI-1 image of a (z, y, x) mask or label map (stored uint8: 0 background, 1 = right and
+    2 = left lung; axes transposed to x, y, z), in mm."""
     if mask.shape != volume.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {volume.shape}")
     data = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0))
@@ -103,12 +109,13 @@ def read_sources(volume: Volume) -> list[pydicom.Dataset]:
     return sources
 
 
-def segment_description() -> hd.seg.SegmentDescription:
-    """The one segment: both lungs, found automatically by this package's UNet."""
+def segment_description(number: int = SEGMENT_NUMBER, label: str = SEGMENT_LABEL,
+                        kind: hd.sr.CodedConcept = SEGMENT_TYPE) -> hd.seg.SegmentDescription:
+    """One segment found automatically by this package's UNet (default: both lungs as one)."""
     algorithm = hd.AlgorithmIdentificationSequence(ALGORITHM_NAME, ALGORITHM_FAMILY, __version__)
     return hd.seg.SegmentDescription(
-        segment_number=SEGMENT_NUMBER, segment_label=SEGMENT_LABEL,
-        segmented_property_category=SEGMENT_CATEGORY, segmented_property_type=SEGMENT_TYPE,
+        segment_number=number, segment_label=label,
+        segmented_property_category=SEGMENT_CATEGORY, segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm)
 
@@ -116,17 +123,26 @@ def segment_description() -> hd.seg.SegmentDescription:
 def segmentation(mask: np.ndarray, sources: Sequence[pydicom.Dataset]) -> hd.seg.Segmentation:
     """A BINARY DICOM Segmentation of a (z, y, x) mask; ``sources[k]`` is the header of slice ``k``.
 
+    A bool mask is one segment "Lung"; integer labels (1 = right, 2 = left lung) are two segments
+    with their SNOMED CT codes (:data:`LUNG_SEGMENTS`).
+
     Frames of empty slices are omitted (highdicom's default); the SEG references the source series.
     """
     if len(sources) != mask.shape[0]:
         raise ValueError(f"{len(sources)} source images for a mask of {mask.shape[0]} slices")
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        descriptions, pixels = [segment_description()], mask
+    else:
+        descriptions = [segment_description(n, label, kind) for n, (label, kind) in LUNG_SEGMENTS.items()]
+        pixels = mask.astype(np.uint8)
     with warnings.catch_warnings():
         # Anonymised names such as "Case_000" have one component; highdicom warns, DICOM allows it.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
         return hd.seg.Segmentation(
-            source_images=list(sources), pixel_array=np.asarray(mask, dtype=bool),
+            source_images=list(sources), pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment_description()],
+            segment_descriptions=descriptions,
             series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name=ALGORITHM_NAME, software_versions=__version__,
@@ -139,22 +155,16 @@ def write_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike[str]) ->
     return Path(path)
 
 
-def lung_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Volume of a (z, y, x) bool mask in mL, from the voxel spacing (dz, dy, dx) in mm."""
-    return float(np.count_nonzero(mask) * float(np.prod(spacing)) / MM3_PER_ML)
-
-
-def _overlay(ax: Axes, image: np.ndarray, mask: np.ndarray, extent: list[float], origin: str) -> None:
-    lo, hi = plots.DISPLAY_WINDOW_HU
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, extent=extent, origin=origin,
-              interpolation="nearest")
-    rgba = np.zeros((*mask.shape, 4))
-    rgba[mask] = (*plots.MASK_COLOUR, plots.MASK_ALPHA)
-    ax.imshow(rgba, extent=extent, origin=origin, interpolation="nearest")
+def lung_volume_ml(mask: np.ndarray, spacing: Sequence[float], label: int | None = None) -> float:
+    """Volume in mL of a (z, y, x) mask (non-zero voxels, or those equal to ``label``), from the voxel
+    spacing (dz, dy, dx) in mm."""
+    voxels = np.count_nonzero(mask if label is None else np.asarray(mask) == label)
+    return float(voxels * float(np.prod(spacing)) / MM3_PER_ML)
 
 
 def overview_figure(volume: Volume, mask: np.ndarray, title: str = "") -> Figure:
-    """Middle axial (y, x) and middle coronal (z, x) slices with ``mask`` overlaid, in mm (true aspect).
+    """Middle axial (y, x) and middle coronal (z, x) slices with ``mask`` (bool, or labels 1 = right,
+    2 = left lung) overlaid, in mm (true aspect), of a volume in the canonical orientation.
 
     Built without pyplot (no global figure state, no display backend needed).
     """
@@ -164,17 +174,22 @@ def overview_figure(volume: Volume, mask: np.ndarray, title: str = "") -> Figure
     dz, dy, dx = volume.spacing
     k = nz // 2
     # Axial: row 0 (anterior for standard orientation) at the top, as radiology displays it.
-    _overlay(ax_axial, np.asarray(volume.hu[k]), np.asarray(mask[k], dtype=bool),
-             [0.0, nx * dx, ny * dy, 0.0], "upper")
+    plots.show_overlay(ax_axial, np.asarray(volume.hu[k]), np.asarray(mask[k]),
+                       [0.0, nx * dx, ny * dy, 0.0], "upper")
     ax_axial.set_title(f"axial slice {k} (position {volume.positions[k]:.1f} mm)")
     ax_axial.set_xlabel("x (mm)")
     ax_axial.set_ylabel("y (mm)")
-    image, cor_mask, extent = plots.coronal_slice(Case(volume, np.asarray(mask, dtype=bool)))
-    _overlay(ax_coronal, image, cor_mask, extent, "lower")
+    image, _, extent = plots.coronal_slice(Case(volume, np.asarray(mask, dtype=bool)))
+    plots.show_overlay(ax_coronal, image, np.asarray(mask)[:, ny // 2, :], extent, "lower")
     ax_coronal.set_title(f"coronal row {ny // 2}")
     ax_coronal.set_xlabel("x (mm)")
     ax_coronal.set_ylabel("z (mm)")
-    fig.suptitle(title or f"{volume.case_id}: predicted lung mask")
+    if np.asarray(mask).dtype != bool:  # labels: say which colour is which side
+        handles = [Patch(color=plots.LABEL_COLOURS[v], label=f"{v}: patient's {plots.LABEL_NAMES[v]}")
+                   for v in sorted(plots.LABEL_COLOURS)]
+        fig.legend(handles=handles, loc="lower center", ncols=2, frameon=False)
+        ax_axial.set_xlabel("x (mm), patient's right on the left (radiological view)")
+    fig.suptitle(title or f"{volume.case_id}: predicted lungs")
     return fig
 
 

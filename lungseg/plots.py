@@ -17,6 +17,10 @@ from .cache import Case
 DISPLAY_WINDOW_HU = (-1350.0, 150.0)
 MASK_COLOUR = (1.0, 0.25, 0.1)
 MASK_ALPHA = 0.45
+LABEL_COLOURS: dict[int, tuple[float, float, float]] = {1: (0.15, 0.55, 1.0), 2: (1.0, 0.55, 0.1)}
+"""Per label: 1 = the patient's right lung (blue), 2 = the left lung (orange); a bool mask is label 1
+in MASK_COLOUR."""
+LABEL_NAMES = {1: "right lung", 2: "left lung"}
 DPI = 110
 # Written into no PNG: matplotlib's default "Software" entry names its version, so a figure would
 # change bytes with an upgrade; without it and without a date, a rerun writes identical files.
@@ -29,6 +33,28 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, metadata=PNG_METADATA)
     return out
+
+
+def overlay_rgba(labels: np.ndarray, colours: dict[int, tuple[float, ...]] | None = None,
+                 alpha: float = MASK_ALPHA) -> np.ndarray:
+    """(H, W, 4) RGBA of a 2D mask: bool in MASK_COLOUR, integer labels in LABEL_COLOURS (or
+    ``colours``); transparent where 0. The one overlay drawer of every figure and the viewer."""
+    labels = np.asarray(labels)
+    rgba = np.zeros((*labels.shape, 4))
+    if labels.dtype == bool:
+        colours = colours or {1: MASK_COLOUR}
+        labels = labels.astype(np.uint8)
+    for value, colour in (colours or LABEL_COLOURS).items():
+        rgba[labels == value] = (*colour[:3], colour[3] if len(colour) > 3 else alpha)
+    return rgba
+
+
+def show_overlay(ax: plt.Axes, image: np.ndarray, labels: np.ndarray, extent: list[float] | None = None,
+                 origin: str = "upper", window: tuple[float, float] = DISPLAY_WINDOW_HU) -> None:
+    """``image`` (HU, grey, ``window``) with :func:`overlay_rgba` of ``labels`` on top."""
+    ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], extent=extent, origin=origin,
+              interpolation="nearest")
+    ax.imshow(overlay_rgba(labels), extent=extent, origin=origin, interpolation="nearest")
 
 
 def coronal_slice(case: Case) -> tuple[np.ndarray, np.ndarray, list[float]]:
@@ -47,12 +73,7 @@ def coronal_slice(case: Case) -> tuple[np.ndarray, np.ndarray, list[float]]:
 
 def _show_coronal(ax: plt.Axes, case: Case, overlay: bool) -> None:
     image, mask, extent = coronal_slice(case)
-    ax.imshow(image, cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1],
-              extent=extent, origin="lower", interpolation="nearest")
-    if overlay:
-        rgba = np.zeros((*mask.shape, 4))
-        rgba[mask] = (*MASK_COLOUR, MASK_ALPHA)
-        ax.imshow(rgba, extent=extent, origin="lower", interpolation="nearest")
+    show_overlay(ax, image, mask if overlay else np.zeros_like(mask), extent, "lower")
     ax.set_xlabel("x (mm)")
     ax.set_ylabel("z (mm)")
 

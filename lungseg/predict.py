@@ -17,7 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, data, dicom, evaluate, export, model, orient, postprocess, report, train, writing
+from . import (
+    __version__,
+    data,
+    dicom,
+    evaluate,
+    export,
+    model,
+    orient,
+    postprocess,
+    report,
+    rtstruct,
+    sides,
+    train,
+    writing,
+)
 
 DEFAULT_PROFILE = "cpu"
 DEFAULT_SPLIT = "cases"
@@ -28,9 +42,10 @@ _PROFILE_IGNORED = ("cases", "test_cases", "data_dir", *train.TrainConfig.NON_KE
 
 NIFTI_NAME = "lung_mask.nii.gz"
 SEG_NAME = "lung_mask.seg.dcm"
+RTSTRUCT_NAME = "lung_mask.rtstruct.dcm"
 OVERVIEW_NAME = "overview.png"
 STATS_NAME = "stats.json"
-OUTPUT_NAMES = (NIFTI_NAME, SEG_NAME, OVERVIEW_NAME, STATS_NAME)
+OUTPUT_NAMES = (NIFTI_NAME, SEG_NAME, RTSTRUCT_NAME, OVERVIEW_NAME, STATS_NAME)
 
 
 class PredictError(RuntimeError):
@@ -154,10 +169,10 @@ class _Clock:
 
 # ---- the command -------------------------------------------------------------------------------
 
-def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, checkpoint: Path,
-           threshold: float, clean: bool, device: str) -> dict:
+def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, cfg: train.TrainConfig,
+           checkpoint: Path, threshold: float, clean: bool, device: str) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
-    ``mask`` are on the acquisition grid."""
+    ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
     return {
         "lungseg_version": __version__,
         "input": str(Path(volume.files[0]).parent),
@@ -167,8 +182,13 @@ def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, check
         "slices": volume.shape[0],
         "shape_zyx": list(volume.shape),
         "spacing_mm_zyx": list(volume.spacing),
-        "lung_voxels": int(np.count_nonzero(mask)),
-        "lung_volume_ml": export.lung_volume_ml(mask, volume.spacing),
+        "labels": {"1": "right lung", "2": "left lung"},
+        "lung_voxels": int(np.count_nonzero(labels)),
+        "lung_volume_ml": export.lung_volume_ml(labels, volume.spacing),
+        "right_lung_ml": export.lung_volume_ml(labels, volume.spacing, sides.RIGHT),
+        "left_lung_ml": export.lung_volume_ml(labels, volume.spacing, sides.LEFT),
+        "lungs_touching": split.touched,
+        "side_split_method": split.method,
         "threshold": threshold,
         "postprocess": clean,
         "checkpoint": str(checkpoint),
@@ -178,16 +198,18 @@ def _stats(volume: dicom.Volume, mask: np.ndarray, cfg: train.TrainConfig, check
     }
 
 
-def _write_outputs(tmp: Path, volume: dicom.Volume, mask: np.ndarray, reo: orient.Reorientation,
+def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: orient.Reorientation,
                    clock: _Clock) -> None:
-    """NIfTI and SEG on the acquisition grid (``volume``, ``mask``); the overview in the canonical
-    axial orientation, whatever the acquisition plane."""
-    export.write_nifti(mask, volume, tmp / NIFTI_NAME)
+    """NIfTI, SEG and RTSTRUCT on the acquisition grid (``volume``, ``labels``); the overview in the
+    canonical axial orientation, whatever the acquisition plane."""
+    export.write_nifti(labels, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
-    export.write_seg(mask, volume, tmp / SEG_NAME)
+    export.write_seg(labels, volume, tmp / SEG_NAME)
     clock.lap("seg_s")
+    rtstruct.write_rtstruct(labels, volume, tmp / RTSTRUCT_NAME)
+    clock.lap("rtstruct_s")
     canon, _ = orient.canonical(volume)
-    export.write_overview(canon, reo.to_canonical(mask), tmp / OVERVIEW_NAME)
+    export.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
     clock.lap("overview_s")
 
 
@@ -228,12 +250,15 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     clock.lap("read_dicom_s")
     logits = predict_volume(net, cfg, canon, batch_size, dev)
     clock.lap("inference_s")
-    mask = reo.to_native(segment(logits, threshold, clean))
+    # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
+    # same anatomy gets the very same labels (ties in the split are broken in one array order).
+    canon_labels, split = sides.split_lungs_with_info(segment(logits, threshold, clean), canon)
+    labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
-    stats = _stats(volume, mask, cfg, ckpt, threshold, clean, dev)
+    stats = _stats(volume, labels, split, cfg, ckpt, threshold, clean, dev)
     stats["reoriented_for_inference"] = not reo.is_identity
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
-        _write_outputs(tmp, volume, mask, reo, clock)
+        _write_outputs(tmp, volume, labels, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
         writing.atomic_write_text(tmp / STATS_NAME, json.dumps(stats, indent=1) + "\n")
     return stats

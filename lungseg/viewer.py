@@ -12,17 +12,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .cache import Case
-from .plots import DISPLAY_WINDOW_HU
+from .plots import DISPLAY_WINDOW_HU, overlay_rgba
 
 GT_COLOUR = (0.1, 0.8, 0.2, 0.4)
 PRED_COLOUR = (1.0, 0.2, 0.1, 0.4)
 HU_RANGE = (-1024, 3071)
-
-
-def _overlay(mask: np.ndarray, colour: tuple[float, float, float, float]) -> np.ndarray:
-    rgba = np.zeros((*mask.shape, 4))
-    rgba[mask] = colour
-    return rgba
 
 
 def draw_slice(case: Case, logits: np.ndarray | None, z: int, window: tuple[float, float],
@@ -31,9 +25,9 @@ def draw_slice(case: Case, logits: np.ndarray | None, z: int, window: tuple[floa
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(case.volume.hu[z], cmap="gray", vmin=window[0], vmax=window[1])
     if show_gt:
-        ax.imshow(_overlay(np.asarray(case.mask[z]), GT_COLOUR))
+        ax.imshow(overlay_rgba(np.asarray(case.mask[z], dtype=bool), {1: GT_COLOUR}))
     if show_pred and logits is not None:
-        ax.imshow(_overlay(logits[z] > 0, PRED_COLOUR))
+        ax.imshow(overlay_rgba(logits[z] > 0, {1: PRED_COLOUR}))
     ax.set_title(f"{case.case_id}, slice {z} (z = {case.volume.positions[z]:.1f} mm)")
     ax.axis("off")
     return fig

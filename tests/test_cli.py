@@ -19,7 +19,7 @@ import pytest
 import torch
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import cli, dicom, export, model, paths, predict, report, train, writing
+from lungseg import cli, dicom, export, model, paths, predict, report, rtstruct, train, writing
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 TINY_CHANNELS = 4
@@ -73,10 +73,15 @@ def median_threshold(series: Path, ckpt: Path) -> tuple[float, np.ndarray]:
 
 
 def seg_pixels(path: Path, volume: dicom.Volume) -> np.ndarray:
-    """The SEG's mask (z, y, x) bool, frames matched to the volume's slices by SOPInstanceUID."""
+    """The SEG as (z, y, x): bool for one segment, else labels (segment number per voxel), frames
+    matched to the volume's slices by SOPInstanceUID."""
     seg = hd.seg.segread(path)
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in volume.files]
-    return seg.get_pixels_by_source_instance(uids, segment_numbers=[1])[..., 0].astype(bool)
+    numbers = [d.SegmentNumber for d in seg.SegmentSequence]
+    pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=numbers).astype(bool)
+    if len(numbers) == 1:
+        return pixels[..., 0]
+    return (pixels * np.asarray(numbers, dtype=np.uint8)).max(axis=-1)
 
 
 # ---- NIfTI geometry ---------------------------------------------------------------------------
@@ -153,14 +158,18 @@ def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: P
     assert sorted(f.name for f in out.iterdir()) == sorted([*predict.OUTPUT_NAMES, writing.MARKER])
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no temp left
     vol = dicom.load_series(series)
-    mask = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0).astype(bool)
+    labels = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0)
+    mask = labels > 0
     np.testing.assert_array_equal(mask, logits > predict.postprocess.logit(p))
-    assert 0 < mask.sum() < mask.size
-    np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), mask)
+    assert 0 < mask.sum() < mask.size and set(np.unique(labels)) <= {0, 1, 2}
+    np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), labels)
+    structures = rtstruct.read_rtstruct(out / predict.RTSTRUCT_NAME, vol)
+    np.testing.assert_array_equal(rtstruct.labels_from_structures(structures), labels)
     stats = json.loads((out / predict.STATS_NAME).read_text())
     assert stats["slices"] == N_SLICES and stats["postprocess"] is False
     assert stats["threshold"] == pytest.approx(p) and stats["checkpoint"] == str(ckpt)
     assert stats["lung_volume_ml"] == pytest.approx(mask.sum() * DZ * 0.75 * 0.8 / 1000)
+    assert stats["right_lung_ml"] + stats["left_lung_ml"] == pytest.approx(stats["lung_volume_ml"])
     assert {"read_dicom_s", "inference_s", "seg_s", "total_s"} <= set(stats["timings_s"])
     assert (out / predict.OVERVIEW_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -336,3 +345,44 @@ def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
     (ckpt.parent / "inference.json").write_text(json.dumps({"threshold": 0.7, "postprocess": False}))
     assert predict.inference_settings(ckpt, None, None) == (0.7, False)
     assert predict.inference_settings(ckpt, 0.4, True) == (0.4, True)  # explicit options win
+
+
+# ---- left and right lungs on a real case (the course's reference weights) ----------------------
+
+REFERENCE_WEIGHTS = paths.ROOT.parent / "shared" / "models" / "SimpleUNet_v3.pt"
+REAL_SLICES = slice(50, 80)  # 30 slices through both lungs of Case_000
+
+
+@pytest.mark.realdata
+def test_predict_on_a_real_case_labels_the_patients_right_lung_1(tmp_path: Path) -> None:
+    """As an outside check would: labels 1/2 through the NIfTI affine, ROIs Lung_R/Lung_L whose
+    contours reference the CT's instances and rasterise back to the labels, per-lung SEG."""
+    if not REAL_CASE.is_dir() or not REFERENCE_WEIGHTS.is_file():
+        pytest.skip("Case_000 or the course's reference weights are absent")
+    files = dicom.load_series(REAL_CASE).files[REAL_SLICES]
+    series = tmp_path / "Case_000"
+    series.mkdir()
+    for f in files:
+        (series / Path(f).name).write_bytes(Path(f).read_bytes())
+    out = tmp_path / "out"
+    assert run_cli("predict", series, "--out", out, "--checkpoint", REFERENCE_WEIGHTS) == 0
+    img = nib.load(out / predict.NIFTI_NAME)
+    labels = np.asarray(img.dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    ijk = {v: np.argwhere(labels == v).mean(axis=0) for v in (1, 2)}
+    ras_x = {v: (img.affine @ [*ijk[v], 1.0])[0] for v in (1, 2)}
+    assert ras_x[1] > ras_x[2]  # RAS x grows towards the patient's right
+    vol = dicom.load_series(series)
+    ct_uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.files}
+    rs = pydicom.dcmread(out / predict.RTSTRUCT_NAME)
+    assert rs.Modality == "RTSTRUCT"
+    assert sorted(r.ROIName for r in rs.StructureSetROISequence) == ["Lung_L", "Lung_R"]
+    refs = {c.ContourImageSequence[0].ReferencedSOPInstanceUID
+            for roi in rs.ROIContourSequence for c in roi.ContourSequence}
+    assert refs and refs <= ct_uids
+    zyx = labels.transpose(2, 1, 0)
+    back = rtstruct.labels_from_structures(rtstruct.read_rtstruct(out / predict.RTSTRUCT_NAME, vol))
+    for v in (1, 2):
+        dice = 2 * np.sum((back == v) & (zyx == v)) / (np.sum(back == v) + np.sum(zyx == v))
+        assert dice >= 0.98, (v, dice)
+    np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), zyx)
