@@ -112,6 +112,11 @@ class SliceDataset(Dataset):
         return self.images[i], self.masks[i].float(), self.infos[i]
 
     @property
+    def empty(self) -> torch.Tensor:
+        """(N,) bool: True for slices whose mask (at training size) holds no lung."""
+        return self.masks.flatten(1).amax(1) == 0
+
+    @property
     def case_ids(self) -> list[str]:
         return [info.case_id for info in self.infos]
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, metrics, model, paths, postprocess, train
+from . import data, metrics, model, paths, postprocess, speed, train
 from .cache import Case
 
 INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
@@ -21,14 +21,17 @@ INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cac
 
 def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
                batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-               channels_last: bool = True, amp: bool = True, name: str = "volume",
+               channels_last: bool | None = None, amp: bool = True, name: str = "volume",
                progress: bool = False) -> np.ndarray:
     """Logits (z, H, W) float32 for a (z, H, W) HU volume with square slices.
 
     Slices are resized to ``image_size`` as in training and the logits upsampled back to full size
     (bilinear), so every metric is computed on the original grid. ``amp``: bf16 autocast where
-    native (2x faster on an AVX-512 BF16 CPU). ``name`` labels errors and the progress bar.
+    native (2x faster on an AVX-512 BF16 CPU). ``channels_last=None``: the layout
+    :func:`lungseg.speed.choose` measures faster here. ``name`` labels errors and the progress bar.
     """
+    if channels_last is None:
+        channels_last = bool(speed.choose(image_size, batch_size, torch.device(device))["channels_last"])
     net = net.to(device).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -52,7 +55,7 @@ def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "wi
 
 def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
                    batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-                   channels_last: bool = True, amp: bool = True) -> np.ndarray:
+                   channels_last: bool | None = None, amp: bool = True) -> np.ndarray:
     """:func:`predict_hu` on the volume of ``case``: logits (z, 512, 512) float32."""
     return predict_hu(net, case.volume.hu, image_size, mode, batch_size, device, channels_last, amp,
                       name=case.case_id)

@@ -71,8 +71,10 @@ def coronal_slice(case: Case) -> tuple[np.ndarray, np.ndarray, list[float]]:
     return np.asarray(vol.hu[:, y, :]), np.asarray(case.mask[:, y, :]), extent
 
 
-def _show_coronal(ax: plt.Axes, case: Case, overlay: bool) -> None:
+def _show_coronal(ax: plt.Axes, case: Case, overlay: bool, labels: np.ndarray | None = None) -> None:
     image, mask, extent = coronal_slice(case)
+    if labels is not None:  # (z, y, x) labels 1 = right, 2 = left lung, on the case's grid
+        mask = np.asarray(labels[:, labels.shape[1] // 2, :])
     show_overlay(ax, image, mask if overlay else np.zeros_like(mask), extent, "lower")
     ax.set_xlabel("x (mm)")
     ax.set_ylabel("z (mm)")
@@ -93,17 +95,20 @@ def coronal_figure(case: Case) -> Figure:
     return fig
 
 
-def coronal_grid(cases: list[Case], ncols: int = 4) -> Figure:
-    """Middle coronal slice of every case with its mask overlaid, at the physical aspect."""
+def coronal_grid(cases: list[Case], ncols: int = 4, labels: list[np.ndarray] | None = None,
+                 notes: list[str] | None = None) -> Figure:
+    """Middle coronal slice of every case with its mask (or ``labels``: right lung blue, left
+    orange) overlaid, at the physical aspect; ``notes`` are added to the titles."""
     ncols = max(1, min(ncols, len(cases)))
     nrows = max(1, math.ceil(len(cases) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.4 * nrows),
                              constrained_layout=True, squeeze=False)
     for ax in axes.flat[len(cases):]:
         ax.axis("off")
-    for ax, case in zip(axes.flat, cases, strict=False):
-        _show_coronal(ax, case, overlay=True)
-        ax.set_title(f"{case.case_id} ({case.volume.shape[0]} slices)", fontsize=9)
+    for i, (ax, case) in enumerate(zip(axes.flat, cases, strict=False)):
+        _show_coronal(ax, case, overlay=True, labels=labels[i] if labels is not None else None)
+        note = f", {notes[i]}" if notes else ""
+        ax.set_title(f"{case.case_id} ({case.volume.shape[0]} slices{note})", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(8)
         ax.yaxis.label.set_size(8)

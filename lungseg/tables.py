@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from .anonymise import AnonymisationReport
 from .cache import Case
+from .sides import SplitInfo
 
 
 def markdown(rows: Sequence[dict], floatfmt: str = ".3g") -> str:
@@ -57,3 +58,14 @@ def phi_table(reports: Sequence[AnonymisationReport]) -> str:
              "values verified": r.verified_values}
             for r in reports]
     return markdown(rows) if rows else "No case."
+
+
+def sides_table(case_ids: Sequence[str], infos: Sequence[SplitInfo]) -> str:
+    """Markdown table of the right/left split of each ground-truth mask (see :mod:`lungseg.sides`)."""
+    rows = [{"case": c, "lungs touch": "yes" if i.touched else "no", "method": i.method,
+             "split depth (mm)": f"{i.split_depth_mm:.1f}" if i.split_depth_mm is not None else "–",
+             "right lung (mL)": f"{i.right_ml:.0f}", "left lung (mL)": f"{i.left_ml:.0f}",
+             "stray components": i.strays}
+            for c, i in zip(case_ids, infos, strict=True)]
+    touching = sum(i.touched for i in infos)
+    return markdown(rows) + f"\n\nLungs touch (one 3D component) in **{touching} of {len(infos)}** cases."

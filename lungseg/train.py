@@ -21,11 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
-from . import cache, data, losses, model, paths
+from . import cache, data, losses, model, paths, speed
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,17 @@ class TrainConfig:
     dropout: float = model.DEFAULT_DROPOUT
     max_steps_per_epoch: int = 0
     """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
-    channels_last: bool = False
-    amp: bool = False
-    """bf16 autocast where the hardware runs it natively (CUDA; CPUs with AVX-512 BF16)."""
+    empty_keep: float = 1.0
+    """Share of the training slices with an empty mask (above and below the lungs, ~45 %) used in
+    each epoch, drawn anew every epoch from (seed, epoch); 1 = all of them."""
+    curve_slices: int = 0
+    """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
+    spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
+    channels_last: bool | str = False
+    """channels_last memory layout; "auto" = whichever :func:`lungseg.speed.choose` measures faster."""
+    amp: bool | str = False
+    """bf16 autocast where the hardware runs it natively (CUDA; CPUs with AVX-512 BF16); "auto" =
+    measured, as ``channels_last``."""
     device: str = "auto"
     threads: int = 0
     """torch intra-op threads; 0 = leave torch's default."""
@@ -82,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"split must be 'slices' or 'cases', got {cfg.split!r}")
         if cfg.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+        if "auto" in (cfg.channels_last, cfg.amp):  # measured on this machine, cached, logged
+            choice = speed.choose(cfg.image_size, cfg.batch_size, pick_device(cfg.device))
+            cfg.channels_last = choice["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
+            cfg.amp = choice["amp"] if cfg.amp == "auto" else cfg.amp
         return cfg
 
     @classmethod
@@ -161,6 +174,27 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
             opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
                                                pct_start=ONECYCLE_WARMUP)
+
+
+def epoch_indices(train_idx: list[int], empty: torch.Tensor, cfg: TrainConfig, epoch: int) -> list[int]:
+    """The training slices of one epoch: every slice with lung, and a share ``cfg.empty_keep`` of
+    the empty-mask ones (``empty[i]`` for slice i), drawn from (seed, epoch) so resume is exact."""
+    if cfg.empty_keep >= 1:
+        return train_idx
+    idx = torch.as_tensor(train_idx)
+    is_empty = empty[idx]
+    empties = idx[is_empty]
+    n_keep = round(cfg.empty_keep * len(empties))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+    kept = empties[torch.randperm(len(empties), generator=gen)[:n_keep]]
+    return sorted(idx[~is_empty].tolist() + kept.tolist())
+
+
+def curve_indices(test_idx: list[int], n: int) -> list[int]:
+    """``n`` evenly spaced test slices (all when ``n`` is 0 or at least their number)."""
+    if n <= 0 or n >= len(test_idx):
+        return test_idx
+    return [test_idx[i] for i in np.linspace(0, len(test_idx) - 1, n).round().astype(int)]
 
 
 def _epoch_batches(train_idx: list[int], cfg: TrainConfig, epoch: int, world: int) -> list[torch.Tensor]:
@@ -318,7 +352,7 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
     """One pass over the training batches; returns the mean loss and accuracy over all processes."""
     ddp_net.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
-    batches = _epoch_batches(train_idx, cfg, epoch, dist.world)
+    batches = _epoch_batches(epoch_indices(train_idx, ds.empty, cfg, epoch), cfg, epoch, dist.world)
     for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                   disable=not dist.main):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
@@ -356,7 +390,8 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
     ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
                                       cfg.input_mode)
     train_idx, test_idx = split_indices(ds, cfg)
-    steps = len(_epoch_batches(train_idx, cfg, 0, dist.world))
+    steps = len(_epoch_batches(epoch_indices(train_idx, ds.empty, cfg, 0), cfg, 0, dist.world))
+    curve_idx = curve_indices(test_idx, cfg.curve_slices)
     net, opt, sched = _build(cfg, steps, device)
     torch.manual_seed(cfg.seed + dist.rank)  # own dropout stream per process (rank 0: as alone)
     ddp_net = _wrap(net, dist, device)
@@ -368,7 +403,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_loss, train_acc = _train_epoch(ddp_net, opt, sched, ds, train_idx, cfg, epoch, dist, device)
-        test_loss, test_acc = evaluate(net, ds, test_idx, cfg, device)
+        test_loss, test_acc = evaluate(net, ds, curve_idx, cfg, device)
         for k, v in (("train_loss", train_loss), ("train_acc", train_acc), ("test_loss", test_loss),
                      ("test_acc", test_acc), ("epoch_s", time.perf_counter() - t0),
                      ("lr", opt.param_groups[0]["lr"])):
@@ -410,7 +445,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
     return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
 
 
-NOTEBOOK_ONLY = ("figures_dir", "compare_split", "reference_weights", "interactive")
+NOTEBOOK_ONLY = ("figures_dir", "compare_split", "cv_folds", "reference_weights", "interactive")
 
 
 def config_from_profile(profile: str, overrides: dict[str, str] | None = None) -> TrainConfig:
