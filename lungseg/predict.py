@@ -260,5 +260,9 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
         _write_outputs(tmp, volume, labels, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
+        # Per slice and per core, so machines of different sizes compare (threads = cores used).
+        per_slice = clock.stages["inference_s"] / max(1, canon.shape[0])
+        stats["inference_per_slice"] = {"ms": round(1000 * per_slice, 2), "threads": torch.get_num_threads(),
+                                        "core_ms": round(1000 * per_slice * torch.get_num_threads(), 2)}
         writing.atomic_write_text(tmp / STATS_NAME, json.dumps(stats, indent=1) + "\n")
     return stats

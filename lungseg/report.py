@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from . import paths
+from . import paths, writing
 
 NOTEBOOKS = paths.ROOT / "notebooks"
 PROFILES = paths.ROOT / "params"
@@ -85,11 +86,21 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
                        f"{platform.platform()}, Python {platform.python_version()}",
             "notebooks": earlier}  # notebooks not run this time keep their earlier record
+    staging = out_dir / "figures"  # published to each figures_dir only when every notebook succeeded
+    shutil.rmtree(staging, ignore_errors=True)
+    publish: dict[Path, Path] = {}
     for nb in notebooks(only):
         p = dict(params.get(nb.stem, {}))
         if data:
             p["data_dir"] = data
-        print(f"== {nb.name} (profile {profile}): {p}", flush=True)
+        if "figures_dir" in p:
+            target = paths.resolve(p["figures_dir"])
+            p["figures_dir"] = str(staging / target.relative_to(paths.ROOT)
+                                   if target.is_relative_to(paths.ROOT) else staging / target.name)
+            publish[paths.resolve(p["figures_dir"])] = target
+        last = earlier.get(nb.stem, {}).get("wall_s")
+        estimate = f"; the last run here took {last / 60:.1f} min" if last else ""
+        print(f"== {nb.name} (profile {profile}{estimate}): {p}", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(nb, out_dir / nb.name, parameters=p, kernel_name=kernel,
@@ -105,8 +116,26 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
     prov_path.write_text(json.dumps(prov, indent=1) + "\n")
+    for src, dst in publish.items():
+        changed = publish_folder(src, dst)
+        print(f"== published {len(changed)} changed file(s) to {dst}", flush=True)
     publish_provenance(profile)
     return 0
+
+
+def publish_folder(src: Path, dst: Path) -> list[Path]:
+    """Copy every file of ``src`` into ``dst`` whose bytes differ (so a rerun with unchanged
+    results leaves the files, and ``git status``, untouched); return the files written."""
+    written = []
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        out = dst / f.relative_to(src)
+        data = f.read_bytes()
+        if out.is_file() and out.read_bytes() == data:
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writing.atomic_write(out, lambda fh, d=data: fh.write(d))
+        written.append(out)
+    return written
 
 
 def publish_provenance(profile: str) -> list[Path]:
@@ -118,7 +147,7 @@ def publish_provenance(profile: str) -> list[Path]:
     written = []
     for folder in sorted(targets):
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "provenance.json").write_text(src.read_text())
+        writing.atomic_write_text(folder / "provenance.json", src.read_text())
         written.append(folder / "provenance.json")
     return written
 

@@ -1,0 +1,64 @@
+"""Score a training run as an outside check would: ``python -m lungseg predict`` on held-out cases,
+then Dice per lung label against the course mask, read back through the NIfTI's own geometry.
+
+    python benchmarks/heldout_predict.py RUN_DIR [--cases Case_002,Case_005,Case_008,Case_011]
+
+Prints one JSON line: per-case Dice (both lungs), predict wall time, and the mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from lungseg import dicom, paths
+from lungseg.data import DEFAULT_TEST_CASES
+
+
+def dice_through_geometry(nifti: Path, case: str) -> float:
+    """Dice of the NIfTI labels (> 0) against the case's mask, mapping NIfTI voxels to the DICOM
+    slice order through the affines (so a geometry error would show as a low Dice)."""
+    volume = dicom.load_series(paths.images_dir(paths.data_dir(), case))
+    truth = dicom.load_mask(paths.mask_file(paths.data_dir(), case), volume)
+    img = nib.load(nifti)
+    from lungseg.export import nifti_affine
+
+    # voxel (i, j, k) of the NIfTI -> world -> voxel of the volume's own grid
+    to_volume = np.linalg.inv(nifti_affine(volume)) @ img.affine
+    pred_xyz = np.asarray(img.dataobj) > 0
+    ijk = np.argwhere(pred_xyz)
+    mapped = np.rint(np.c_[ijk, np.ones(len(ijk))] @ to_volume.T)[:, :3].astype(int)
+    pred = np.zeros(truth.shape, dtype=bool)
+    pred[mapped[:, 2], mapped[:, 1], mapped[:, 0]] = True
+    return float(2 * np.sum(pred & truth) / (pred.sum() + truth.sum()))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--cases", default=",".join(DEFAULT_TEST_CASES))
+    args = ap.parse_args()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases.split(","):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "lungseg", "predict",
+                            str(paths.images_dir(paths.data_dir(), case)), "--out", f"{tmp}/{case}",
+                            "--checkpoint", args.run_dir], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            out[case] = {"dice": dice_through_geometry(Path(tmp) / case / "lung_mask.nii.gz", case),
+                         "predict_wall_s": round(time.perf_counter() - t0, 2)}
+    print(json.dumps({"cases": out, "mean_dice": float(np.mean([v["dice"] for v in out.values()]))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
