@@ -3,7 +3,7 @@ then Dice per lung label against the course mask, read back through the NIfTI's 
 
     python benchmarks/heldout_predict.py RUN_DIR [--cases Case_002,Case_005,Case_008,Case_011]
 
-Prints one JSON line: per-case Dice (both lungs), predict wall time, and the mean.
+Prints one JSON line: per-case Dice, HD95 and MSD (both lungs), predict wall time, and the means.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lungseg import dicom, paths
+from lungseg import dicom, metrics, paths
 from lungseg.data import DEFAULT_TEST_CASES
 
 
-def dice_through_geometry(nifti: Path, case: str) -> float:
-    """Dice of the NIfTI labels (> 0) against the case's mask, mapping NIfTI voxels to the DICOM
-    slice order through the affines (so a geometry error would show as a low Dice)."""
+def scores_through_geometry(nifti: Path, case: str) -> dict:
+    """Dice, HD95 and MSD (mm) of the NIfTI labels (> 0) against the case's mask, mapping NIfTI
+    voxels to the DICOM slice order through the affines (so a geometry error would show)."""
     volume = dicom.load_series(paths.images_dir(paths.data_dir(), case))
     truth = dicom.load_mask(paths.mask_file(paths.data_dir(), case), volume)
     img = nib.load(nifti)
@@ -38,7 +38,7 @@ def dice_through_geometry(nifti: Path, case: str) -> float:
     mapped = np.rint(np.c_[ijk, np.ones(len(ijk))] @ to_volume.T)[:, :3].astype(int)
     pred = np.zeros(truth.shape, dtype=bool)
     pred[mapped[:, 2], mapped[:, 1], mapped[:, 0]] = True
-    return float(2 * np.sum(pred & truth) / (pred.sum() + truth.sum()))
+    return metrics.per_patient_metrics(pred, truth, volume.spacing)
 
 
 def main() -> int:
@@ -54,9 +54,11 @@ def main() -> int:
                             str(paths.images_dir(paths.data_dir(), case)), "--out", f"{tmp}/{case}",
                             "--checkpoint", args.run_dir], check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-            out[case] = {"dice": dice_through_geometry(Path(tmp) / case / "lung_mask.nii.gz", case),
-                         "predict_wall_s": round(time.perf_counter() - t0, 2)}
-    print(json.dumps({"cases": out, "mean_dice": float(np.mean([v["dice"] for v in out.values()]))}))
+            wall = round(time.perf_counter() - t0, 2)
+            out[case] = {**scores_through_geometry(Path(tmp) / case / "lung_mask.nii.gz", case),
+                         "predict_wall_s": wall}
+    means = {f"mean_{k}": float(np.mean([v[k] for v in out.values()])) for k in ("dice", "hd95_mm", "msd_mm")}
+    print(json.dumps({"cases": out, **means}))
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluate, paths, predict, report, writing
+from . import inference, paths, predict, report, writing
 from .dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
@@ -43,9 +43,9 @@ The side of each lung comes from the DICOM geometry (ImageOrientationPatient/Ima
 never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
 model and the outputs written on the series' own grid. Oblique series are refused.
 
-default checkpoint: build/runs/*/model.pt of the newest finished run of the
-'{predict.DEFAULT_PROFILE}' profile with split '{predict.DEFAULT_SPLIT}' (held-out patients);
-when there is none: {predict.NO_RUN_HINT}.
+default checkpoint: the held-out-patient run (split "cases") of the latest report, as 02_train
+recorded it in build/runs/reports/PROFILE.json; its run.json holds the threshold and
+post-processing 03_eval chose on the training patients. When there is none: {predict.NO_RUN_HINT}.
 """
 
 
@@ -60,10 +60,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="a run's model.pt or run folder (default: see below)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... "
                                                     "(default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=evaluate.INFER_BATCH,
+    p.add_argument("--batch-size", type=int, default=inference.INFER_BATCH,
                    help="slices per inference batch (default %(default)s)")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
-                   help="probability above which a voxel is lung (default: the run's inference.json "
+                   help="probability above which a voxel is lung (default: the run's manifest "
                         f"written by 03_eval, else {predict.DEFAULT_THRESHOLD})")
     p.add_argument("--no-postprocess", action="store_const", const=False, default=None,
                    dest="postprocess",

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import evaluate, metrics, postprocess, sides, train
+from . import inference, metrics, postprocess, sides, train
 from .cache import Case
+from .config import TrainConfig
+from .runs import TrainResult
 
 STRUCTURES = {"Lung_R": sides.RIGHT, "Lung_L": sides.LEFT}
 METRICS = ("dice", "hd95_mm", "msd_mm")
@@ -36,28 +38,16 @@ def folds(case_ids: Sequence[str], k: int) -> list[list[str]]:
     return [ids[f::k] for f in range(k)]
 
 
-def fold_configs(config: train.TrainConfig, k: int) -> list[train.TrainConfig]:
+def fold_configs(config: TrainConfig, k: int) -> list[TrainConfig]:
     """``config`` once per fold, held-out-patient split with that fold's test cases."""
     cases = config.resolved().cases
     return [dataclasses.replace(config, split="cases", test_cases=test, kfold=0, fold=0)
             for test in folds(cases, k)]
 
 
-def fit_folds(config: train.TrainConfig, k: int) -> list[train.TrainResult]:
+def fit_folds(config: TrainConfig, k: int, runs_dir: str | None = None) -> list[TrainResult]:
     """Train (or load) every fold's run."""
-    return [train.fit(cfg) for cfg in fold_configs(config, k)]
-
-
-def load_folds(config: train.TrainConfig, k: int) -> list[train.TrainResult]:
-    """The finished fold runs of :func:`fit_folds`; FileNotFoundError naming a missing one."""
-    out = []
-    for cfg in fold_configs(config, k):
-        run_dir = train.RUNS / train.run_key(cfg.resolved())
-        if not (run_dir / "model.pt").is_file():
-            raise FileNotFoundError(f"no finished fold run in {run_dir}: run 02_train with the same "
-                                    "parameters first")
-        out.append(train.load_run(run_dir))
-    return out
+    return [train.fit(cfg, runs_dir=runs_dir) for cfg in fold_configs(config, k)]
 
 
 def lung_rows(case: Case, pred: np.ndarray, truth: np.ndarray | None = None) -> list[dict]:
@@ -78,7 +68,7 @@ def lung_rows(case: Case, pred: np.ndarray, truth: np.ndarray | None = None) -> 
     return rows
 
 
-def evaluate_fold(run: train.TrainResult, cases: Sequence[Case], truths: dict[str, np.ndarray],
+def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.ndarray],
                   device: torch.device | str = "cpu") -> list[dict]:
     """Per-lung rows of the fold's test patients, at the threshold and post-processing chosen on
     the fold's training patients (recorded in every row)."""
@@ -86,23 +76,20 @@ def evaluate_fold(run: train.TrainResult, cases: Sequence[Case], truths: dict[st
     test = set(cfg.test_cases)
     train_cases = [c for c in cases if c.case_id in set(cfg.cases) - test]
     test_cases = [c for c in cases if c.case_id in test]
-    train_logits = evaluate.predict_cases(run.model, train_cases, cfg.image_size, cfg.input_mode, device,
-                                          cfg.amp)
+    train_logits = inference.case_logits(run.model, cfg, train_cases, device)
     threshold = postprocess.best_threshold(postprocess.threshold_study(train_cases, train_logits))
     use_pp = postprocess.helps(postprocess.postprocess_study(train_cases, train_logits, threshold))
     rows = []
-    test_logits = evaluate.predict_cases(run.model, test_cases, cfg.image_size, cfg.input_mode, device,
-                                         cfg.amp)
+    test_logits = inference.case_logits(run.model, cfg, test_cases, device)
     for case, lg in zip(test_cases, test_logits, strict=True):
-        pred = lg > postprocess.logit(threshold)
-        pred = postprocess.clean(pred) if use_pp else pred
+        pred = inference.segment(lg, threshold, use_pp)
         for row in lung_rows(case, pred, truths.get(case.case_id)):
             rows.append({**row, "fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold,
                          "postprocess": use_pp})
     return rows
 
 
-def cross_validate(runs: Sequence[train.TrainResult], cases: Sequence[Case],
+def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
                    device: torch.device | str = "cpu") -> list[dict]:
     """:func:`evaluate_fold` over every fold run: one row per patient and structure."""
     truths = {c.case_id: sides.split_lungs(np.asarray(c.mask), c.volume)

@@ -37,11 +37,13 @@ SLICE_SPLIT = (2 / 3, 1 / 3)
 DEFAULT_TEST_CASES = ("Case_002", "Case_005", "Case_008", "Case_011")
 
 
-def normalise(hu: torch.Tensor, mode: str = "window") -> torch.Tensor:
-    """HU (any shape) → network input float32; see ``HU_WINDOW`` and ``INPUT_MODES``."""
+def normalise(hu: torch.Tensor, mode: str = "window",
+              window: Sequence[float] = HU_WINDOW) -> torch.Tensor:
+    """HU (any shape) → network input float32: ``window`` (low, high HU) mapped to [0, 1] in the
+    "window" mode (the run's ``hu_window``); see ``INPUT_MODES``."""
     hu = hu.float()
     if mode == "window":
-        lo, hi = HU_WINDOW
+        lo, hi = (float(v) for v in window)
         return (hu.clamp(lo, hi) - lo) / (hi - lo)
     if mode == "raw":
         return hu + REFERENCE_INPUT_OFFSET_HU
@@ -62,14 +64,15 @@ def upsample_logits(logits: torch.Tensor, size: int = FULL_SIZE) -> torch.Tensor
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def case_tensors(case: Case, image_size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def case_tensors(case: Case, image_size: int, mode: str,
+                 window: Sequence[float] = HU_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """A case's slices as (z, 1, S, S) float32 input and (z, 1, S, S) uint8 mask (0/1)."""
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)  # a copy: the cache is read-only
     if hu.shape[-1] != hu.shape[-2]:
         raise ValueError(f"{case.case_id}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
                          "the resize to image_size x image_size assumes square slices")
     mask = torch.from_numpy(np.asarray(case.mask, dtype=np.uint8)).unsqueeze(1)
-    image = resize_slices(normalise(hu, mode), image_size)
+    image = resize_slices(normalise(hu, mode, window), image_size)
     if image_size != mask.shape[-1]:
         mask = (resize_slices(mask.float(), image_size) >= MASK_THRESHOLD).to(torch.uint8)
     return image.contiguous(), mask.contiguous()
@@ -92,10 +95,10 @@ class SliceDataset(Dataset):
     """
 
     def __init__(self, cases: Sequence[Case], image_size: int = FULL_SIZE,
-                 mode: str = "window") -> None:
+                 mode: str = "window", window: Sequence[float] = HU_WINDOW) -> None:
         images, masks, infos = [], [], []
         for case in tqdm(cases, desc=f"slices@{image_size}", unit="case"):
-            img, msk = case_tensors(case, image_size, mode)
+            img, msk = case_tensors(case, image_size, mode, window)
             images.append(img)
             masks.append(msk)
             infos += [SliceInfo(case.case_id, i, float(p))
@@ -122,9 +125,9 @@ class SliceDataset(Dataset):
 
 
 def load_dataset(case_ids: Sequence[str], data: str | None = None, image_size: int = FULL_SIZE,
-                 mode: str = "window") -> SliceDataset:
+                 mode: str = "window", window: Sequence[float] = HU_WINDOW) -> SliceDataset:
     """:class:`SliceDataset` over the cached cases ``case_ids``."""
-    return SliceDataset([load_case(c, data) for c in case_ids], image_size, mode)
+    return SliceDataset([load_case(c, data) for c in case_ids], image_size, mode, window)
 
 
 def split_slices(n: int, seed: int = SPLIT_SEED) -> tuple[list[int], list[int]]:

@@ -1,9 +1,9 @@
-"""Inference on whole cases and the report's evaluation (per-slice and per-patient metrics)."""
+"""Scoring for the report: per-slice and per-patient metrics of a run's predictions, and the summary."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -11,61 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from . import data, metrics, model, paths, postprocess, speed, train
+from . import data, inference, metrics, model, paths, runs, writing
 from .cache import Case
-
-INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
-
-
-def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
-               batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-               channels_last: bool | None = None, amp: bool = True, name: str = "volume",
-               progress: bool = False) -> np.ndarray:
-    """Logits (z, H, W) float32 for a (z, H, W) HU volume with square slices.
-
-    Slices are resized to ``image_size`` as in training and the logits upsampled back to full size
-    (bilinear), so every metric is computed on the original grid. ``amp``: bf16 autocast where
-    native (2x faster on an AVX-512 BF16 CPU). ``channels_last=None``: the layout
-    :func:`lungseg.speed.choose` measures faster here. ``name`` labels errors and the progress bar.
-    """
-    if channels_last is None:
-        channels_last = bool(speed.choose(image_size, batch_size, torch.device(device))["channels_last"])
-    net = net.to(device).eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    hu = torch.from_numpy(np.array(hu)).unsqueeze(1)
-    if hu.shape[-1] != hu.shape[-2]:
-        raise ValueError(f"{name}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
-                         "the resize-based preprocessing assumes square slices")
-    full = hu.shape[-1]
-    out = np.empty((hu.shape[0], full, full), dtype=np.float32)
-    starts = range(0, hu.shape[0], batch_size)
-    with torch.inference_mode(), model.autocast(torch.device(device), amp):
-        for start in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
-            x = data.resize_slices(data.normalise(hu[start:start + batch_size], mode), image_size)
-            x = x.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = data.upsample_logits(net(x).float(), full)
-            out[start:start + batch_size] = logits[:, 0].cpu().numpy()
-    return out
-
-
-def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
-                   batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-                   channels_last: bool | None = None, amp: bool = True) -> np.ndarray:
-    """:func:`predict_hu` on the volume of ``case``: logits (z, 512, 512) float32."""
-    return predict_hu(net, case.volume.hu, image_size, mode, batch_size, device, channels_last, amp,
-                      name=case.case_id)
-
-
-def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode: str = "window",
-                  device: torch.device | str = "cpu", amp: bool = True) -> list[np.ndarray]:
-    """:func:`predict_logits` for each case, with a progress bar."""
-    return [predict_logits(net, c, image_size, mode, device=device, amp=amp)
-            for c in tqdm(cases, desc="predict", unit="case")]
 
 
 def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold: float = 0.5,
@@ -74,9 +22,7 @@ def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold
     optionally after :func:`lungseg.postprocess.clean`."""
     rows = []
     for case, lg in zip(cases, logits, strict=True):
-        pred = lg > postprocess.logit(threshold)
-        if clean:
-            pred = postprocess.clean(pred)
+        pred = inference.segment(lg, threshold, clean)
         row = {"case": case.case_id}
         row.update(metrics.per_patient_metrics(pred, np.asarray(case.mask), case.volume.spacing))
         rows.append(row)
@@ -88,23 +34,13 @@ def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold
 LCTSC_LUNG = {"dice": (0.95, 0.98), "hd95_mm": (2.1, 14.5), "msd_mm": (0.59, 2.9)}
 
 
-def test_case_mask(cfg_split: str, case_ids: Sequence[str], n_slices: Sequence[int],
-                   test_cases: Sequence[str], seed: int) -> list[np.ndarray]:
-    """Per case, a bool (z,) array: True where the slice is in the test set of the run's split."""
-    if cfg_split == "cases":
-        return [np.full(n, c in set(test_cases)) for c, n in zip(case_ids, n_slices, strict=True)]
-    _, test_idx = data.split_slices(int(sum(n_slices)), seed)
-    flat = np.zeros(int(sum(n_slices)), dtype=bool)
-    flat[test_idx] = True
-    return np.split(flat, np.cumsum(n_slices)[:-1])
-
-
 def slice_records(cases: Sequence[Case], logits: Sequence[np.ndarray],
-                  in_test: Sequence[np.ndarray], threshold_logit: float = 0.0) -> list[dict]:
+                  in_test: Sequence[np.ndarray],
+                  threshold: float = inference.DEFAULT_THRESHOLD) -> list[dict]:
     """One record per slice at 512²: case, index, location (mm), split, accuracy and both Dice."""
     rows = []
     for case, lg, test in zip(cases, logits, in_test, strict=True):
-        pred, gt = lg > threshold_logit, np.asarray(case.mask)
+        pred, gt = inference.binarize(lg, threshold), np.asarray(case.mask)
         acc = metrics.slice_accuracy(pred, gt)
         d_rep = metrics.slice_dice_report(pred, gt)
         d_std = metrics.slice_dice_standard(pred, gt)
@@ -152,23 +88,25 @@ def summarise_patients(rows: Sequence[dict]) -> dict:
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike[str]) -> Path:
-    """Write ``rows`` (dicts with the same keys) as CSV; floats with 6 significant digits."""
-    out = paths.resolve(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    """Write ``rows`` (dicts with the same keys) as CSV, atomically; floats with 6 significant digits."""
+    def dump(fh) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return out
+        fh.write(text.getvalue().encode())
+
+    out = paths.resolve(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return writing.atomic_write(out, dump)
 
 
 def write_json(obj: dict, path: str | os.PathLike[str]) -> Path:
-    """Write ``obj`` as indented JSON with sorted keys (stable across reruns)."""
+    """Write ``obj`` as indented JSON with sorted keys (stable across reruns), atomically."""
     out = paths.resolve(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    return out
+    return writing.atomic_write_text(out, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def patient_cases(cfg_split: str, cases: Sequence[Case], test_cases: Sequence[str],
@@ -188,7 +126,8 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case],
     if not path.is_file():
         return None
     net = model.load_reference(path)
-    return volume_scores(cases, predict_cases(net, cases, data.FULL_SIZE, "raw", device, amp=False))
+    cfg = runs.TrainConfig(image_size=data.FULL_SIZE, input_mode="raw", amp=False)
+    return volume_scores(cases, inference.case_logits(net, cfg, cases, device))
 
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
@@ -245,19 +184,18 @@ def results_rows(summary: dict) -> list[dict]:
     return rows
 
 
-def protocol_rows(runs: dict, cases: Sequence[Case], device: torch.device | str = "cpu") -> list[dict]:
+def protocol_rows(by_split: dict, cases: Sequence[Case], device: torch.device | str = "cpu") -> list[dict]:
     """Leakage check: each run (one per split protocol) scored on its own test slices and, in 3D, on
     the held-out patients of the ``cases`` run, which contributed training slices to the slice split."""
     present = {c.case_id for c in cases}
-    patients = [p for p in runs["cases"].config.test_cases if p in present]
+    patients = [p for p in by_split["cases"].config.test_cases if p in present]
     out = []
-    for split, run in runs.items():
+    for split, run in by_split.items():
         cfg = run.config
-        logits = predict_cases(run.model, cases, cfg.image_size, cfg.input_mode, device, cfg.amp)
-        in_test = test_case_mask(cfg.split, [c.case_id for c in cases],
-                                 [c.volume.shape[0] for c in cases], cfg.test_cases, cfg.seed)
+        logits = inference.case_logits(run.model, cfg, cases, device)
+        in_test = runs.test_masks(run, [c.case_id for c in cases], [c.volume.shape[0] for c in cases])
         rows = slice_records(cases, logits, in_test)
-        vol = [metrics.volume_dice(lg > 0, np.asarray(c.mask))
+        vol = [metrics.volume_dice(inference.binarize(lg), np.asarray(c.mask))
                for c, lg in zip(cases, logits, strict=True) if c.case_id in set(patients)]
         seen = "unseen" if split == "cases" else "2/3 of their slices seen in training"
         out.append({"protocol": split,
@@ -277,29 +215,25 @@ def tuning_source(cfg_split: str) -> str:
             else "all patients: the slice split has no patient-level training set (includes test slices)")
 
 
-INFERENCE_SETTINGS = "inference.json"
-"""Written into a run's folder by 03_eval: the threshold and post-processing ``predict`` defaults to."""
-
-
-def save_inference_settings(run_dir: Path, threshold: float, use_postprocess: bool, chosen_on: str) -> Path:
-    """Record the chosen threshold and post-processing beside the run's weights."""
-    return write_json({"threshold": threshold, "postprocess": use_postprocess, "chosen_on": chosen_on},
-                      run_dir / INFERENCE_SETTINGS)
-
-
-def load_runs(config: train.TrainConfig, compare_split: str = "") -> dict[str, train.TrainResult]:
-    """The finished runs of 02_train for ``config`` and, if given, the ``compare_split`` protocol.
-
-    Raises FileNotFoundError naming the missing run instead of training it (evaluation must not
-    silently start a 20-minute training).
-    """
-    splits = dict.fromkeys([config.split, compare_split] if compare_split else [config.split])
+def training_summary(trained: runs.ReportRuns) -> dict:
+    """Per model of the report (main, other protocol, each fold): epochs, training wall time
+    (manifest; data loading included), mean epoch time and the speed switches used."""
+    dirs = {f"{split} split{' (main)' if r is trained.main else ''}": r.run_dir
+            for split, r in trained.by_split.items()}
+    main_dir = trained.main.run_dir
+    for i, d in enumerate(trained.fold_dirs):
+        if Path(d) != Path(main_dir):  # the fold that is the held-out run itself is counted once
+            dirs[f"cross-validation fold {i}"] = Path(d)
     out = {}
-    for split in splits:
-        cfg = dataclasses.replace(config, split=split).resolved()
-        run_dir = train.RUNS / train.run_key(cfg)
-        if not (run_dir / "model.pt").is_file():
-            raise FileNotFoundError(f"no finished {split}-split run in {run_dir}: run 02_train with the "
-                                    "same parameters first")
-        out[split] = train.load_run(run_dir)
+    for role, d in dirs.items():
+        man = runs.read_manifest(d)
+        hist_file = Path(d) / "history.json"
+        epoch_s = json.loads(hist_file.read_text())["epoch_s"] if hist_file.is_file() else []
+        cfg = man.get("config", {})
+        out[role] = {"epochs": len(epoch_s),
+                     "train_wall_s": float(man.get("train_wall_s", sum(epoch_s))),
+                     "epoch_s_mean": float(np.mean(epoch_s)) if epoch_s else 0.0,
+                     "speed": f"{'channels_last' if cfg.get('channels_last') else 'NCHW'}, "
+                              f"{'bf16' if cfg.get('amp') else 'float32'}",
+                     "device": man.get("provenance", {}).get("device", "?")}
     return out

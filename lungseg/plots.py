@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import paths
+from . import paths, postprocess
 from .cache import Case
 
 # Lung window (level -600 HU, width 1500 HU) for display only.
@@ -156,7 +156,7 @@ def example_grid(records: list[dict], images: dict[str, np.ndarray], masks: dict
         c, i = r["case"], r["slice"]
         row[0].imshow(images[c][i], cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
         row[1].imshow(masks[c][i], cmap="gray", vmin=0, vmax=1)
-        row[2].imshow(logits[c][i] > 0, cmap="gray", vmin=0, vmax=1)
+        row[2].imshow(postprocess.binarize(logits[c][i]), cmap="gray", vmin=0, vmax=1)
         row[0].set_ylabel(f"{c}\nz = {r['location_mm']:.1f} mm", fontsize=9)
         row[1].set_title(f"Dice {r['dice']:.3f}, accuracy {r['accuracy']:.4f}", fontsize=9)
         for ax in row:

@@ -22,19 +22,56 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def binarize(logits, threshold: float = 0.5):
+    """The one thresholding rule: bool mask where sigmoid(``logits``) > ``threshold`` (a probability
+    strictly between 0 and 1), for numpy arrays and torch tensors alike."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold is a probability strictly between 0 and 1, got {threshold}")
+    return logits > logit(threshold)
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of a bool (z, y, x) mask, or None when it is empty."""
+    found = ndimage.find_objects(mask.astype(np.uint8, copy=False))
+    return found[0] if found else None
+
+
 def keep_largest(mask: np.ndarray, n: int = LUNG_COMPONENTS) -> np.ndarray:
-    """The ``n`` largest 6-connected components of a bool (z, y, x) mask."""
-    labels, count = ndimage.label(mask)
+    """The ``n`` largest 6-connected components of a bool (z, y, x) mask (ties: lower label first)."""
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros_like(mask)
+    box = _box(mask)
+    if box is None:
+        return out
+    labels, count = ndimage.label(mask[box])  # on the bounding box only: same components, less work
     if count <= n:
-        return mask.copy()
+        out[box] = mask[box]
+        return out
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.argsort(sizes, kind="stable")[::-1][:n] + 1
-    return np.isin(labels, keep)
+    out[box] = np.isin(labels, keep)
+    return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the background regions of a bool (z, y, x) mask that are not 6-connected to the edge of
+    the grid (what ``scipy.ndimage.binary_fill_holes`` does), by labelling the background of the
+    mask's bounding box padded by one voxel: the grid outside the box is one connected background,
+    so a region is a hole exactly when it does not reach the padding. Several times faster."""
+    mask = np.asarray(mask, dtype=bool)
+    box = _box(mask)
+    if box is None:
+        return mask.copy()
+    background, _ = ndimage.label(~np.pad(mask[box], 1))
+    outside = background[0, 0, 0]
+    out = mask.copy()
+    out[box] |= (background != outside)[1:-1, 1:-1, 1:-1]
+    return out
 
 
 def clean(mask: np.ndarray, n: int = LUNG_COMPONENTS) -> np.ndarray:
     """Keep the ``n`` largest components, then fill fully enclosed 3D holes."""
-    return ndimage.binary_fill_holes(keep_largest(mask, n))
+    return fill_holes(keep_largest(mask, n))
 
 
 def threshold_study(cases: Sequence[Case], logits: Sequence[np.ndarray],
@@ -42,7 +79,7 @@ def threshold_study(cases: Sequence[Case], logits: Sequence[np.ndarray],
     """Mean volume Dice over ``cases`` (training patients!) for each probability threshold."""
     rows = []
     for p in thresholds:
-        dice = [metrics.volume_dice(lg > logit(p), np.asarray(c.mask))
+        dice = [metrics.volume_dice(binarize(lg, p), np.asarray(c.mask))
                 for c, lg in zip(cases, logits, strict=True)]
         rows.append({"threshold": p, "mean volume Dice": float(np.mean(dice)),
                      "min volume Dice": float(np.min(dice))})
@@ -58,7 +95,7 @@ def postprocess_study(cases: Sequence[Case], logits: Sequence[np.ndarray], p: fl
     """Mean Dice and HD95 (mm) over ``cases`` at threshold ``p``, without and with :func:`clean`."""
     rows = []
     for name, fn in (("none", lambda m: m), ("2 largest components + fill holes", clean)):
-        scores = [metrics.per_patient_metrics(fn(lg > logit(p)), np.asarray(c.mask), c.volume.spacing)
+        scores = [metrics.per_patient_metrics(fn(binarize(lg, p)), np.asarray(c.mask), c.volume.spacing)
                   for c, lg in zip(cases, logits, strict=True)]
         rows.append({"post-processing": name,
                      "mean volume Dice": float(np.mean([s["dice"] for s in scores])),

@@ -2,13 +2,13 @@
 
 The series is read with :func:`lungseg.dicom.load_series` (any folder; the cache is for the data
 set's cases), preprocessed as the checkpoint's training config says (``image_size``, ``input_mode``),
-and the logits are upsampled to the full slice size by :func:`lungseg.evaluate.predict_hu`.
+and the logits are upsampled to the full slice size by :mod:`lungseg.inference`. The threshold and
+post-processing are those the run's manifest records (chosen by 03_eval on training patients).
 Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into place when complete.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -21,24 +21,20 @@ from . import (
     __version__,
     data,
     dicom,
-    evaluate,
     export,
+    inference,
     model,
     orient,
-    postprocess,
-    report,
     rtstruct,
+    runs,
     sides,
-    train,
+    speed,
     writing,
 )
+from .config import TrainConfig
 
-DEFAULT_PROFILE = "cpu"
-DEFAULT_SPLIT = "cases"
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = inference.DEFAULT_THRESHOLD
 NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
-# Profile parameters that are not part of what a run's config must match.
-_PROFILE_IGNORED = ("cases", "test_cases", "data_dir", *train.TrainConfig.NON_KEY)
 
 NIFTI_NAME = "lung_mask.nii.gz"
 SEG_NAME = "lung_mask.seg.dcm"
@@ -54,33 +50,15 @@ class PredictError(RuntimeError):
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
-def _matches_profile(cfg: dict, wanted: dict) -> bool:
-    return all(cfg.get(k) == v for k, v in wanted.items())
+def default_checkpoint(profile: str = "") -> Path:
+    """The held-out-patient run of the latest report (:func:`lungseg.runs.default_run`)."""
+    try:
+        return runs.default_run(profile)
+    except runs.RunNotFoundError as exc:
+        raise PredictError(f"{exc} ({NO_RUN_HINT})") from None
 
 
-def default_checkpoint(runs: Path = train.RUNS, profile: str = DEFAULT_PROFILE,
-                       split: str = DEFAULT_SPLIT) -> Path:
-    """``model.pt`` of the newest finished run (by mtime) of ``profile`` with ``split``.
-
-    A run belongs to the profile when its ``config.json`` has the profile's ``02_train`` values for
-    every training parameter the profile sets (cases and device-only settings aside).
-    """
-    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
-    params = report.load_profile(profile).get("02_train", {})
-    wanted = {k: v for k, v in params.items() if k in fields and k not in _PROFILE_IGNORED}
-    wanted["split"] = split
-    found = []
-    for ckpt in Path(runs).glob("*/model.pt"):
-        cfg_file = ckpt.parent / "config.json"
-        if cfg_file.is_file() and _matches_profile(json.loads(cfg_file.read_text()), wanted):
-            found.append((ckpt.stat().st_mtime, ckpt))
-    if not found:
-        raise PredictError(f"no finished run of the {profile!r} profile with split {split!r} "
-                           f"in {runs} (*/model.pt): {NO_RUN_HINT}")
-    return max(found)[1]
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, train.TrainConfig]:
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConfig]:
     """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder).
 
     Loaded with ``weights_only=True`` (no pickled code runs). A bare state dict (the course's
@@ -96,10 +74,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, train.Tra
     except Exception as exc:  # torch raises several types for files that are not checkpoints
         raise PredictError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     if isinstance(state, dict) and "model" in state and "config" in state:
-        cfg = train.TrainConfig(**state["config"])
+        try:
+            cfg = TrainConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as exc:
+            raise PredictError(f"{path}: checkpoint config not understood ({exc})") from None
         weights = state["model"]
     elif isinstance(state, dict) and "conv1.0.weight" in state:
-        cfg = train.TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
+        cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
         weights = state
     else:
         raise PredictError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
@@ -112,9 +93,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, train.Tra
 # ---- inference ---------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> str:
-    """``auto`` → cuda, mps or cpu (:func:`train.pick_device`); a named device must be usable here."""
+    """``auto`` → cuda, mps or cpu (:func:`lungseg.speed.pick_device`); a named device must be usable here."""
     try:
-        dev = train.pick_device(name)
+        dev = speed.pick_device(name)
     except RuntimeError as exc:
         raise PredictError(f"unknown device {name!r} ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -122,21 +103,17 @@ def resolve_device(name: str) -> str:
     return str(dev)
 
 
-def predict_volume(net: model.UNet, cfg: train.TrainConfig, volume: dicom.Volume,
-                   batch_size: int = evaluate.INFER_BATCH, device: str = "cpu") -> np.ndarray:
-    """Logits (z, y, x) float32 at full slice size (:func:`evaluate.predict_hu`, with a progress
-    bar). Slices must be square, as in training."""
+def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
+                   batch_size: int = inference.INFER_BATCH, device: str = "cpu") -> np.ndarray:
+    """Logits (z, y, x) float32 at full slice size (:func:`lungseg.inference.run_logits`, with a
+    progress bar). Slices must be square, as in training."""
     nz, ny, nx = volume.shape
     if ny != nx:
         raise PredictError(f"slices are {ny}x{nx}: the model takes square slices")
-    return evaluate.predict_hu(net, volume.hu, cfg.image_size, cfg.input_mode, batch_size, device,
-                               name=volume.case_id, progress=True)
+    return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True)
 
 
-def segment(logits: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
-    """Bool (z, y, x) mask: probability above ``threshold``, then :func:`postprocess.clean`."""
-    mask = logits > postprocess.logit(threshold)
-    return postprocess.clean(mask) if clean else mask
+segment = inference.segment
 
 
 # ---- output folder -----------------------------------------------------------------------------
@@ -169,7 +146,7 @@ class _Clock:
 
 # ---- the command -------------------------------------------------------------------------------
 
-def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, cfg: train.TrainConfig,
+def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, cfg: TrainConfig,
            checkpoint: Path, threshold: float, clean: bool, device: str) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
@@ -214,23 +191,22 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
 
 
 def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) -> tuple[float, bool]:
-    """Threshold and post-processing: as given, else the run's ``inference.json`` (written by
-    03_eval from the training patients), else ``DEFAULT_THRESHOLD`` with post-processing."""
-    settings_file = (ckpt if ckpt.is_dir() else ckpt.parent) / evaluate.INFERENCE_SETTINGS
-    saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    """Threshold and post-processing: as given, else the run's manifest (chosen by 03_eval on the
+    training patients), else ``DEFAULT_THRESHOLD`` with post-processing."""
+    saved = runs.inference_settings(ckpt if ckpt.is_dir() else ckpt.parent)
     return (threshold if threshold is not None else float(saved.get("threshold", DEFAULT_THRESHOLD)),
             clean if clean is not None else bool(saved.get("postprocess", True)))
 
 
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
-            batch_size: int = evaluate.INFER_BATCH, threshold: float | None = None,
+            batch_size: int = inference.INFER_BATCH, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
             recursive: bool | None = None) -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``threshold``/``clean`` default to what 03_eval chose for the run (its
-    ``inference.json``), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
+    manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
     its mask back to the acquisition grid for the outputs; oblique series are refused."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()

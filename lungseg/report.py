@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from . import paths, writing
+from .config import ProfileError, load_profile
 
 NOTEBOOKS = paths.ROOT / "notebooks"
-PROFILES = paths.ROOT / "params"
 KERNEL = "lungseg"
+TAKES_PROFILE = ("02_train", "03_eval")
+"""Notebooks told which profile they run under (02_train records its runs under that name)."""
 
 
 def default_profile() -> str:
@@ -38,22 +38,13 @@ def default_profile() -> str:
         return "cpu"
 
 
-def load_profile(name: str) -> dict[str, dict]:
-    """Parameters per notebook stem from ``params/NAME.yaml``."""
-    path = PROFILES / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
-        raise SystemExit(f"unknown profile {name!r}: no {path} (profiles: {', '.join(known)})")
-    return yaml.safe_load(path.read_text()) or {}
-
-
 def notebooks(only: list[str] | None = None) -> list[Path]:
     """The numbered notebooks in order, or those whose stem starts with one of ``only``."""
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         found = [nb for nb in found if any(nb.stem.startswith(o) for o in only)]
         if not found:
-            raise SystemExit(f"no notebook matches {only} in {NOTEBOOKS}")
+            raise ValueError(f"no notebook matches {only} in {NOTEBOOKS}")
     return found
 
 
@@ -85,12 +76,15 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
                        f"{platform.platform()}, Python {platform.python_version()}",
+            "cpu_capability": _cpu_capability(),
             "notebooks": earlier}  # notebooks not run this time keep their earlier record
     staging = out_dir / "figures"  # published to each figures_dir only when every notebook succeeded
     shutil.rmtree(staging, ignore_errors=True)
     publish: dict[Path, Path] = {}
     for nb in notebooks(only):
         p = dict(params.get(nb.stem, {}))
+        if nb.stem in TAKES_PROFILE:
+            p["profile"] = profile
         if data:
             p["data_dir"] = data
         if "figures_dir" in p:
@@ -116,11 +110,27 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
     prov_path.write_text(json.dumps(prov, indent=1) + "\n")
+    changed = []
     for src, dst in publish.items():
-        changed = publish_folder(src, dst)
+        changed += publish_folder(src, dst)
         print(f"== published {len(changed)} changed file(s) to {dst}", flush=True)
-    publish_provenance(profile)
+    if changed:  # identical results keep the earlier provenance: a rerun leaves git status clean
+        publish_provenance(profile)
+    if paths.FIGURES in publish.values() and (paths.FIGURES / "summary.json").is_file():
+        from . import readme
+
+        if readme.update():
+            print("== README.md: generated result blocks updated from figures/", flush=True)
     return 0
+
+
+def _cpu_capability() -> str:
+    """torch's CPU kernel level (e.g. AVX2, AVX512), with the ISA limits set in the environment."""
+    import torch
+
+    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+              if k in os.environ]
+    return torch.backends.cpu.get_cpu_capability() + (f" ({', '.join(limits)})" if limits else "")
 
 
 def publish_folder(src: Path, dst: Path) -> list[Path]:
@@ -162,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default %(default)s)")
     args = ap.parse_args(argv)
     data = args.data or os.environ.get(paths.DATA_ENV)
-    if data:
+    try:
         paths.data_dir(data)  # fail early with the expected layout
-    else:
-        paths.data_dir()
-    return run(args.profile or default_profile(), data, args.only, args.kernel)
+        return run(args.profile or default_profile(), data, args.only, args.kernel)
+    except (ProfileError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

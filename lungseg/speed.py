@@ -28,6 +28,17 @@ TIMED_STEPS = 3
 CACHE_DIR = paths.BUILD / "speed"
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU; otherwise the named device."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def machine(device: torch.device) -> dict:
     """What a measured choice depends on (JSON-able)."""
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -84,7 +95,7 @@ def choose(image_size: int, batch_size: int, device: torch.device) -> dict:
     cache = _cache_file(info, image_size, batch_size)
     if cache.is_file():
         choice = json.loads(cache.read_text())
-        log.info("speed: %s (cached measurement %s)", _label(choice), cache.name)
+        log.info("speed: %s (cached measurement %s)", label(choice), cache.name)
         return choice
     timings = {}
     for cl, amp in candidates(device):
@@ -93,13 +104,19 @@ def choose(image_size: int, batch_size: int, device: torch.device) -> dict:
     cl, amp = (part.split("=")[1] == "True" for part in best.split(","))
     choice = {"channels_last": cl, "amp": amp, "seconds_per_step": timings, "machine": info,
               "image_size": image_size, "batch_size": batch_size}
-    log.info("speed: %s, measured %s", _label(choice),
+    log.info("speed: %s, measured %s", label(choice),
              ", ".join(f"{k} {v:.3f} s/step" for k, v in timings.items()))
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     writing.atomic_write_text(cache, json.dumps(choice, indent=1) + "\n")
     return choice
 
 
-def _label(choice: dict) -> str:
+def cached_choice(image_size: int, batch_size: int, device: torch.device) -> dict | None:
+    """The measurement :func:`choose` cached for this machine and size, if any (for provenance)."""
+    cache = _cache_file(machine(device), image_size, batch_size)
+    return json.loads(cache.read_text()) if cache.is_file() else None
+
+
+def label(choice: dict) -> str:
     return (f"{'channels_last' if choice['channels_last'] else 'NCHW'}, "
             f"{'bf16 autocast' if choice['amp'] else 'float32'}")

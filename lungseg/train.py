@@ -1,160 +1,43 @@
 """Module 2B training: ``fit(config)`` — Adam on 0.5·BCE + 0.5·Dice, resumable and cached.
 
-A run lives in ``build/runs/<key>/``, where ``key`` hashes the resolved config (minus what does
-not change the result: device, threads, force_retrain), the cache keys of the cases (i.e. the
-source data) and the source of the training code. After every epoch ``checkpoint.pt`` holds model,
-optimiser, scheduler, RNG state, epoch, history and the config; a run killed mid-way and started
-again with the same parameters continues from the last finished epoch and ends with the same
-weights as an uninterrupted run. A finished run is loaded instead of retrained unless
-``force_retrain``.
+A run lives in ``build/runs/<key>/`` (:mod:`lungseg.runs`), where ``key`` hashes the resolved config
+(minus what does not change the result: device, threads, force_retrain), the cache keys of the cases
+(the source data) and the training code; its manifest ``run.json`` is written when it starts and
+completed when it ends. After every epoch ``checkpoint.pt`` holds model, optimiser, scheduler, RNG
+state, epoch, history and the config; a run killed mid-way and started again with the same
+parameters continues from the last finished epoch and ends with the same weights as an
+uninterrupted run. A finished run is loaded instead of retrained unless ``force_retrain``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
-from . import cache, data, losses, model, paths, speed
+from . import config, data, distributed, losses, model, postprocess, runs, speed, writing
+from .config import SCHEDULES, TrainConfig
+from .distributed import Dist
+from .runs import TrainResult
+
+__all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "fit", "fit_protocols", "load_run",
+           "pick_device"]
 
 log = logging.getLogger(__name__)
 
-RUNS = paths.BUILD / "runs"
-SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_WARMUP = 0.15
 """Share of the steps spent warming up in the one-cycle schedule."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (defaults: the report's recipe)."""
-
-    cases: list[str] = field(default_factory=list)
-    """Case ids; empty = every case in the data directory."""
-    data_dir: str = ""
-    image_size: int = data.FULL_SIZE
-    input_mode: str = "window"
-    split: str = "slices"
-    """"slices" (the report's random 2/3–1/3 of slices) or "cases" (held-out patients)."""
-    test_cases: list[str] = field(default_factory=lambda: list(data.DEFAULT_TEST_CASES))
-    kfold: int = 0
-    """With split="cases" and kfold=k>1: test cases are fold ``fold`` of a k-fold over patients."""
-    fold: int = 0
-    epochs: int = 10
-    batch_size: int = 3
-    lr: float = 0.1
-    schedule: str = "constant"
-    weight_decay: float = 0.0
-    seed: int = 42
-    base_channels: int = model.DEFAULT_BASE_CHANNELS
-    dropout: float = model.DEFAULT_DROPOUT
-    max_steps_per_epoch: int = 0
-    """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
-    empty_keep: float = 1.0
-    """Share of the training slices with an empty mask (above and below the lungs, ~45 %) used in
-    each epoch, drawn anew every epoch from (seed, epoch); 1 = all of them."""
-    curve_slices: int = 0
-    """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
-    spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
-    channels_last: bool | str = False
-    """channels_last memory layout; "auto" = whichever :func:`lungseg.speed.choose` measures faster."""
-    amp: bool | str = False
-    """bf16 autocast where the hardware runs it natively (CUDA; CPUs with AVX-512 BF16); "auto" =
-    measured, as ``channels_last``."""
-    device: str = "auto"
-    threads: int = 0
-    """torch intra-op threads; 0 = leave torch's default."""
-    force_retrain: bool = False
-
-    # Fields that do not change the trained weights on one machine, left out of the run key.
-    NON_KEY = ("device", "threads", "force_retrain", "data_dir")
-
-    def resolved(self) -> TrainConfig:
-        """A copy with ``cases`` and ``test_cases`` made explicit from the data directory."""
-        cfg = dataclasses.replace(self)
-        if not cfg.cases:
-            cfg.cases = paths.list_cases(paths.data_dir(cfg.data_dir or None))
-        if cfg.split == "cases" and cfg.kfold > 1:
-            cfg.test_cases = data.kfold_cases(cfg.cases, cfg.kfold, cfg.fold, cfg.seed)
-        if cfg.split not in ("slices", "cases"):
-            raise ValueError(f"split must be 'slices' or 'cases', got {cfg.split!r}")
-        if cfg.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-        if "auto" in (cfg.channels_last, cfg.amp):  # measured on this machine, cached, logged
-            choice = speed.choose(cfg.image_size, cfg.batch_size, pick_device(cfg.device))
-            cfg.channels_last = choice["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
-            cfg.amp = choice["amp"] if cfg.amp == "auto" else cfg.amp
-        return cfg
-
-    @classmethod
-    def from_params(cls, cases: str = "all", test_cases: str = "", **params: object) -> TrainConfig:
-        """A config from flat notebook parameters: ``cases``/``test_cases`` as comma-separated
-        strings (``"all"`` = every case; empty ``test_cases`` = ``DEFAULT_TEST_CASES``)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(params) - fields
-        if unknown:
-            raise TypeError(f"unknown training parameters: {sorted(unknown)}")
-        cfg = cls(**params)  # type: ignore[arg-type]
-        cfg.cases = cache.resolve_cases(cases, cfg.data_dir or None)
-        if test_cases.strip():
-            cfg.test_cases = [c.strip() for c in test_cases.split(",") if c.strip()]
-        return cfg
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """A trained model with its history (per-epoch lists) and where the run lives."""
-
-    model: model.UNet
-    history: dict[str, list[float]]
-    config: TrainConfig
-    run_dir: Path
-    trained_now: bool
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu; otherwise the named device."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-# dicom.py and cache.py are covered by the cases' cache keys.
-_CODE = ("model.py", "losses.py", "data.py", "train.py")
-
-
-def run_key(cfg: TrainConfig, world: int = 1) -> str:
-    """Hash of the config (without ``NON_KEY``), the cases' cache keys, the training code and,
-    for multi-process runs, the number of processes (on CPU BatchNorm statistics depend on it)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in cfg.NON_KEY},
-                        sort_keys=True).encode())
-    if world > 1:
-        h.update(f"world={world}".encode())
-    root = paths.data_dir(cfg.data_dir or None)
-    for c in cfg.cases:
-        h.update(cache.case_key(paths.images_dir(root, c), paths.mask_file(root, c)).encode())
-    for name in _CODE:
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
+pick_device = speed.pick_device
+load_run = runs.load_run
 
 
 def split_indices(ds: data.SliceDataset, cfg: TrainConfig) -> tuple[list[int], list[int]]:
@@ -235,7 +118,7 @@ def train_step(net: model.UNet, opt: torch.optim.Optimizer, sched, x: torch.Tens
     opt.step()
     sched.step()
     with torch.no_grad():
-        correct = ((logits > 0) == (y > 0.5)).float().mean((1, 2, 3)).sum()
+        correct = (postprocess.binarize(logits) == (y > 0.5)).float().mean((1, 2, 3)).sum()
     return loss.detach(), correct
 
 
@@ -249,19 +132,14 @@ def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainC
             x, y = _to_device(ds, b, device, cfg.channels_last)
             logits = net(x).float()
             loss_sum += float(losses.bce_dice_loss(logits, y)) * len(b)
-            acc_sum += float(((logits > 0).float() == y).float().mean((1, 2, 3)).sum())
+            acc_sum += float((postprocess.binarize(logits) == (y > 0.5)).float().mean((1, 2, 3)).sum())
             n += len(b)
     return loss_sum / max(n, 1), acc_sum / max(n, 1)
 
 
 def _save(path: Path, obj: dict) -> None:
-    """torch.save to a temporary name, then rename: a kill never leaves a torn checkpoint."""
-    tmp = path.with_suffix(".tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save through :func:`lungseg.writing.atomic_write`: a kill never leaves a torn file."""
+    writing.atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
@@ -273,68 +151,7 @@ def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
     return net, opt, make_scheduler(opt, cfg, steps_per_epoch)
 
 
-@dataclass(frozen=True)
-class _Dist:
-    """This process's place in a torchrun launch: rank and world size (0 and 1 when alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def _dist_init(device: torch.device) -> tuple[_Dist, torch.device]:
-    """Join the process group when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU, nccl on
-    CUDA, one GPU per process); otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(), device
-    dist = torch.distributed
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size()), device
-
-
-def _wrap(net: model.UNet, dist: _Dist, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around ``net`` when running in several processes. On CUDA BatchNorm
-    is synchronised across processes; on CPU (SyncBatchNorm is GPU-only) each process normalises
-    with the statistics of its share of the batch, so curves match one process only approximately."""
-    if dist.world == 1:
-        return net
-    if device.type == "cuda":
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index])
-    return torch.nn.parallel.DistributedDataParallel(net)
-
-
-def _load_final(final: Path, cfg: TrainConfig, run_dir: Path) -> TrainResult:
-    state = torch.load(final, map_location="cpu", weights_only=True)
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
-    net.load_state_dict(state["model"])
-    log.info("loaded finished run %s", run_dir)
-    return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
-
-
-def _rng_states(dist: _Dist, device: torch.device) -> list:
-    """Every process's RNG state (dropout), gathered so a resumed run continues each stream."""
-    state = (torch.get_rng_state(), torch.cuda.get_rng_state() if device.type == "cuda" else None)
-    if dist.world == 1:
-        return [state]
-    states: list = [None] * dist.world
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def _resume(ck_path: Path, net, opt, sched, dist: _Dist, device: torch.device) -> tuple[dict, int]:
+def _resume(ck_path: Path, net, opt, sched, dist: Dist, device: torch.device) -> tuple[dict, int]:
     ck = torch.load(ck_path, map_location="cpu", weights_only=True)
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
@@ -348,7 +165,7 @@ def _resume(ck_path: Path, net, opt, sched, dist: _Dist, device: torch.device) -
 
 
 def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int], cfg: TrainConfig,
-                 epoch: int, dist: _Dist, device: torch.device) -> tuple[float, float]:
+                 epoch: int, dist: Dist, device: torch.device) -> tuple[float, float]:
     """One pass over the training batches; returns the mean loss and accuracy over all processes."""
     ddp_net.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
@@ -360,41 +177,63 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
         loss, correct = train_step(ddp_net, opt, sched, x, y, device, cfg.amp)
         # One host sync per step, for the epoch means the report plots.
         sums += torch.tensor([float(loss) * len(b), float(correct), len(b)], dtype=torch.float64)
-    if dist.world > 1:
-        sums = sums.to(device)
-        torch.distributed.all_reduce(sums)
-        sums = sums.cpu()
+    sums = distributed.all_reduce_sum(sums, dist, device)
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
-def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainResult:
-    """Train (or resume, or load) the run defined by ``config``; see the module docstring.
+def _load_final(run_dir: Path) -> TrainResult:
+    log.info("loaded finished run %s", run_dir)
+    return runs.load_run(run_dir)
+
+
+def _finish(run_dir: Path, net: model.UNet, history: dict, cfg: TrainConfig, manifest: dict,
+            t_start: float) -> None:
+    _save(run_dir / runs.WEIGHTS, {"model": net.state_dict(), "history": history, "config": cfg.to_dict()})
+    writing.atomic_write_text(run_dir / "history.json", json.dumps(history, indent=1) + "\n")
+    manifest.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    train_wall_s=round(time.perf_counter() - t_start, 1),
+                    epochs_done=len(history["train_loss"]),
+                    final={k: v[-1] for k, v in history.items() if v})
+    runs.write_manifest(run_dir, manifest)
+
+
+def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
+        runs_dir: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Train (or resume, or load) the run defined by ``config`` under ``runs_dir`` (default
+    ``build/runs``); see the module docstring.
 
     ``dataset`` may be passed to reuse slices already built for the same cases, size and mode.
     Under ``torchrun --nproc_per_node N`` each process takes 1/N of every global batch
     (``batch_size`` must be divisible by N) and DistributedDataParallel averages the gradients.
     """
+    t_start = time.perf_counter()
     cfg = config.resolved()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    dist, device = _dist_init(pick_device(cfg.device))
+    dist, device = distributed.init(pick_device(cfg.device))
     if cfg.batch_size % dist.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
-    run_dir = RUNS / run_key(cfg, dist.world)
-    final, ckpt_path = run_dir / "model.pt", run_dir / "checkpoint.pt"
+    case_keys = runs.case_keys(cfg)
+    key = runs.run_key(cfg, case_keys, dist.world)
+    run_dir = runs.runs_dir(runs_dir) / key
+    final, ckpt_path = run_dir / runs.WEIGHTS, run_dir / "checkpoint.pt"
     if final.is_file() and not cfg.force_retrain:
-        return _load_final(final, cfg, run_dir)
+        return _load_final(run_dir)
+    ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
+                                      cfg.input_mode, cfg.hu_window)
+    train_idx, test_idx = split_indices(ds, cfg)
+    probe = speed.cached_choice(cfg.image_size, cfg.batch_size, device)
+    manifest = runs.manifest(cfg, key, case_keys,
+                             runs.split_record(ds.case_ids, [i.index for i in ds.infos], test_idx),
+                             probe, device, dist.world)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
-                                      cfg.input_mode)
-    train_idx, test_idx = split_indices(ds, cfg)
+        runs.write_manifest(run_dir, manifest)
     steps = len(_epoch_batches(epoch_indices(train_idx, ds.empty, cfg, 0), cfg, 0, dist.world))
     curve_idx = curve_indices(test_idx, cfg.curve_slices)
     net, opt, sched = _build(cfg, steps, device)
     torch.manual_seed(cfg.seed + dist.rank)  # own dropout stream per process (rank 0: as alone)
-    ddp_net = _wrap(net, dist, device)
+    ddp_net = distributed.wrap(net, dist, device)
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "test_loss",
                                                        "test_acc", "epoch_s", "lr")}
     start_epoch = 0
@@ -409,10 +248,11 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
                      ("lr", opt.param_groups[0]["lr"])):
             history[k].append(float(v))
         if dist.main:
-            log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s",
-                     epoch + 1, cfg.epochs, train_loss, train_acc, test_loss, test_acc,
-                     history["epoch_s"][-1])
-        rng = _rng_states(dist, device)
+            left = (cfg.epochs - epoch - 1) * float(np.mean(history["epoch_s"][-3:]))
+            log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s"
+                     " | about %.1f min left", epoch + 1, cfg.epochs, train_loss, train_acc, test_loss,
+                     test_acc, history["epoch_s"][-1], left / 60)
+        rng = distributed.rng_states(dist, device)
         if dist.main:
             _save(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "rng": rng, "epoch": epoch + 1,
@@ -420,48 +260,25 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None) -> TrainR
         dist.barrier()
     net = net.cpu().eval()
     if dist.main:
-        _save(final, {"model": net.state_dict(), "history": history, "config": cfg.to_dict()})
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        _finish(run_dir, net, history, cfg, manifest, t_start)
     dist.barrier()
-    return TrainResult(net, history, cfg, run_dir, trained_now=True)
+    return TrainResult(net, history, cfg, run_dir, True, runs.read_manifest(run_dir))
 
 
-def fit_protocols(config: TrainConfig, compare_split: str = "") -> dict[str, TrainResult]:
+def fit_protocols(config: TrainConfig, compare_split: str = "",
+                  runs_dir: str | os.PathLike[str] | None = None) -> dict[str, TrainResult]:
     """``fit(config)``, plus the same recipe under the other split protocol when ``compare_split``
     names it ("slices" or "cases"), so 03_eval can show what slice leakage does to the scores."""
-    runs = {config.split: fit(config)}
+    out = {config.split: fit(config, runs_dir=runs_dir)}
     if compare_split and compare_split != config.split:
-        runs[compare_split] = fit(dataclasses.replace(config, split=compare_split))
-    return runs
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
-    """A finished run from its folder (``model.pt`` holds weights, history and config)."""
-    run_dir = paths.resolve(run_dir)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    cfg = TrainConfig(**state["config"])
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
-    net.load_state_dict(state["model"])
-    return TrainResult(net.eval(), state["history"], cfg, run_dir, trained_now=False)
-
-
-NOTEBOOK_ONLY = ("figures_dir", "compare_split", "cv_folds", "reference_weights", "interactive")
-
-
-def config_from_profile(profile: str, overrides: dict[str, str] | None = None) -> TrainConfig:
-    """The 02_train section of ``params/PROFILE.yaml`` (plus ``key=value`` overrides) as a config."""
-    from . import report  # the profiles are read where the notebooks read them
-
-    params = {k: v for k, v in report.load_profile(profile).get("02_train", {}).items()
-              if k not in NOTEBOOK_ONLY}
-    for key, text in (overrides or {}).items():
-        params[key] = yaml.safe_load(text)
-    return TrainConfig.from_params(**params)
+        out[compare_split] = fit(dataclasses.replace(config, split=compare_split), runs_dir=runs_dir)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lungseg.train --profile NAME [--set key=value ...]``; under
-    ``torchrun --nproc_per_node N`` the same command trains with N processes."""
+    ``torchrun --nproc_per_node N`` the same command trains with N processes. The last line printed
+    is JSON with ``run_dir`` and the history."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m lungseg.train", description=main.__doc__)
@@ -471,11 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default=None, help="runs folder (default build/runs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    global RUNS
-    if args.runs:
-        RUNS = paths.resolve(args.runs)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    result = fit(config_from_profile(args.profile, overrides))
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        ap.error(f"--set takes KEY=VALUE, got {bad}")
+    try:
+        cfg = config.config_from_profile(args.profile, dict(item.split("=", 1) for item in args.set))
+        result = fit(cfg, runs_dir=args.runs)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"run_dir": str(result.run_dir), "history": result.history}))
     return 0

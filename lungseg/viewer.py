@@ -19,32 +19,34 @@ PRED_COLOUR = (1.0, 0.2, 0.1, 0.4)
 HU_RANGE = (-1024, 3071)
 
 
-def draw_slice(case: Case, logits: np.ndarray | None, z: int, window: tuple[float, float],
+def draw_slice(case: Case, prediction: np.ndarray | None, z: int, window: tuple[float, float],
                show_gt: bool = True, show_pred: bool = True) -> Figure:
-    """One axial slice ``z`` (HU, ``window``) with ground truth (green) and prediction (red, logit > 0)."""
+    """One axial slice ``z`` (HU, ``window``) with ground truth (green) and the final prediction
+    (red): a bool (z, y, x) mask, as :func:`lungseg.inference.segment` gives with the run's chosen
+    threshold and post-processing."""
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(case.volume.hu[z], cmap="gray", vmin=window[0], vmax=window[1])
     if show_gt:
         ax.imshow(overlay_rgba(np.asarray(case.mask[z], dtype=bool), {1: GT_COLOUR}))
-    if show_pred and logits is not None:
-        ax.imshow(overlay_rgba(logits[z] > 0, {1: PRED_COLOUR}))
+    if show_pred and prediction is not None:
+        ax.imshow(overlay_rgba(np.asarray(prediction[z], dtype=bool), {1: PRED_COLOUR}))
     ax.set_title(f"{case.case_id}, slice {z} (z = {case.volume.positions[z]:.1f} mm)")
     ax.axis("off")
     return fig
 
 
-def slice_viewer(case: Case, logits: np.ndarray | None = None) -> widgets.VBox:
+def slice_viewer(case: Case, prediction: np.ndarray | None = None) -> widgets.VBox:
     """A widget: slider over axial slices, HU window, overlay toggles. Display it in a notebook."""
     nz = case.volume.shape[0]
     z = widgets.IntSlider(value=nz // 2, min=0, max=nz - 1, description="slice")
     window = widgets.FloatRangeSlider(value=DISPLAY_WINDOW_HU, min=HU_RANGE[0], max=HU_RANGE[1],
                                       step=10, description="HU window")
     gt = widgets.Checkbox(value=True, description="ground truth")
-    pred = widgets.Checkbox(value=logits is not None, description="prediction",
-                            disabled=logits is None)
+    pred = widgets.Checkbox(value=prediction is not None, description="prediction",
+                            disabled=prediction is None)
 
     def show(z: int, window: tuple[float, float], gt: bool, pred: bool) -> None:
-        draw_slice(case, logits, z, window, gt, pred)
+        draw_slice(case, prediction, z, window, gt, pred)
         plt.show()
 
     out = widgets.interactive_output(show, {"z": z, "window": window, "gt": gt, "pred": pred})

@@ -9,7 +9,9 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import highdicom as hd
 import nibabel as nib
@@ -19,7 +21,7 @@ import pytest
 import torch
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import cli, dicom, export, model, paths, predict, report, rtstruct, train, writing
+from lungseg import cli, dicom, export, model, paths, predict, rtstruct, runs, train, writing
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 TINY_CHANNELS = 4
@@ -160,7 +162,7 @@ def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: P
     vol = dicom.load_series(series)
     labels = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0)
     mask = labels > 0
-    np.testing.assert_array_equal(mask, logits > predict.postprocess.logit(p))
+    np.testing.assert_array_equal(mask, predict.inference.binarize(logits, p))
     assert 0 < mask.sum() < mask.size and set(np.unique(labels)) <= {0, 1, 2}
     np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), labels)
     structures = rtstruct.read_rtstruct(out / predict.RTSTRUCT_NAME, vol)
@@ -234,32 +236,31 @@ def test_missing_input_folder_is_a_clear_error(tmp_path: Path, ckpt: Path,
     assert not (tmp_path / "o").exists()
 
 
-def _fake_run(runs: Path, name: str, mtime: float, **config: object) -> Path:
-    run = runs / name
-    run.mkdir(parents=True)
-    fields = set(train.TrainConfig().to_dict())
-    profile = {k: v for k, v in report.load_profile("cpu")["02_train"].items()
-               if k in fields and k not in ("cases", "test_cases")}
-    cfg = {**train.TrainConfig(**profile).to_dict(), "split": "cases", **config}
-    (run / "config.json").write_text(json.dumps(cfg))
-    (run / "model.pt").write_bytes(b"")
-    os.utime(run / "model.pt", (mtime, mtime))
-    return run / "model.pt"
+def _fake_run(folder: Path, name: str) -> SimpleNamespace:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "model.pt").write_bytes(b"")
+    return SimpleNamespace(run_dir=folder / name)
 
 
-def test_default_checkpoint_is_newest_cpu_run_with_case_split(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
+def test_default_checkpoint_is_the_held_out_run_of_the_latest_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
     with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
-        predict.default_checkpoint(runs)
-    old = _fake_run(runs, "a", 1000.0)
-    _fake_run(runs, "b", 3000.0, split="slices")  # the cpu profile's comparison run
-    _fake_run(runs, "c", 4000.0, image_size=64, epochs=2)  # the quick profile
-    assert predict.default_checkpoint(runs) == old
-    new = _fake_run(runs, "d", 2000.0)
-    assert predict.default_checkpoint(runs) == new
-    (runs / "e").mkdir()  # a run still training: no model.pt
-    (runs / "e" / "config.json").write_text(json.dumps(json.loads((runs / "d" / "config.json").read_text())))
-    assert predict.default_checkpoint(runs) == new
+        predict.default_checkpoint()
+    cpu = {"cases": _fake_run(tmp_path, "a"), "slices": _fake_run(tmp_path, "b")}
+    runs.record_report("cpu", cpu, [], "cases", "figures")
+    assert predict.default_checkpoint() == tmp_path / "a"
+    time.sleep(0.01)
+    paper = {"slices": _fake_run(tmp_path, "c"), "cases": _fake_run(tmp_path, "d")}
+    runs.record_report("paper", paper, [], "slices", "figures")
+    assert predict.default_checkpoint() == tmp_path / "d"  # latest report, its held-out run
+    assert predict.default_checkpoint("cpu") == tmp_path / "a"
+    runs.record_report("quick", {"slices": _fake_run(tmp_path, "e")}, [], "slices", "build/quick")
+    with pytest.raises(predict.PredictError, match="trained no cases-split run"):
+        predict.default_checkpoint()
+    (tmp_path / "a" / "model.pt").unlink()  # recorded but not finished
+    with pytest.raises(predict.PredictError, match="not finished"):
+        predict.default_checkpoint("cpu")
 
 
 # ---- the other subcommands --------------------------------------------------------------------
@@ -342,7 +343,11 @@ def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"")
     assert predict.inference_settings(ckpt, None, None) == (predict.DEFAULT_THRESHOLD, True)
-    (ckpt.parent / "inference.json").write_text(json.dumps({"threshold": 0.7, "postprocess": False}))
+    (ckpt.parent / "inference.json").write_text(json.dumps({"threshold": 0.6, "postprocess": False}))
+    assert predict.inference_settings(ckpt, None, None) == (0.6, False)  # runs from before run.json
+    runs.write_manifest(ckpt.parent, {"key": "k"})
+    runs.save_inference(ckpt.parent, 0.7, False, "the training patients")
+    assert runs.read_manifest(ckpt.parent)["key"] == "k"  # the rest of the manifest is kept
     assert predict.inference_settings(ckpt, None, None) == (0.7, False)
     assert predict.inference_settings(ckpt, 0.4, True) == (0.4, True)  # explicit options win
 

@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from lungseg import data, evaluate
+from lungseg import data, evaluate, inference, model, runs
 
 
-def test_test_mask_cases_split() -> None:
-    masks = evaluate.test_case_mask("cases", ["A", "B", "C"], [2, 3, 1], ["B"], 42)
-    assert [m.tolist() for m in masks] == [[False, False], [True, True, True], [False]]
+def _run_with_split(per_case: dict) -> runs.TrainResult:
+    return runs.TrainResult(model.UNet(base_channels=4), {}, runs.TrainConfig(), Path("run"),
+                            manifest={"split": {"per_case": per_case}})
 
 
-def test_test_mask_slice_split_matches_the_random_split() -> None:
+def test_split_record_and_test_masks_round_trip() -> None:
+    case_ids = ["A", "A", "B", "B", "B", "C"]
+    index = [0, 1, 0, 1, 2, 0]
+    rec = runs.split_record(case_ids, index, [1, 2, 4])
+    assert rec == {"A": {"slices": 2, "test": [1]}, "B": {"slices": 3, "test": [0, 2]},
+                   "C": {"slices": 1, "test": []}}
+    masks = runs.test_masks(_run_with_split(rec), ["A", "B", "C"], [2, 3, 1])
+    assert [m.tolist() for m in masks] == [[False, True], [True, False, True], [False]]
+
+
+def test_test_masks_follow_the_slice_split_of_the_dataset_order() -> None:
     n = [4, 5, 3]
-    masks = evaluate.test_case_mask("slices", ["A", "B", "C"], n, [], 42)
-    flat = np.concatenate(masks)
+    ids = [c for c, k in zip("ABC", n, strict=True) for _ in range(k)]
+    index = [i for k in n for i in range(k)]
     _, test_idx = data.split_slices(sum(n), 42)
-    assert sorted(np.flatnonzero(flat).tolist()) == sorted(test_idx)
-    assert [len(m) for m in masks] == n
+    masks = runs.test_masks(_run_with_split(runs.split_record(ids, index, test_idx)), list("ABC"), n)
+    assert sorted(np.flatnonzero(np.concatenate(masks)).tolist()) == sorted(test_idx)
+
+
+def test_test_masks_refuse_other_data() -> None:
+    run = _run_with_split({"A": {"slices": 2, "test": [1]}})
+    with pytest.raises(ValueError, match="case A with 3 slices was not in this run's data"):
+        runs.test_masks(run, ["A"], [3])
+    with pytest.raises(ValueError, match="case Z"):
+        runs.test_masks(run, ["Z"], [3])
+    with pytest.raises(runs.RunNotFoundError, match="no split record"):
+        runs.test_masks(runs.TrainResult(model.UNet(base_channels=4), {}, runs.TrainConfig(), Path("r")),
+                        ["A"], [2])
 
 
 def _rows() -> list[dict]:
@@ -53,24 +76,16 @@ def test_summarise_and_results_rows() -> None:
     assert rows[-1]["Dice mean [min–max]"] == "0.95–0.98"
 
 
-def test_load_runs_refuses_to_train(tmp_path, monkeypatch) -> None:
-    from lungseg import paths, train
-
-    try:
-        root = paths.data_dir()
-    except FileNotFoundError:
-        pytest.skip("needs the data dir")
-    if not paths.images_dir(root, "Case_000").is_dir():
-        pytest.skip("needs Case_000")
-    monkeypatch.setattr(train, "RUNS", tmp_path)
-    cfg = train.TrainConfig(cases=["Case_000"], split="slices", image_size=32, epochs=1)
-    with pytest.raises(FileNotFoundError, match="run 02_train with the same parameters first"):
-        evaluate.load_runs(cfg)
+def test_report_runs_never_train_and_name_the_missing_record(tmp_path: Path) -> None:
+    with pytest.raises(runs.RunNotFoundError, match="no trained runs recorded for profile 'cpu'.*run_all.sh"):
+        runs.report_runs("cpu", tmp_path)
+    with pytest.raises(runs.RunNotFoundError, match="run ./run_all.sh"):
+        runs.report_runs("", tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing was trained or created
 
 
 def test_non_square_slices_are_refused_clearly() -> None:
-    from lungseg import cache, data, dicom, model
+    from lungseg import cache, dicom
 
     hu = np.zeros((2, 16, 24), dtype=np.int16)
     vol = dicom.Volume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
@@ -78,6 +93,6 @@ def test_non_square_slices_are_refused_clearly() -> None:
                        series_uid="1", orientation=(1, 0, 0, 0, 1, 0), sort_key="ImagePositionPatient")
     case = cache.Case(vol, np.zeros(hu.shape, dtype=bool))
     with pytest.raises(ValueError, match="Case_X: slices of .16, 24. pixels are not square"):
-        evaluate.predict_logits(model.UNet(base_channels=4), case, 16)
+        inference.predict_hu(model.UNet(base_channels=4), case.volume.hu, 16, name=case.case_id)
     with pytest.raises(ValueError, match="not square"):
         data.case_tensors(case, 16, "window")

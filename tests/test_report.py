@@ -2,36 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import papermill as pm
 import pytest
 
-from lungseg import report
+from lungseg import config, report
 
 
 def test_every_profile_parameter_exists_in_its_notebook() -> None:
     notebooks = {nb.stem: nb for nb in report.notebooks()}
     assert list(notebooks) == ["01_dicom", "02_train", "03_eval"]
-    for profile in sorted(p.stem for p in report.PROFILES.glob("*.yaml")):
-        for stem, params in report.load_profile(profile).items():
+    for profile in config.profile_names():
+        for stem, params in config.load_profile(profile).items():
             assert stem in notebooks, f"{profile}.yaml names an unknown notebook {stem}"
             declared = set(pm.inspect_notebook(str(notebooks[stem])))
             unknown = set(params) - declared
             assert not unknown, f"{profile}.yaml/{stem}: {sorted(unknown)} not in the parameters cell"
+    for stem in report.TAKES_PROFILE:  # report.run injects it
+        assert "profile" in pm.inspect_notebook(str(notebooks[stem])), stem
 
 
-def test_training_parameters_match_between_02_and_03() -> None:
-    for profile in ("quick", "cpu", "paper"):
-        prof = report.load_profile(profile)
-        shared = set(prof["02_train"]) - {"figures_dir"}
-        assert all(prof["03_eval"][k] == prof["02_train"][k] for k in shared), profile
+def test_03_eval_takes_no_training_parameters() -> None:
+    """The run is found through 02_train's record, never recomputed from restated parameters."""
+    declared = set(pm.inspect_notebook(str(report.NOTEBOOKS / "03_eval.ipynb")))
+    training = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    assert declared & training <= {"device", "threads", "data_dir"}
+    for profile in config.profile_names():
+        assert set(config.load_profile(profile).get("03_eval", {})) & training <= {"device", "threads"}
 
 
 def test_unknown_profile_and_notebook_selection() -> None:
-    with pytest.raises(SystemExit, match="unknown profile 'nope'.*quick"):
-        report.load_profile("nope")
+    with pytest.raises(config.ProfileError, match="unknown profile 'nope'.*quick"):
+        config.load_profile("nope")
     assert [nb.stem for nb in report.notebooks(["02"])] == ["02_train"]
-    with pytest.raises(SystemExit, match="no notebook matches"):
+    with pytest.raises(ValueError, match="no notebook matches"):
         report.notebooks(["99"])
+    assert report.main(["--profile", "nope"]) == 2  # a message, not a traceback
 
 
 def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys) -> None:
@@ -49,7 +56,7 @@ def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "t.yaml").write_text("01_fail:\n  x: 7\n")
     monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
-    monkeypatch.setattr(report, "PROFILES", tmp_path / "params")
+    monkeypatch.setattr(config, "PROFILES", tmp_path / "params")
     monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
     assert report.run("t", kernel="python3") == 1
     err = capsys.readouterr().err

@@ -42,7 +42,7 @@ from synthetic import (
     write_series,
 )
 
-from lungseg import anonymise, cache, data, model, paths, train, writing
+from lungseg import anonymise, cache, data, model, paths, runs, train, writing
 from lungseg.dicom import DicomSeriesError, DicomWarning, MaskError
 
 CASE = "Case_900"
@@ -669,7 +669,7 @@ def tiny_training(tmp_path: Path, cache_root: Path,
         write_case(data_root, case_id, n=TRAIN_SLICES, rows=TRAIN_SIZE, cols=TRAIN_SIZE, seed=k)
     cases = [cache.load_case(c, data_root) for c in TRAIN_CASES]
     assert all(isinstance(c, cache.Case) for c in cases)
-    monkeypatch.setattr(train, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
     return data_root, data.SliceDataset(cases, image_size=TRAIN_SIZE)
 
 
@@ -685,10 +685,10 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     data_root, ds = tiny_training
     before = _digests(data_root)
-    monkeypatch.setattr(train, "RUNS", tmp_path / "straight")
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "straight")
     straight = train.fit(_train_cfg(data_root), dataset=ds)
 
-    monkeypatch.setattr(train, "RUNS", tmp_path / "killed")
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "killed")
     real_save = train._save
 
     def save_then_die(path: Path, obj: dict) -> None:
@@ -701,7 +701,7 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
         train.fit(_train_cfg(data_root), dataset=ds)
     monkeypatch.setattr(train, "_save", real_save)
     run_dir = tmp_path / "killed" / straight.run_dir.name
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "run.json"]
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ck["epoch"] == 1 and len(ck["history"]["train_loss"]) == 1
     assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(ck)
@@ -716,7 +716,7 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
     w_straight, w_resumed = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoint.pt", "config.json", "history.json", "model.pt"]
+        "checkpoint.pt", "history.json", "model.pt", "run.json"]
     assert _half_written(tmp_path / "killed") == []
     assert _digests(data_root) == before
 
@@ -731,8 +731,12 @@ def test_checkpoint_write_failure_keeps_the_last_checkpoint(
         if isinstance(obj, dict) and obj.get("epoch") == 2:
             buf = io.BytesIO()
             real_torch_save(obj, buf)
-            Path(str(f)).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-            raise _disk_full(f)
+            half = buf.getvalue()[: len(buf.getvalue()) // 2]
+            if hasattr(f, "write"):  # an open file (lungseg.writing's temporary sibling)
+                f.write(half)
+            else:
+                Path(str(f)).write_bytes(half)
+            raise _disk_full(getattr(f, "name", f))
         real_torch_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(train.torch, "save", torch_save_disk_full)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lungseg import data, losses, model, paths, train
+from lungseg import data, losses, model, paths, runs, train
 
 TINY = 32  # px: real slices downsampled 16x, enough to exercise the loop in seconds
 REAL_CASES = ["Case_000", "Case_005"]
@@ -126,7 +126,7 @@ def _same_history(a: dict, b: dict) -> bool:
 
 @realdata
 def test_determinism_and_reuse(tiny_ds, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(train, "RUNS", tmp_path)
+    monkeypatch.setattr(runs, "RUNS", tmp_path)
     first = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
     second = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
     assert first.trained_now and second.trained_now
@@ -141,10 +141,10 @@ def test_determinism_and_reuse(tiny_ds, tmp_path, monkeypatch) -> None:
 
 @realdata
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_ds, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(train, "RUNS", tmp_path / "straight")
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "straight")
     straight = train.fit(_tiny_cfg(), dataset=tiny_ds)
 
-    monkeypatch.setattr(train, "RUNS", tmp_path / "killed")
+    monkeypatch.setattr(runs, "RUNS", tmp_path / "killed")
     real_save = train._save
 
     def save_then_die(path, obj):

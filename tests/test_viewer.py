@@ -19,8 +19,7 @@ def _case() -> cache.Case:
 
 def test_draw_slice_has_image_and_two_overlays() -> None:
     case = _case()
-    logits = np.where(case.mask, 5.0, -5.0).astype(np.float32)
-    fig = viewer.draw_slice(case, logits, 1, (-1350, 150))
+    fig = viewer.draw_slice(case, case.mask.copy(), 1, (-1350, 150))
     assert len(fig.axes[0].images) == 3
     assert "slice 1 (z = 3.0 mm)" in fig.axes[0].get_title()
 

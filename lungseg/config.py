@@ -1,0 +1,149 @@
+"""Training configuration and profiles: ``TrainConfig`` and ``params/NAME.yaml``, resolved once.
+
+A profile holds one section of parameters per notebook; its ``02_train`` section is a training
+config. :meth:`TrainConfig.resolved` makes every implicit choice explicit (cases, held-out patients,
+measured speed switches), and that resolved config is what a run's manifest records
+(:mod:`lungseg.runs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import cache, data, model, paths, speed
+
+PROFILES = paths.ROOT / "params"
+SCHEDULES = ("constant", "cosine", "onecycle")
+NOTEBOOK_ONLY = ("profile", "figures_dir", "compare_split", "cv_folds", "reference_weights",
+                 "interactive", "run")
+"""Notebook parameters of a profile that are not training parameters."""
+
+
+class ProfileError(ValueError):
+    """An unknown profile or a profile with an unknown parameter."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults: the report's recipe)."""
+
+    cases: list[str] = field(default_factory=list)
+    """Case ids; empty = every case in the data directory."""
+    data_dir: str = ""
+    image_size: int = data.FULL_SIZE
+    input_mode: str = "window"
+    hu_window: list[float] = field(default_factory=lambda: list(data.HU_WINDOW))
+    """HU range mapped to [0, 1] in the "window" input mode (saved with the run, used by predict)."""
+    split: str = "slices"
+    """"slices" (the report's random 2/3–1/3 of slices) or "cases" (held-out patients)."""
+    test_cases: list[str] = field(default_factory=lambda: list(data.DEFAULT_TEST_CASES))
+    kfold: int = 0
+    """With split="cases" and kfold=k>1: test cases are fold ``fold`` of a k-fold over patients."""
+    fold: int = 0
+    epochs: int = 10
+    batch_size: int = 3
+    lr: float = 0.1
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    seed: int = 42
+    base_channels: int = model.DEFAULT_BASE_CHANNELS
+    dropout: float = model.DEFAULT_DROPOUT
+    max_steps_per_epoch: int = 0
+    """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
+    empty_keep: float = 1.0
+    """Share of the training slices with an empty mask (above and below the lungs, ~45 %) used in
+    each epoch, drawn anew every epoch from (seed, epoch); 1 = all of them."""
+    curve_slices: int = 0
+    """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
+    spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
+    channels_last: bool | str = False
+    """channels_last memory layout; "auto" = whichever :func:`lungseg.speed.choose` measures faster."""
+    amp: bool | str = False
+    """bf16 autocast where the hardware runs it natively (CUDA; CPUs with AVX-512 BF16); "auto" =
+    measured, as ``channels_last``."""
+    device: str = "auto"
+    threads: int = 0
+    """torch intra-op threads; 0 = leave torch's default."""
+    force_retrain: bool = False
+
+    # Fields that do not change the trained weights on one machine, left out of the run key.
+    NON_KEY = ("device", "threads", "force_retrain", "data_dir")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with ``cases``, ``test_cases`` and the "auto" speed switches made explicit."""
+        cfg = dataclasses.replace(self, hu_window=[float(v) for v in self.hu_window])
+        if not cfg.cases:
+            cfg.cases = paths.list_cases(paths.data_dir(cfg.data_dir or None))
+        if cfg.split == "cases" and cfg.kfold > 1:
+            cfg.test_cases = data.kfold_cases(cfg.cases, cfg.kfold, cfg.fold, cfg.seed)
+        if cfg.split not in ("slices", "cases"):
+            raise ValueError(f"split must be 'slices' or 'cases', got {cfg.split!r}")
+        if cfg.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+        if len(cfg.hu_window) != 2 or not cfg.hu_window[0] < cfg.hu_window[1]:
+            raise ValueError(f"hu_window must be [low, high] HU with low < high, got {cfg.hu_window}")
+        if "auto" in (cfg.channels_last, cfg.amp):  # measured on this machine, cached, logged
+            choice = speed.choose(cfg.image_size, cfg.batch_size, speed.pick_device(cfg.device))
+            cfg.channels_last = choice["channels_last"] if cfg.channels_last == "auto" else cfg.channels_last
+            cfg.amp = choice["amp"] if cfg.amp == "auto" else cfg.amp
+        return cfg
+
+    @classmethod
+    def from_params(cls, cases: str = "all", test_cases: str = "", **params: object) -> TrainConfig:
+        """A config from flat notebook parameters: ``cases``/``test_cases`` as comma-separated
+        strings (``"all"`` = every case; empty ``test_cases`` = ``DEFAULT_TEST_CASES``)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(params) - fields
+        if unknown:
+            raise TypeError(f"unknown training parameters: {sorted(unknown)}")
+        cfg = cls(**params)  # type: ignore[arg-type]
+        cfg.cases = cache.resolve_cases(cases, cfg.data_dir or None)
+        if test_cases.strip():
+            cfg.test_cases = [c.strip() for c in test_cases.split(",") if c.strip()]
+        return cfg
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config saved by an earlier version: fields it lacks take today's defaults (which were
+        the values then: e.g. ``hu_window``), fields this version no longer knows are refused."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - fields
+        if unknown:
+            raise ValueError(f"saved config has unknown fields {sorted(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.yaml"))
+
+
+def load_profile(name: str) -> dict[str, dict]:
+    """Parameters per notebook stem from ``params/NAME.yaml``; ProfileError if there is none."""
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        raise ProfileError(f"unknown profile {name!r}: no {path} (profiles: {', '.join(profile_names())})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def config_from_profile(profile: str, overrides: dict[str, str] | None = None) -> TrainConfig:
+    """The 02_train section of ``params/PROFILE.yaml`` (plus ``key=value`` overrides, values
+    parsed as YAML) as a config."""
+    params = {k: v for k, v in load_profile(profile).get("02_train", {}).items()
+              if k not in NOTEBOOK_ONLY}
+    for key, text in (overrides or {}).items():
+        params[key] = yaml.safe_load(text)
+    try:
+        return TrainConfig.from_params(**params)
+    except TypeError as exc:
+        raise ProfileError(f"profile {profile!r}: {exc}") from None
+
+
+def profile_file(name: str) -> Path:
+    return PROFILES / f"{name}.yaml"

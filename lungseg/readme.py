@@ -1,0 +1,133 @@
+"""The README's numbers, generated from the committed run's outputs (never typed by hand).
+
+Blocks between ``<!-- BEGIN lungseg:NAME -->`` and ``<!-- END lungseg:NAME -->`` are rendered from
+``figures/summary.json`` and ``figures/provenance.json``; :func:`update` rewrites them after a full
+run (``./run_all.sh`` does), :func:`stale` lists blocks that disagree (a test fails on any).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from . import crossval, evaluate, paths, tables, writing
+
+README = paths.ROOT / "README.md"
+_BLOCK = re.compile(r"(<!-- BEGIN lungseg:(\w+) -->\n)(.*?)(<!-- END lungseg:\2 -->)", re.S)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def results_block(summary: dict) -> str:
+    """Per-patient results of the held-out run (both lungs as one mask)."""
+    return tables.markdown(evaluate.results_rows(summary), ".4g") + "\n"
+
+
+def crossval_block(summary: dict) -> str:
+    """Per-lung cross-validation over all patients, with goals and the published range."""
+    cv = summary.get("cross_validation")
+    if not cv:
+        return "(this run has no cross-validation: cv_folds = 0)\n"
+    rows = crossval.summary_rows(cv["per_structure"])
+    per = cv["per_structure"]
+    gaps = []
+    for name in crossval.STRUCTURES:
+        if name in per:
+            s = per[name]
+            gaps.append(f"{name}: Dice {s['dice']['mean']:.4f} (goal ≥ {crossval.GOALS['dice']}), "
+                        f"HD95 {s['hd95_mm']['mean']:.2f} mm (≤ {crossval.GOALS['hd95_mm']}), "
+                        f"MSD {s['msd_mm']['mean']:.2f} mm (≤ {crossval.GOALS['msd_mm']}), worst patient "
+                        f"{s['worst_case']['case']} at Dice {s['worst_case']['dice']:.4f} "
+                        f"(≥ {crossval.GOALS['worst_patient_dice']})")
+    return (f"{cv['folds']}-fold cross-validation over patients (every patient tested once, by a model "
+            "that never saw it; threshold and post-processing chosen on each fold's training "
+            "patients):\n\n" + tables.markdown(rows) + "\n\nAgainst the goals: " + "; ".join(gaps) + ".\n")
+
+
+def leakage_block(summary: dict) -> str:
+    """The report's slice split against held-out patients, same recipe."""
+    rows = summary.get("protocol_comparison")
+    return (tables.markdown(rows, ".4f") + "\n") if rows else "(no comparison run in this profile)\n"
+
+
+def timing_block(summary: dict, provenance: dict) -> str:
+    """Training time per model (from the runs' manifests) and wall time per notebook."""
+    lines = []
+    training = summary.get("training", {})
+    for role, t in training.items():
+        lines.append(f"| {role} | {t['epochs']} | {t['train_wall_s']:.0f} s ({_minutes(t['train_wall_s'])}) "
+                     f"| {t['epoch_s_mean']:.1f} s | {t['speed']} |")
+    out = ""
+    if lines:
+        out += ("| model | epochs | training time | per epoch | speed switches |\n|---|---|---|---|---|\n"
+                + "\n".join(lines) + "\n\n")
+    nbs = provenance.get("notebooks", {})
+    if nbs:
+        total = sum(v.get("wall_s", 0.0) for v in nbs.values())
+        each = ", ".join(f"{k} {_minutes(v['wall_s'])}" for k, v in nbs.items())
+        out += (f"Wall time of the notebooks: {each}"
+                + f"; **{_minutes(total)} in all** on {provenance.get('machine', 'this machine')}"
+                + f" (`{provenance.get('cpu_capability', '?')}` torch CPU capability).\n")
+    return out
+
+
+def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
+    """Every generated block, from ``figures_dir``'s summary.json and provenance.json."""
+    folder = paths.resolve(figures_dir)
+    summary = json.loads((folder / "summary.json").read_text())
+    prov_file = folder / "provenance.json"
+    provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
+    return {"results": results_block(summary), "crossval": crossval_block(summary),
+            "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
+            "bench": bench_block(folder)}
+
+
+def render(text: str, new: dict[str, str]) -> str:
+    """``text`` with each marked block replaced by ``new[name]`` (unknown names left as they are)."""
+    return _BLOCK.sub(lambda m: m.group(1) + new.get(m.group(2), m.group(3)) + m.group(4), text)
+
+
+def stale(readme: Path = README, figures_dir: str | Path = paths.FIGURES) -> list[str]:
+    """Names of the README blocks whose text differs from what the outputs give."""
+    new = blocks(figures_dir)
+    return [m.group(2) for m in _BLOCK.finditer(readme.read_text())
+            if m.group(2) in new and m.group(3) != new[m.group(2)]]
+
+
+def update(readme: Path = README, figures_dir: str | Path = paths.FIGURES) -> bool:
+    """Rewrite the generated blocks; True when the README changed."""
+    text = readme.read_text()
+    out = render(text, blocks(figures_dir))
+    if out != text:
+        writing.atomic_write_text(readme, out)
+    return out != text
+
+
+def bench_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """Training-step and inference throughput per CPU kind, from ``bench_train_*.json`` (written by
+    ``python -m lungseg.bench train --save figures``)."""
+    files = sorted(paths.resolve(figures_dir).glob("bench_train_*.json"))
+    if not files:
+        return "(no saved benchmark: `python -m lungseg.bench train --save figures`)\n"
+    rows = []
+    for f in files:
+        b = json.loads(f.read_text())
+        for t in b["training"]:
+            rows.append({"CPU (torch capability)": f"{b['cpu_capability']}, {b['threads']} threads",
+                         "setting": f"{t['setting']}: {t['size']}², batch {t['batch']}",
+                         "naive slices/s": f"{t['naive_slices_s']:.2f}",
+                         "project slices/s": f"{t['project_slices_s']:.2f}",
+                         "ratio": f"**{t['ratio']:.2f}×**",
+                         "project switches (measured)": t["project_switches"]})
+    out = tables.markdown(rows) + "\n"
+    for f in files:
+        b = json.loads(f.read_text())
+        inf = "; ".join(f"{i['size']}²: {i['seconds']:.1f} s ({i['core_ms_per_slice']:.0f} core-ms/slice)"
+                        for i in b["inference"])
+        if inf:
+            out += f"\nInference of {b['inference'][0]['case']} ({b['inference'][0]['slices']} slices), " \
+                   f"{b['cpu_capability']}, untrained UNet, logits upsampled to 512²: {inf}.\n"
+    return out

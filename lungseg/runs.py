@@ -1,0 +1,260 @@
+"""The run store: one folder per training run, named by what defines it, described by ``run.json``.
+
+``build/runs/<key>/`` holds ``model.pt`` (weights, history, config), ``checkpoint.pt`` while
+training, and the manifest ``run.json``: the resolved config, the data it was trained on (each
+case's cache key), the code version, the split membership of every slice, the preprocessing (HU
+window, input size), the speed switches measured for the machine, provenance, and — once 03_eval has
+chosen them on the training patients — the inference settings ``predict`` uses. Everything
+downstream (03_eval, ``predict``, the viewer) reads its decisions from the manifest.
+
+The runs one report used are recorded per profile in ``build/runs/reports/PROFILE.json`` by
+02_train; :func:`report_runs` and :func:`default_run` resolve "the latest run" there and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, cache, data, model, paths, writing
+from .config import TrainConfig
+
+RUNS = paths.BUILD / "runs"
+MANIFEST = "run.json"
+WEIGHTS = "model.pt"
+LEGACY_INFERENCE = "inference.json"
+# The code whose change changes the trained weights (dicom.py, orient.py and cache.py are covered by
+# the cases' cache keys).
+TRAINING_CODE = ("config.py", "model.py", "losses.py", "data.py", "train.py", "distributed.py")
+
+
+class RunNotFoundError(FileNotFoundError):
+    """No finished run where one was expected; the message says how to make one."""
+
+
+@dataclass
+class TrainResult:
+    """A trained model with its history (per-epoch lists), config and folder."""
+
+    model: model.UNet
+    history: dict[str, list[float]]
+    config: TrainConfig
+    run_dir: Path
+    trained_now: bool = False
+    manifest: dict = field(default_factory=dict)
+
+
+def runs_dir(folder: str | os.PathLike[str] | None = None) -> Path:
+    return paths.resolve(folder) if folder else RUNS
+
+
+def code_hash() -> str:
+    """SHA-256 (16 hex) of the training code."""
+    h = hashlib.sha256()
+    for name in TRAINING_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """The repository's commit (with "+dirty" when tracked files changed), or "unknown"."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lungseg"],
+                               cwd=paths.ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def case_keys(cfg: TrainConfig) -> dict[str, str]:
+    """Each case's cache key (a hash of its source files): the data fingerprint of a run."""
+    root = paths.data_dir(cfg.data_dir or None)
+    return {c: cache.case_key(paths.images_dir(root, c), paths.mask_file(root, c)) for c in cfg.cases}
+
+
+def run_key(cfg: TrainConfig, case_keys: dict[str, str], world: int = 1) -> str:
+    """Hash of the config (without ``NON_KEY``), the cases' cache keys (the source data), the
+    training code and, for multi-process runs, the number of processes (on CPU BatchNorm statistics
+    depend on it)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in cfg.NON_KEY},
+                        sort_keys=True).encode())
+    if world > 1:
+        h.update(f"world={world}".encode())
+    for c in cfg.cases:
+        h.update(case_keys[c].encode())
+    h.update(code_hash().encode())
+    return h.hexdigest()[:16]
+
+
+def split_record(case_ids: list[str], slice_index: list[int], test_idx: list[int]) -> dict:
+    """Per case: number of slices and the indices of its test slices (``case_ids``/``slice_index``
+    give each dataset item's case and slice; ``test_idx`` the test items)."""
+    out: dict[str, dict] = {}
+    for c, i in zip(case_ids, slice_index, strict=True):
+        rec = out.setdefault(c, {"slices": 0, "test": []})
+        rec["slices"] = max(rec["slices"], i + 1)
+    for j in test_idx:
+        out[case_ids[j]]["test"].append(int(slice_index[j]))
+    for rec in out.values():
+        rec["test"].sort()
+    return out
+
+
+def manifest(cfg: TrainConfig, key: str, case_keys: dict[str, str], split: dict, speed: dict | None,
+             device: torch.device, world: int) -> dict:
+    """The manifest of a run that starts now (``status`` "training")."""
+    return {"key": key, "status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": cfg.to_dict(),
+            "data": {"dir": str(paths.data_dir(cfg.data_dir or None)), "case_keys": case_keys},
+            "code": {"lungseg_version": __version__, "git_commit": git_commit(),
+                     "training_code_sha256": code_hash()},
+            "split": {"protocol": cfg.split,
+                      "test_cases": list(cfg.test_cases) if cfg.split == "cases" else [],
+                      "per_case": split},
+            "preprocessing": {"input_mode": cfg.input_mode, "hu_window": list(cfg.hu_window),
+                              "image_size": cfg.image_size, "full_size": data.FULL_SIZE,
+                              "mask_threshold": data.MASK_THRESHOLD,
+                              "logits": "bilinear upsampling to the full slice size before any threshold"},
+            "provenance": {"torch": torch.__version__, "device": str(device), "processes": world,
+                           "threads": torch.get_num_threads(), "speed_probe": speed,
+                           "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu"}}
+
+
+def write_manifest(run_dir: Path, content: dict) -> Path:
+    return writing.atomic_write_text(run_dir / MANIFEST, json.dumps(content, indent=1) + "\n")
+
+
+def read_manifest(run_dir: str | os.PathLike[str]) -> dict:
+    """The run's ``run.json`` ({} for runs older than manifests)."""
+    f = Path(run_dir) / MANIFEST
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
+    """A finished run from its folder (``model.pt`` holds weights, history and config)."""
+    run_dir = paths.resolve(run_dir)
+    if not (run_dir / WEIGHTS).is_file():
+        raise RunNotFoundError(f"no finished run in {run_dir} (no {WEIGHTS}): run 02_train first")
+    state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
+    cfg = TrainConfig.from_dict(state["config"])
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net.load_state_dict(state["model"])
+    return TrainResult(net.eval(), state["history"], cfg, run_dir, False, read_manifest(run_dir))
+
+
+def test_masks(run: TrainResult, case_ids: list[str], n_slices: list[int]) -> list[np.ndarray]:
+    """Per case, a bool (z,) array: True where the slice was in the run's test set, read from the
+    manifest (so evaluation never re-derives the split)."""
+    per_case = run.manifest.get("split", {}).get("per_case")
+    if per_case is None:
+        raise RunNotFoundError(f"{run.run_dir}: no split record in {MANIFEST} (a run from before "
+                               "manifests): retrain it with 02_train")
+    out = []
+    for c, n in zip(case_ids, n_slices, strict=True):
+        rec = per_case.get(c)
+        if rec is None or rec["slices"] != n:
+            raise ValueError(f"{run.run_dir}: case {c} with {n} slices was not in this run's data "
+                             f"({rec['slices'] if rec else 0} slices recorded)")
+        mask = np.zeros(n, dtype=bool)
+        mask[rec["test"]] = True
+        out.append(mask)
+    return out
+
+
+# ---- inference settings chosen by 03_eval -------------------------------------------------------
+
+def save_inference(run_dir: Path, threshold: float, use_postprocess: bool, chosen_on: str) -> dict:
+    """Record the chosen threshold and post-processing in the run's manifest."""
+    settings = {"threshold": float(threshold), "postprocess": bool(use_postprocess), "chosen_on": chosen_on}
+    content = read_manifest(run_dir)
+    content["inference"] = settings
+    write_manifest(run_dir, content)
+    return settings
+
+
+def inference_settings(run_dir: Path) -> dict:
+    """The run's chosen inference settings ({} when 03_eval has not chosen any)."""
+    saved = read_manifest(run_dir).get("inference")
+    if saved is None and (run_dir / LEGACY_INFERENCE).is_file():  # runs from before manifests
+        saved = json.loads((run_dir / LEGACY_INFERENCE).read_text())
+    return saved or {}
+
+
+# ---- the runs of one report ---------------------------------------------------------------------
+
+def _record_file(profile: str, folder: Path | None = None) -> Path:
+    return (folder or RUNS) / "reports" / f"{profile}.json"
+
+
+def record_report(profile: str, runs: dict[str, TrainResult], folds: list[TrainResult],
+                  main_split: str, figures_dir: str) -> Path:
+    """Written by 02_train: which runs the profile's report uses (main, other protocol, folds)."""
+    rec = {"profile": profile, "written": time.time(), "main": main_split,
+           "runs": {split: str(r.run_dir) for split, r in runs.items()},
+           "folds": [str(r.run_dir) for r in folds], "figures_dir": figures_dir}
+    f = _record_file(profile)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    return writing.atomic_write_text(f, json.dumps(rec, indent=1) + "\n")
+
+
+def report_record(profile: str = "", folder: Path | None = None) -> dict:
+    """The record of ``profile``'s latest 02_train; empty ``profile`` = the latest of any profile."""
+    reports = (folder or RUNS) / "reports"
+    if profile:
+        f = _record_file(profile, folder)
+        if not f.is_file():
+            raise RunNotFoundError(f"no trained runs recorded for profile {profile!r} ({f}): run "
+                                   f"./run_all.sh --profile {profile} (or 02_train) first")
+        return json.loads(f.read_text())
+    records = [json.loads(f.read_text()) for f in reports.glob("*.json")] if reports.is_dir() else []
+    if not records:
+        raise RunNotFoundError(f"no trained runs recorded in {reports}: run ./run_all.sh (or 02_train) first")
+    return max(records, key=lambda r: r["written"])
+
+
+@dataclass
+class ReportRuns:
+    """The finished runs of one report: ``main`` and ``by_split`` (main and the other protocol)."""
+
+    profile: str
+    main: TrainResult
+    by_split: dict[str, TrainResult]
+    fold_dirs: list[Path]
+    figures_dir: str
+
+    def folds(self) -> list[TrainResult]:
+        return [load_run(d) for d in self.fold_dirs]
+
+
+def report_runs(profile: str = "", folder: Path | None = None) -> ReportRuns:
+    """Load the runs :func:`record_report` recorded (never trains)."""
+    rec = report_record(profile, folder)
+    by_split = {split: load_run(d) for split, d in rec["runs"].items()}
+    return ReportRuns(rec["profile"], by_split[rec["main"]], by_split,
+                      [Path(d) for d in rec["folds"]], rec["figures_dir"])
+
+
+def default_run(profile: str = "", split: str = "cases", folder: Path | None = None) -> Path:
+    """The run ``predict`` and the viewer use by default: the ``split`` run (held-out patients, so
+    its inference settings were chosen without the test patients) of the latest report."""
+    rec = report_record(profile, folder)
+    if split not in rec["runs"]:
+        raise RunNotFoundError(f"the latest report ({rec['profile']} profile) trained no {split}-split "
+                               "run: pass --checkpoint RUN_DIR")
+    run_dir = Path(rec["runs"][split])
+    if not (run_dir / WEIGHTS).is_file():
+        raise RunNotFoundError(f"{run_dir}: recorded but not finished; rerun ./run_all.sh")
+    return run_dir
