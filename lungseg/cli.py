@@ -236,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("always", category=DicomWarning)  # the user must see each note
+            warnings.filterwarnings("always", category=predict.SideWarning)
             warnings.showwarning = _show_note
             return func(args)
     except USER_ERRORS as exc:

@@ -27,6 +27,8 @@ METRICS = ("dice", "hd95_mm", "msd_mm")
 # Best published per-lung results on LCTSC (Yang et al. 2018, Med Phys 45:4568, and later U-Net-GAN /
 # 3D U-Net papers), as quoted in the project's issue 11: a different (the challenge's) test set.
 LCTSC_PER_LUNG = {"dice": (0.97, 0.98), "hd95_mm": (2.1, 4.7), "msd_mm": (0.59, 1.08)}
+Known = dict[str, tuple[dict[str, np.ndarray], tuple[float, bool] | None]]
+"""Run folder → (logits per case id, (threshold, post-processing) or None): work already done."""
 GOALS = {"dice": 0.975, "hd95_mm": 3.0, "msd_mm": 0.7, "worst_patient_dice": 0.96}
 
 
@@ -69,18 +71,31 @@ def lung_rows(case: Case, pred: np.ndarray, truth: np.ndarray | None = None) -> 
 
 
 def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.ndarray],
-                  device: torch.device | str = "cpu") -> list[dict]:
+                  device: torch.device | str = "cpu", known: Known | None = None) -> list[dict]:
     """Per-lung rows of the fold's test patients, at the threshold and post-processing chosen on
-    the fold's training patients (recorded in every row)."""
+    the fold's training patients (recorded in every row). ``known``: logits per case and the
+    (threshold, post-processing) already computed for a run folder (03_eval's held-out run is a
+    fold), reused instead of computed again; the same functions on the same inputs give them."""
     cfg = run.config
     test = set(cfg.test_cases)
     train_cases = [c for c in cases if c.case_id in set(cfg.cases) - test]
     test_cases = [c for c in cases if c.case_id in test]
-    train_logits = inference.case_logits(run.model, cfg, train_cases, device)
-    threshold = postprocess.best_threshold(postprocess.threshold_study(train_cases, train_logits))
-    use_pp = postprocess.helps(postprocess.postprocess_study(train_cases, train_logits, threshold))
+    logits, tuned = (known or {}).get(str(run.run_dir), ({}, None))
+
+    def logits_of(sel: list[Case]) -> list[np.ndarray]:
+        missing = [c for c in sel if c.case_id not in logits]
+        logits.update(zip([c.case_id for c in missing],
+                          inference.case_logits(run.model, cfg, missing, device), strict=True))
+        return [logits[c.case_id] for c in sel]
+
+    if tuned is None:
+        train_logits = logits_of(train_cases)
+        threshold = postprocess.best_threshold(postprocess.threshold_study(train_cases, train_logits))
+        use_pp = postprocess.helps(postprocess.postprocess_study(train_cases, train_logits, threshold))
+    else:
+        threshold, use_pp = tuned
     rows = []
-    test_logits = inference.case_logits(run.model, cfg, test_cases, device)
+    test_logits = logits_of(test_cases)
     for case, lg in zip(test_cases, test_logits, strict=True):
         pred = inference.segment(lg, threshold, use_pp)
         for row in lung_rows(case, pred, truths.get(case.case_id)):
@@ -90,13 +105,13 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
 
 
 def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
-                   device: torch.device | str = "cpu") -> list[dict]:
+                   device: torch.device | str = "cpu", known: Known | None = None) -> list[dict]:
     """:func:`evaluate_fold` over every fold run: one row per patient and structure."""
     truths = {c.case_id: sides.split_lungs(np.asarray(c.mask), c.volume)
               for c in tqdm(cases, desc="split ground truth", unit="case")}
     rows: list[dict] = []
     for run in tqdm(runs, desc="folds", unit="fold"):
-        rows += evaluate_fold(run, cases, truths, device)
+        rows += evaluate_fold(run, cases, truths, device, known)
     return sorted(rows, key=lambda r: (r["case"], r["structure"]))
 
 
@@ -138,3 +153,18 @@ def summary_rows(summary: dict) -> list[dict]:
                  "HD95 mm": f"{lc['hd95_mm'][0]}–{lc['hd95_mm'][1]}",
                  "MSD mm": f"{lc['msd_mm'][0]}–{lc['msd_mm'][1]}", "worst patient (Dice)": "–"})
     return rows
+
+
+def worst_patient(rows: Sequence[dict]) -> dict:
+    """The "both lungs" row with the lowest Dice (its case, fold, threshold and post-processing)."""
+    return min((r for r in rows if r["structure"] == "both lungs"), key=lambda r: r["dice"])
+
+
+def error_profile(case: Case, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Per axial slice of ``case``: missed lung and extra "lung" (mL) of the bool (z, y, x)
+    prediction ``pred`` against the case's mask, with the slice positions (mm)."""
+    truth = np.asarray(case.mask, dtype=bool)
+    voxel_ml = float(np.prod(case.volume.spacing)) / 1000.0
+    return {"position_mm": np.asarray(case.volume.positions, dtype=float),
+            "missed_ml": (truth & ~pred).sum(axis=(1, 2)) * voxel_ml,
+            "extra_ml": (pred & ~truth).sum(axis=(1, 2)) * voxel_ml}

@@ -64,13 +64,19 @@ def upsample_logits(logits: torch.Tensor, size: int = FULL_SIZE) -> torch.Tensor
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def check_square(shape: Sequence[int], name: str) -> None:
+    """ValueError naming ``name`` unless the last two dims of ``shape`` are equal: the resize to
+    image_size x image_size (training and inference alike) assumes square slices."""
+    if shape[-1] != shape[-2]:
+        raise ValueError(f"{name}: slices of {tuple(shape[-2:])} pixels are not square; "
+                         "the model takes square slices (resized to image_size x image_size)")
+
+
 def case_tensors(case: Case, image_size: int, mode: str,
                  window: Sequence[float] = HU_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
     """A case's slices as (z, 1, S, S) float32 input and (z, 1, S, S) uint8 mask (0/1)."""
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)  # a copy: the cache is read-only
-    if hu.shape[-1] != hu.shape[-2]:
-        raise ValueError(f"{case.case_id}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
-                         "the resize to image_size x image_size assumes square slices")
+    check_square(hu.shape, case.case_id)
     mask = torch.from_numpy(np.asarray(case.mask, dtype=np.uint8)).unsqueeze(1)
     image = resize_slices(normalise(hu, mode, window), image_size)
     if image_size != mask.shape[-1]:

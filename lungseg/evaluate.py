@@ -153,46 +153,17 @@ def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
     return out
 
 
-def results_rows(summary: dict) -> list[dict]:
-    """Rows of the results table: this run, the reference model, the LCTSC 2017 range."""
-    split = summary["config"]["split"]
-    who = "held-out patients" if split == "cases" else "all patients (slice split: seen in training)"
-
-    def span(s: dict, key: str, fmt: str) -> str:
-        m = s[key]
-        return f"{m['mean']:{fmt}} [{m['min']:{fmt}}–{m['max']:{fmt}}]"
-
-    def row(name: str, s: dict) -> dict:
-        return {"model": name, "patients": len(s["cases"]),
-                "Dice mean [min–max]": span(s, "dice", ".4f"),
-                "HD95 mm mean [min–max]": span(s, "hd95_mm", ".2f"),
-                "MSD mm mean [min–max]": span(s, "msd_mm", ".2f")}
-
-    rows = [row(f"this run ({split} split, {summary['config']['image_size']}px), {who}",
-                summary["per_patient"])]
-    if "per_patient_tuned" in summary:
-        t = summary["per_patient_tuned"]
-        extra = " + post-processing" if t["postprocess"] else ""
-        rows.append(row(f"this run, threshold {t['threshold']}{extra} (chosen on {t['chosen_on']})", t))
-    if "reference_model" in summary:
-        rows.append(row("course reference weights (512px), same patients", summary["reference_model"]))
-    lc = summary["lctsc_2017_lung"]
-    rows.append({"model": "LCTSC 2017 lung results (range over methods)", "patients": "–",
-                 "Dice mean [min–max]": f"{lc['dice'][0]}–{lc['dice'][1]}",
-                 "HD95 mm mean [min–max]": f"{lc['hd95_mm'][0]}–{lc['hd95_mm'][1]}",
-                 "MSD mm mean [min–max]": f"{lc['msd_mm'][0]}–{lc['msd_mm'][1]}"})
-    return rows
-
-
-def protocol_rows(by_split: dict, cases: Sequence[Case], device: torch.device | str = "cpu") -> list[dict]:
+def protocol_rows(by_split: dict, cases: Sequence[Case], device: torch.device | str = "cpu",
+                  known: dict[str, list[np.ndarray]] | None = None) -> list[dict]:
     """Leakage check: each run (one per split protocol) scored on its own test slices and, in 3D, on
-    the held-out patients of the ``cases`` run, which contributed training slices to the slice split."""
+    the held-out patients of the ``cases`` run, which contributed training slices to the slice split.
+    ``known``: logits of ``cases`` already computed for a split's run (reused)."""
     present = {c.case_id for c in cases}
     patients = [p for p in by_split["cases"].config.test_cases if p in present]
     out = []
     for split, run in by_split.items():
         cfg = run.config
-        logits = inference.case_logits(run.model, cfg, cases, device)
+        logits = (known or {}).get(split) or inference.case_logits(run.model, cfg, cases, device)
         in_test = runs.test_masks(run, [c.case_id for c in cases], [c.volume.shape[0] for c in cases])
         rows = slice_records(cases, logits, in_test)
         vol = [metrics.volume_dice(inference.binarize(lg), np.asarray(c.mask))

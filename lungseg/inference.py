@@ -50,9 +50,7 @@ def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "wi
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     hu = torch.from_numpy(np.array(hu)).unsqueeze(1)
-    if hu.shape[-1] != hu.shape[-2]:
-        raise ValueError(f"{name}: slices of {tuple(hu.shape[-2:])} pixels are not square; "
-                         "the resize-based preprocessing assumes square slices")
+    data.check_square(hu.shape, name)
     full = hu.shape[-1]
     out = np.empty((hu.shape[0], full, full), dtype=np.float32)
     starts = range(0, hu.shape[0], batch_size)

@@ -188,3 +188,35 @@ def architecture(layers: list[dict], title: str = "UNet (from the model object)"
     ax.legend(handles, list(colours), loc="upper right", fontsize=8, ncol=5)
     ax.set_title(f"{title}: box height = log2(spatial size), label = output channels × size")
     return fig
+
+
+ERROR_COLOURS = {1: (1.0, 0.15, 0.15), 2: (0.2, 0.6, 1.0)}
+"""Error overlays: 1 = lung missed by the prediction (red), 2 = predicted where there is none (blue)."""
+
+
+def error_figure(case: Case, pred: np.ndarray, profile: dict[str, np.ndarray], title: str,
+                 n_slices: int = 3) -> Figure:
+    """Where a prediction fails: missed/extra lung (mL) per slice along the body axis, and the
+    ``n_slices`` slices with the largest error, with the errors overlaid in colour."""
+    err = profile["missed_ml"] + profile["extra_ml"]
+    worst = sorted(np.argsort(err, kind="stable")[::-1][:n_slices].tolist())
+    fig = plt.figure(figsize=(4 * n_slices, 7.5), constrained_layout=True)
+    grid = fig.add_gridspec(2, n_slices, height_ratios=[1, 1.6])
+    ax = fig.add_subplot(grid[0, :])
+    ax.plot(profile["position_mm"], profile["missed_ml"], color=ERROR_COLOURS[1], label="lung missed")
+    ax.plot(profile["position_mm"], profile["extra_ml"], color=ERROR_COLOURS[2], label="extra (false lung)")
+    ax.set_xlabel("slice position along the body axis (mm)")
+    ax.set_ylabel("mL per slice")
+    ax.legend()
+    truth = np.asarray(case.mask, dtype=bool)
+    for k, z in enumerate(worst):
+        a = fig.add_subplot(grid[1, k])
+        labels = np.where(truth[z] & ~pred[z], 1, np.where(pred[z] & ~truth[z], 2, 0)).astype(np.uint8)
+        a.imshow(case.volume.hu[z], cmap="gray", vmin=DISPLAY_WINDOW_HU[0], vmax=DISPLAY_WINDOW_HU[1])
+        a.contour(truth[z], levels=[0.5], colors="lime", linewidths=0.6)
+        a.imshow(overlay_rgba(labels, ERROR_COLOURS, alpha=0.8), interpolation="nearest")
+        a.set_title(f"slice {z} (z = {profile['position_mm'][z]:.0f} mm): {profile['missed_ml'][z]:.1f} mL "
+                    f"missed, {profile['extra_ml'][z]:.1f} mL extra", fontsize=8)
+        a.axis("off")
+    fig.suptitle(title + " (green: ground-truth outline)")
+    return fig

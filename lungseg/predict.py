@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,10 @@ RTSTRUCT_NAME = "lung_mask.rtstruct.dcm"
 OVERVIEW_NAME = "overview.png"
 STATS_NAME = "stats.json"
 OUTPUT_NAMES = (NIFTI_NAME, SEG_NAME, RTSTRUCT_NAME, OVERVIEW_NAME, STATS_NAME)
+
+
+class SideWarning(UserWarning):
+    """The right/left split of a prediction could only be guessed (shown as a note by the CLI)."""
 
 
 class PredictError(RuntimeError):
@@ -107,9 +112,10 @@ def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
                    batch_size: int = inference.INFER_BATCH, device: str = "cpu") -> np.ndarray:
     """Logits (z, y, x) float32 at full slice size (:func:`lungseg.inference.run_logits`, with a
     progress bar). Slices must be square, as in training."""
-    nz, ny, nx = volume.shape
-    if ny != nx:
-        raise PredictError(f"slices are {ny}x{nx}: the model takes square slices")
+    try:
+        data.check_square(volume.shape, volume.case_id)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
     return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True)
 
 
@@ -229,6 +235,11 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
     canon_labels, split = sides.split_lungs_with_info(segment(logits, threshold, clean), canon)
+    if split.method == "single":  # sided by position only: say so, the user must check it
+        side = "right" if split.right_ml else "left"
+        warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
+                      f"all of it is labelled {side} lung by its position in the image: check the labels",
+                      SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
     stats = _stats(volume, labels, split, cfg, ckpt, threshold, clean, dev)

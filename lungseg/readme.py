@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from . import crossval, evaluate, paths, tables, writing
+from . import crossval, paths, tables, writing
 
 README = paths.ROOT / "README.md"
 _BLOCK = re.compile(r"(<!-- BEGIN lungseg:(\w+) -->\n)(.*?)(<!-- END lungseg:\2 -->)", re.S)
@@ -23,7 +23,7 @@ def _minutes(seconds: float) -> str:
 
 def results_block(summary: dict) -> str:
     """Per-patient results of the held-out run (both lungs as one mask)."""
-    return tables.markdown(evaluate.results_rows(summary), ".4g") + "\n"
+    return tables.markdown(tables.results_rows(summary), ".4g") + "\n"
 
 
 def crossval_block(summary: dict) -> str:

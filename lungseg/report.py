@@ -109,7 +109,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                                       "date": prov["date"],
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
-    prov_path.write_text(json.dumps(prov, indent=1) + "\n")
+    writing.atomic_write_text(prov_path, json.dumps(prov, indent=1) + "\n")
     changed = []
     for src, dst in publish.items():
         changed += publish_folder(src, dst)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from . import __version__
+from . import __version__, writing
 from .dicom import Volume
 from .export import voxel_to_lps
 
@@ -236,15 +235,8 @@ def write_rtstruct(labels: np.ndarray, volume: Volume, path: str | os.PathLike[s
                    names: Mapping[int, str] = ROI_NAMES, *, algorithm: str = "AUTOMATIC") -> Path:
     """Write :func:`rtstruct_dataset` of (z, y, x) ``labels`` to ``path`` and return it. The file is
     written beside ``path`` under a temporary name and renamed, so no partial file is ever left."""
-    path = Path(path)
     ds = rtstruct_dataset(labels, volume, names, algorithm=algorithm)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return writing.atomic_write(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
 
 
 # ---- reading --------------------------------------------------------------------------------------

@@ -10,7 +10,10 @@ Rule of :func:`split_lungs` (every mask voxel gets a side, so ``labels > 0`` equ
 
 1. 3D connected components (face-connected, as :func:`lungseg.postprocess.keep_largest`).
 2. If the two largest lie on opposite sides of the patient -- each one's centroid lies outside the
-   other's extent along patient x -- they are the two lungs (method ``"components"``).
+   other's extent along patient x -- and the smaller holds at least :data:`MIN_LUNG_SHARE` of the
+   larger's voxels, they are the two lungs (method ``"components"``). (The size test matters for
+   predictions: when the two lungs merge into one component, the second largest may be a stray
+   blob beside the body, which is on "the other side" of nothing.)
 3. Otherwise the largest component is taken to hold both lungs touching (anterior or posterior
    junction line). It is eroded in-plane (distance to its in-plane edge, 1-pixel steps up to
    :data:`MAX_SPLIT_DEPTH_MM`) until its core falls into two parts that pass test 2; every voxel of
@@ -38,6 +41,8 @@ LEFT = 2
 """Label of the patient's left lung (larger LPS x)."""
 MAX_SPLIT_DEPTH_MM = 15.0
 """Deepest in-plane erosion tried to separate touching lungs (mm); junction lines are a few mm wide."""
+MIN_LUNG_SHARE = 0.05
+"""A part counts as a lung (or a lung's core) only with at least this share of the larger part's voxels."""
 MM3_PER_ML = 1000.0
 _FACE = ndimage.generate_binary_structure(3, 1)
 # Sampling along the slice axis for an in-plane-only distance transform: far beyond any in-plane
@@ -131,6 +136,13 @@ def _opposite(x: np.ndarray, labels: np.ndarray, a: int, b: int) -> bool:
     return not (lo_a <= cb <= hi_a) and not (lo_b <= ca <= hi_b)
 
 
+def _lung_pair(x: np.ndarray, labels: np.ndarray, sizes: np.ndarray, a: int, b: int) -> bool:
+    """Parts ``a`` and ``b`` (``sizes[i - 1]`` voxels for label i) are two lungs: comparable in size
+    (:data:`MIN_LUNG_SHARE`) and on opposite sides (:func:`_opposite`)."""
+    small, large = sorted((sizes[a - 1], sizes[b - 1]))
+    return small >= MIN_LUNG_SHARE * large and _opposite(x, labels, a, b)
+
+
 def _right_first(x: np.ndarray, labels: np.ndarray, a: int, b: int) -> tuple[int, int]:
     """(right, left) of parts ``a`` and ``b``: the smaller centroid LPS x is the patient's right."""
     ca, cb = _x_stats(x, labels, [a, b])[:, 0]
@@ -161,8 +173,9 @@ def _split_touching(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
             return None
         if n < 2:
             continue
-        first, second = np.argsort(np.bincount(cores.ravel())[1:], kind="stable")[::-1][:2] + 1
-        if _opposite(x, cores, first, second):
+        sizes = np.bincount(cores.ravel())[1:]
+        first, second = np.argsort(sizes, kind="stable")[::-1][:2] + 1
+        if _lung_pair(x, cores, sizes, first, second):
             right, left = _right_first(x, cores, first, second)
             seeds = np.zeros(comp.shape, dtype=np.uint8)
             seeds[cores == right], seeds[cores == left] = RIGHT, LEFT
@@ -202,10 +215,11 @@ def split_lungs_with_info(mask: np.ndarray, geometry: Volume | np.ndarray
         return labels, SplitInfo("empty", False, 0, 0.0, 0.0)
     comps, n = ndimage.label(mask[box], _FACE)
     x = _x_grid(affine, box)
-    order = [int(c) for c in np.argsort(np.bincount(comps.ravel())[1:], kind="stable")[::-1] + 1]
+    sizes = np.bincount(comps.ravel())[1:]
+    order = [int(c) for c in np.argsort(sizes, kind="stable")[::-1] + 1]
     out = labels[box]  # a view: writing it fills ``labels``
     depth = None
-    if n >= 2 and _opposite(x, comps, order[0], order[1]):
+    if n >= 2 and _lung_pair(x, comps, sizes, order[0], order[1]):
         right, left = _right_first(x, comps, order[0], order[1])
         out[comps == right], out[comps == left] = RIGHT, LEFT
         method, lungs = "components", 2

@@ -69,3 +69,34 @@ def sides_table(case_ids: Sequence[str], infos: Sequence[SplitInfo]) -> str:
             for c, i in zip(case_ids, infos, strict=True)]
     touching = sum(i.touched for i in infos)
     return markdown(rows) + f"\n\nLungs touch (one 3D component) in **{touching} of {len(infos)}** cases."
+
+
+def results_rows(summary: dict) -> list[dict]:
+    """Rows of the results table: this run, the reference model, the LCTSC 2017 range."""
+    split = summary["config"]["split"]
+    who = "held-out patients" if split == "cases" else "all patients (slice split: seen in training)"
+
+    def span(s: dict, key: str, fmt: str) -> str:
+        m = s[key]
+        return f"{m['mean']:{fmt}} [{m['min']:{fmt}}–{m['max']:{fmt}}]"
+
+    def row(name: str, s: dict) -> dict:
+        return {"model": name, "patients": len(s["cases"]),
+                "Dice mean [min–max]": span(s, "dice", ".4f"),
+                "HD95 mm mean [min–max]": span(s, "hd95_mm", ".2f"),
+                "MSD mm mean [min–max]": span(s, "msd_mm", ".2f")}
+
+    rows = [row(f"this run ({split} split, {summary['config']['image_size']}px), {who}",
+                summary["per_patient"])]
+    if "per_patient_tuned" in summary:
+        t = summary["per_patient_tuned"]
+        extra = " + post-processing" if t["postprocess"] else ""
+        rows.append(row(f"this run, threshold {t['threshold']}{extra} (chosen on {t['chosen_on']})", t))
+    if "reference_model" in summary:
+        rows.append(row("course reference weights (512px), same patients", summary["reference_model"]))
+    lc = summary["lctsc_2017_lung"]
+    rows.append({"model": "LCTSC 2017 lung results (range over methods)", "patients": "–",
+                 "Dice mean [min–max]": f"{lc['dice'][0]}–{lc['dice'][1]}",
+                 "HD95 mm mean [min–max]": f"{lc['hd95_mm'][0]}–{lc['hd95_mm'][1]}",
+                 "MSD mm mean [min–max]": f"{lc['msd_mm'][0]}–{lc['msd_mm'][1]}"})
+    return rows

@@ -206,6 +206,7 @@ def test_missing_checkpoint_leaves_no_output_and_input_unchanged(
     assert sha256_tree(series) == before
 
 
+@pytest.mark.filterwarnings("ignore::lungseg.predict.SideWarning")  # a synthetic blob: one part
 def test_failed_export_leaves_no_partial_output(tmp_path: Path, series: Path, ckpt: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
@@ -227,6 +228,15 @@ def test_out_dir_is_replaced_only_with_overwrite_and_only_when_ours(
     assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--overwrite") == 1
     assert (out / "notes.txt").read_text() == "mine"
     assert run_cli("predict", series, "--out", series / "pred", "--checkpoint", ckpt) == 1
+
+
+def test_a_guessed_side_is_a_note_on_the_command_line(tmp_path: Path, series: Path, ckpt: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("predict", series, "--out", tmp_path / "o", "--checkpoint", ckpt) == 0
+    stats = json.loads((tmp_path / "o" / predict.STATS_NAME).read_text())
+    err = capsys.readouterr().err
+    assert stats["side_split_method"] == "single"  # this synthetic model predicts one blob
+    assert "note: Case_900: the predicted lungs form one part" in err and "check the labels" in err
 
 
 def test_missing_input_folder_is_a_clear_error(tmp_path: Path, ckpt: Path,

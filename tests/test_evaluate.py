@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg import data, evaluate, inference, model, runs
+from lungseg import data, evaluate, inference, model, runs, tables
 
 
 def _run_with_split(per_case: dict) -> runs.TrainResult:
@@ -71,7 +71,7 @@ def test_summarise_and_results_rows() -> None:
     s = evaluate.summarise_patients(patients)
     assert s["dice"] == {"mean": pytest.approx(0.85), "min": 0.8, "max": 0.9}
     summary = evaluate.results_summary({"split": "cases", "image_size": 64}, _rows(), patients, None)
-    rows = evaluate.results_rows(summary)
+    rows = tables.results_rows(summary)
     assert rows[0]["Dice mean [min–max]"] == "0.8500 [0.8000–0.9000]"
     assert rows[-1]["Dice mean [min–max]"] == "0.95–0.98"
 

@@ -300,8 +300,11 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyte
     target.parent.mkdir()
     target.write_bytes(b"previous")
 
-    def half_then_fail(self: FileDataset, filename: Path, **kwargs: object) -> None:
-        Path(filename).write_bytes(b"DICM partial")
+    def half_then_fail(self: FileDataset, filename: object, **kwargs: object) -> None:
+        if hasattr(filename, "write"):  # an open file: lungseg.writing's temporary sibling
+            filename.write(b"DICM partial")
+        else:
+            Path(str(filename)).write_bytes(b"DICM partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(FileDataset, "save_as", half_then_fail)

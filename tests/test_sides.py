@@ -235,3 +235,26 @@ def test_every_real_case_splits_into_two_plausible_lungs(capsys: pytest.CaptureF
     with capsys.disabled():
         print(f"\nlung split: {len(touched)} of {len(cases)} cases have touching lungs: {', '.join(touched)}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", ORIENTATIONS)
+def test_merged_lungs_beside_a_stray_blob_are_still_split(name: str) -> None:
+    """Regression (a real prediction, Case_002): when both lungs form one component, a small blob
+    beyond one lung (outside the body) is "on the other side" of it, but it is no lung; the merged
+    pair must be split by erosion and the blob go to its nearest lung, not become a whole side."""
+    orientation, feet_first = ORIENTATIONS[name]
+    affine = affine_for(orientation, feet_first=feet_first)
+    points = lps_of_voxels(affine, SHAPE)
+    blob = box((40.0, -2.0, -3.0), (42.0, 2.0, 3.0))  # a pixel column just beyond the left lung
+    labels, info = sides.split_lungs_with_info(sample(affine, RIGHT_LUNG, LEFT_LUNG, BRIDGE, blob), affine)
+    assert info.method == "eroded" and info.strays == 1
+    assert np.all(labels[RIGHT_LUNG(points)] == sides.RIGHT)
+    assert np.all(labels[LEFT_LUNG(points) | blob(points)] == sides.LEFT)
+
+
+
+def test_one_unsplittable_part_is_sided_by_position() -> None:
+    affine = affine_for(STANDARD)
+    mask = sample(affine, RIGHT_LUNG)
+    labels, info = sides.split_lungs_with_info(mask, affine)
+    assert info.method == "single" and set(np.unique(labels[mask])) == {sides.RIGHT}

@@ -1,0 +1,86 @@
+"""Does ONNX Runtime beat PyTorch for lungseg's CPU inference? (issue 9, item 4)
+
+    python benchmarks/onnx_vs_torch.py RUN_DIR [--case Case_002] [--repeat 3]
+
+Exports the run's UNet to ONNX, then times the network part of inference (the run's input size,
+batch 4, every slice of the case, preprocessing and upsampling excluded, median of ``--repeat``)
+with PyTorch (the layout lungseg.speed measured fastest) and with ONNX Runtime (CPU provider, same
+thread count), and compares the masks at 512² (Dice, must be ≥ 0.999 to be usable). Prints JSON.
+Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (not in requirements.txt: only for this check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungseg import cache, data, inference, metrics, runs, speed
+
+
+def _time(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    import onnxruntime as ort
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir")
+    ap.add_argument("--case", default="Case_002")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    run = runs.load_run(args.run_dir)
+    cfg = run.config
+    case = cache.load_case(args.case)
+    hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
+    x = data.resize_slices(data.normalise(hu, cfg.input_mode, cfg.hu_window), cfg.image_size).contiguous()
+    batches = list(x.split(inference.INFER_BATCH))
+    net = run.model.eval()
+    cl = bool(speed.choose(cfg.image_size, inference.INFER_BATCH, torch.device("cpu"))["channels_last"])
+    tnet = net.to(memory_format=torch.channels_last) if cl else net
+
+    def torch_logits() -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([tnet(b.contiguous(memory_format=torch.channels_last) if cl else b).numpy()
+                                   for b in batches])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "unet.onnx"
+        torch.onnx.export(net.float().to(memory_format=torch.contiguous_format), (batches[0],), str(path),
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+        def ort_logits() -> np.ndarray:
+            return np.concatenate([sess.run(None, {"x": b.numpy()})[0] for b in batches])
+
+        t_torch = _time(torch_logits, args.repeat)
+        t_ort = _time(ort_logits, args.repeat)
+        full = data.FULL_SIZE
+        masks = [inference.binarize(data.upsample_logits(torch.from_numpy(lg), full)[:, 0].numpy())
+                 for lg in (torch_logits(), ort_logits())]
+    print(json.dumps({"case": args.case, "slices": int(x.shape[0]), "image_size": cfg.image_size,
+                      "threads": torch.get_num_threads(), "torch_channels_last": cl,
+                      "torch_s": round(t_torch, 3), "onnxruntime_s": round(t_ort, 3),
+                      "speedup_ort_over_torch": round(t_torch / t_ort, 3),
+                      "mask_dice_ort_vs_torch": float(metrics.volume_dice(masks[1], masks[0]))}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

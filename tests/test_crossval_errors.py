@@ -1,0 +1,39 @@
+"""The weakest-patient analysis: per-slice missed/extra volumes with known answers, and its figure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungseg import cache, crossval, dicom, plots
+
+
+def _case() -> cache.Case:
+    hu = np.full((4, 8, 8), -1000, dtype=np.int16)
+    mask = np.zeros((4, 8, 8), dtype=bool)
+    mask[1:3, 2:6, 2:6] = True  # 16 voxels on slices 1 and 2
+    vol = dicom.Volume(hu=hu, spacing=(2.0, 0.5, 0.5), origin=(0.0, 0.0, 0.0),
+                       positions=np.array([0.0, 2.0, 4.0, 6.0]), files=("a", "b", "c", "d"),
+                       case_id="Case_X", series_uid="1.2", orientation=(1, 0, 0, 0, 1, 0),
+                       sort_key="ImagePositionPatient")
+    return cache.Case(vol, mask)
+
+
+def test_error_profile_counts_missed_and_extra_millilitres() -> None:
+    case = _case()
+    pred = case.mask.copy()
+    pred[2] = False  # 16 voxels missed on slice 2
+    pred[3, 0, :3] = True  # 3 voxels extra on slice 3
+    prof = crossval.error_profile(case, pred)
+    voxel_ml = 2.0 * 0.5 * 0.5 / 1000
+    np.testing.assert_allclose(prof["missed_ml"], [0, 0, 16 * voxel_ml, 0])
+    np.testing.assert_allclose(prof["extra_ml"], [0, 0, 0, 3 * voxel_ml])
+    fig = plots.error_figure(case, pred, prof, "test", n_slices=2)
+    titles = [a.get_title() for a in fig.axes[1:]]
+    assert titles[0].startswith("slice 2 ") and titles[1].startswith("slice 3 ")
+
+
+def test_worst_patient_is_the_lowest_both_lungs_dice() -> None:
+    rows = [{"case": "A", "structure": "both lungs", "dice": 0.97},
+            {"case": "B", "structure": "Lung_R", "dice": 0.5},
+            {"case": "B", "structure": "both lungs", "dice": 0.96}]
+    assert crossval.worst_patient(rows)["case"] == "B"
