@@ -68,9 +68,18 @@ def timing_block(summary: dict, provenance: dict) -> str:
     if nbs:
         total = sum(v.get("wall_s", 0.0) for v in nbs.values())
         each = ", ".join(f"{k} {_minutes(v['wall_s'])}" for k, v in nbs.items())
-        out += (f"Wall time of the notebooks: {each}"
-                + f"; **{_minutes(total)} in all** on {provenance.get('machine', 'this machine')}"
-                + f" (`{provenance.get('cpu_capability', '?')}` torch CPU capability).\n")
+        out += (f"Wall time of the notebooks in the last `./run_all.sh`: {each}; {_minutes(total)} in all"
+                f" on {provenance.get('machine', 'this machine')}"
+                f" (`{provenance.get('cpu_capability', '?')}` torch CPU capability).")
+        trained = sum(t["train_wall_s"] for t in training.values())
+        train_nb = nbs.get("02_train", {}).get("wall_s", 0.0)
+        if trained > train_nb:  # the models were loaded from earlier runs, not trained again
+            out += (f" That run loaded its {len(training)} models from earlier runs; a fresh clone also "
+                    f"trains them: **about {_minutes(total - train_nb + trained)} in all** (the other "
+                    "notebooks plus the training times above).")
+        else:
+            out += f" It trained all {len(training)} models: **{_minutes(total)} in all**."
+        out += "\n"
     return out
 
 
