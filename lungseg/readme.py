@@ -91,7 +91,7 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
     provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
     return {"results": results_block(summary), "crossval": crossval_block(summary),
             "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
-            "bench": bench_block(folder)}
+            "bench": bench_block(folder), "twoclass": two_class_block(folder)}
 
 
 def render(text: str, new: dict[str, str]) -> str:
@@ -140,3 +140,18 @@ def bench_block(figures_dir: str | Path = paths.FIGURES) -> str:
             out += f"\nInference of {b['inference'][0]['case']} ({b['inference'][0]['slices']} slices), " \
                    f"{b['cpu_capability']}, untrained UNet, logits upsampled to 512²: {inf}.\n"
     return out
+
+
+def two_class_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """Two-class network against one class split by the side rule, from ``two_class_vs_rule.json``
+    (written from ``benchmarks/two_class.py RUN_DIR``'s output)."""
+    f = paths.resolve(figures_dir) / "two_class_vs_rule.json"
+    if not f.is_file():
+        return "(not measured: `python benchmarks/two_class.py RUN_DIR`)\n"
+    d = json.loads(f.read_text())
+    rows = [{"approach": approach, "lung": lung, "Dice": f"{m['dice']:.4f}", "HD95 mm": f"{m['hd95_mm']:.2f}",
+             "MSD mm": f"{m['msd_mm']:.2f}"}
+            for approach, per in d["mean"].items() for lung, m in per.items()]
+    return (f"Held-out patients {', '.join(c[-3:] for c in d['held_out'])}, means, threshold 0.5 with "
+            f"post-processing; the two-class network trained in {d['two_class_train_s']:.0f} s with the same "
+            "recipe:\n\n" + tables.markdown(rows) + "\n")
