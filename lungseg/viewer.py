@@ -21,15 +21,18 @@ HU_RANGE = (-1024, 3071)
 
 def draw_slice(case: Case, prediction: np.ndarray | None, z: int, window: tuple[float, float],
                show_gt: bool = True, show_pred: bool = True) -> Figure:
-    """One axial slice ``z`` (HU, ``window``) with ground truth (green) and the final prediction
-    (red): a bool (z, y, x) mask, as :func:`lungseg.inference.segment` gives with the run's chosen
-    threshold and post-processing."""
+    """One axial slice ``z`` (HU, ``window``) with ground truth (green) and the final prediction: a
+    bool (z, y, x) mask (red), as :func:`lungseg.inference.segment` gives with the run's chosen
+    threshold and post-processing, or its right/left labels (1/2, :mod:`lungseg.sides`) in the
+    colours of ``overview.png``."""
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(case.volume.hu[z], cmap="gray", vmin=window[0], vmax=window[1])
     if show_gt:
         ax.imshow(overlay_rgba(np.asarray(case.mask[z], dtype=bool), {1: GT_COLOUR}))
     if show_pred and prediction is not None:
-        ax.imshow(overlay_rgba(np.asarray(prediction[z], dtype=bool), {1: PRED_COLOUR}))
+        pred = np.asarray(prediction[z])
+        # bool: one colour; labels (1 = right, 2 = left lung): the colours of overview.png
+        ax.imshow(overlay_rgba(pred, {1: PRED_COLOUR} if pred.dtype == bool else None))
     ax.set_title(f"{case.case_id}, slice {z} (z = {case.volume.positions[z]:.1f} mm)")
     ax.axis("off")
     return fig

@@ -30,3 +30,14 @@ def test_viewer_widget_controls() -> None:
     assert (slider.min, slider.max, slider.value) == (0, 2, 1)
     pred_toggle = box.children[1].children[1]
     assert pred_toggle.disabled  # no prediction given
+
+
+def test_right_and_left_labels_get_the_overview_colours() -> None:
+    from lungseg.plots import LABEL_COLOURS
+
+    case = _case()
+    labels = np.zeros(case.mask.shape, dtype=np.uint8)
+    labels[1, 4:8, 4:6], labels[1, 4:8, 6:8] = 1, 2
+    fig = viewer.draw_slice(case, labels, 1, (-1350, 150), show_gt=False)
+    rgba = fig.axes[0].images[-1].get_array()
+    assert tuple(rgba[5, 4, :3]) == LABEL_COLOURS[1] and tuple(rgba[5, 7, :3]) == LABEL_COLOURS[2]
