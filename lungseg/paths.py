@@ -7,6 +7,7 @@ depend on the current directory: relative paths given as parameters are resolved
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 ROOT: Path = Path(__file__).resolve().parent.parent
@@ -71,3 +72,17 @@ def list_cases(data: Path) -> list[str]:
 def cache_dir() -> Path:
     """Where converted volumes are cached (``$LUNGSEG_CACHE`` or ``build/cache``); never under DATA."""
     return resolve(os.environ.get(CACHE_ENV) or BUILD / "cache")
+
+
+def git_commit(*pathspec: str) -> str:
+    """The repository's HEAD commit, with "+dirty" when tracked files under ``pathspec`` (git
+    pathspecs, default the whole tree) have changes; "unknown" outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                *(pathspec or (".",))], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,19 +47,6 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                             text=True, check=True)
-        # The run's own outputs (figures/) do not make the code dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)figures"],
-                               cwd=paths.ROOT, capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(profile: str, data: str | None = None, only: list[str] | None = None,
         kernel: str = KERNEL) -> int:
     """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed."""
@@ -72,7 +58,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     prov_path = out_dir / "provenance.json"
     earlier = json.loads(prov_path.read_text())["notebooks"] if prov_path.is_file() else {}
     # Top level: the latest call; each notebook keeps the commit and date of its own last run.
-    prov = {"profile": profile, "git_commit": _git_commit(),
+    # figures/ holds the run's own outputs: they do not make the code dirty.
+    prov = {"profile": profile, "git_commit": paths.git_commit(".", ":(exclude)figures"),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
                        f"{platform.platform()}, Python {platform.python_version()}",

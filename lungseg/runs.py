@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,18 +65,6 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def git_commit() -> str:
-    """The repository's commit (with "+dirty" when tracked files changed), or "unknown"."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lungseg"],
-                               cwd=paths.ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def case_keys(cfg: TrainConfig) -> dict[str, str]:
     """Each case's cache key (a hash of its source files): the data fingerprint of a run."""
     root = paths.data_dir(cfg.data_dir or None)
@@ -119,7 +106,7 @@ def manifest(cfg: TrainConfig, key: str, case_keys: dict[str, str], split: dict,
     return {"key": key, "status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": cfg.to_dict(),
             "data": {"dir": str(paths.data_dir(cfg.data_dir or None)), "case_keys": case_keys},
-            "code": {"lungseg_version": __version__, "git_commit": git_commit(),
+            "code": {"lungseg_version": __version__, "git_commit": paths.git_commit("lungseg"),
                      "training_code_sha256": code_hash()},
             "split": {"protocol": cfg.split,
                       "test_cases": list(cfg.test_cases) if cfg.split == "cases" else [],
