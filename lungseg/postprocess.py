@@ -49,7 +49,9 @@ def keep_largest(mask: np.ndarray, n: int = LUNG_COMPONENTS) -> np.ndarray:
         return out
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.argsort(sizes, kind="stable")[::-1][:n] + 1
-    out[box] = np.isin(labels, keep)
+    chosen = np.zeros(count + 1, dtype=bool)  # a lookup table: one pass, unlike np.isin's sort
+    chosen[keep] = True
+    out[box] = chosen[labels]
     return out
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .dicom import Volume
 from .export import voxel_to_lps
@@ -45,9 +46,6 @@ MIN_LUNG_SHARE = 0.05
 """A part counts as a lung (or a lung's core) only with at least this share of the larger part's voxels."""
 MM3_PER_ML = 1000.0
 _FACE = ndimage.generate_binary_structure(3, 1)
-# Sampling along the slice axis for an in-plane-only distance transform: far beyond any in-plane
-# distance, so the nearest background voxel is always found within the voxel's own slice.
-_NOT_THIS_SLICE_MM = 1e6
 
 
 @dataclass(frozen=True)
@@ -149,11 +147,25 @@ def _right_first(x: np.ndarray, labels: np.ndarray, a: int, b: int) -> tuple[int
     return (a, b) if ca <= cb else (b, a)
 
 
-def _nearest_label(seeds: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every voxel, the label of the nearest non-zero voxel of ``seeds`` and its distance (3D
-    Euclidean, mm; equidistant seeds: either)."""
-    dist, idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
-    return seeds[tuple(idx)], dist
+def _nearest_label(seeds: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """For every voxel, the label of the nearest non-zero voxel of ``seeds`` (3D Euclidean, mm;
+    equidistant seeds: either). Only the feature transform: the distances are not needed."""
+    idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_distances=False,
+                                         return_indices=True)
+    return seeds[tuple(idx)]
+
+
+def _in_plane_depth(comp: np.ndarray, spacing: np.ndarray, axis: int) -> np.ndarray:
+    """Distance (mm, float64) of every voxel of bool ``comp`` to the nearest background voxel of its
+    own slice (slices stacked on ``axis``), one 2D transform per non-empty slice: the same values as
+    a 3D transform whose slice-axis sampling is infinite, at a third of the cost."""
+    depth = np.zeros(comp.shape, dtype=np.float64)
+    planes, out = np.moveaxis(comp, axis, 0), np.moveaxis(depth, axis, 0)  # views
+    sampling = np.delete(spacing, axis)
+    for k in np.flatnonzero(planes.any(axis=(1, 2))):
+        # Padded so that every slice has background, also where the lungs reach the edge of the grid.
+        out[k] = ndimage.distance_transform_edt(np.pad(planes[k], 1), sampling=sampling)[1:-1, 1:-1]
+    return depth
 
 
 def _split_touching(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
@@ -162,10 +174,7 @@ def _split_touching(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
     holds both lungs, or None when no in-plane erosion up to :data:`MAX_SPLIT_DEPTH_MM` leaves two
     cores on opposite sides."""
     spacing = _spacing_zyx(affine)
-    in_plane = spacing.copy()
-    in_plane[_slice_axis(affine)] = _NOT_THIS_SLICE_MM
-    # Padded so that every slice has background, also where the lungs reach the edge of the grid.
-    depth = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=in_plane)[1:-1, 1:-1, 1:-1]
+    depth = _in_plane_depth(comp, spacing, _slice_axis(affine))
     step = float(np.delete(spacing, _slice_axis(affine)).min())
     for d in np.arange(step, MAX_SPLIT_DEPTH_MM + step / 2, step):
         cores, n = ndimage.label(depth > d, _FACE)
@@ -179,7 +188,7 @@ def _split_touching(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
             right, left = _right_first(x, cores, first, second)
             seeds = np.zeros(comp.shape, dtype=np.uint8)
             seeds[cores == right], seeds[cores == left] = RIGHT, LEFT
-            return np.where(comp, _nearest_label(seeds, spacing)[0], 0).astype(np.uint8), float(d)
+            return np.where(comp, _nearest_label(seeds, spacing), 0).astype(np.uint8), float(d)
     return None
 
 
@@ -188,12 +197,29 @@ def _grid_centre_x(affine: np.ndarray, shape: tuple[int, ...]) -> float:
     return float(_patient_x(affine, (np.asarray(shape, dtype=float) - 1) / 2))
 
 
+def _border_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """(n, 3) positions in mm (z, y, x) of the voxels of bool ``mask`` with a face neighbour outside
+    it (or on the grid's edge)."""
+    inner = ndimage.binary_erosion(mask, _FACE, border_value=0)
+    return np.argwhere(mask & ~inner) * spacing
+
+
 def _assign_strays(labels: np.ndarray, comps: np.ndarray, strays: list[int],
                    spacing: np.ndarray) -> None:
-    """Give each stray component, whole, the label of the lung voxel nearest to it (in place)."""
-    nearest, dist = _nearest_label(labels, spacing)
-    for c in strays:
-        labels[comps == c] = nearest[ndimage.minimum_position(dist, comps, c)]
+    """Give each stray component, whole, the label of the lung voxel nearest to it (in place).
+
+    The nearest pair of voxels between two disjoint sets lies on both sets' borders (a step from an
+    inner voxel towards the other set comes closer), so a k-d tree of the lungs' border voxels,
+    queried with each stray's border voxels, finds it exactly (ties: either)."""
+    lungs = labels > 0
+    tree_points = _border_mm(lungs, spacing)
+    tree_labels = labels[lungs & ~ndimage.binary_erosion(lungs, _FACE, border_value=0)]
+    tree = cKDTree(tree_points)
+    for c, box in zip(strays, (ndimage.find_objects(comps)[c - 1] for c in strays), strict=True):
+        part = comps[box] == c
+        offset = np.array([s.start for s in box]) * spacing
+        dist, idx = tree.query(_border_mm(part, spacing) + offset)
+        labels[box][part] = tree_labels[idx[int(np.argmin(dist))]]
 
 
 def _volume_ml(labels: np.ndarray, side: int, affine: np.ndarray) -> float:

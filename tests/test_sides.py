@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import synthetic
+from scipy import ndimage
 
 from lungseg import paths, sides
 from lungseg.dicom import load_mask, load_series
@@ -135,6 +136,32 @@ def test_stray_components_join_the_nearest_lung() -> None:
     assert info.strays == 2 and info.n_components == 4 and info.method == "components"
     assert np.all(labels[near_left] == sides.LEFT) and np.all(labels[near_right] == sides.RIGHT)
     np.testing.assert_array_equal(labels > 0, mask)
+
+
+def test_strays_join_the_lung_a_brute_force_search_finds_nearest() -> None:
+    """The k-d tree over border voxels agrees with the definition: for each stray, the side of the
+    lung voxel at the smallest distance (mm, anisotropic spacing) from any of its voxels."""
+    rng = np.random.default_rng(0)
+    spacing = np.array([3.0, 0.7, 0.9])
+    lungs = np.zeros((12, 60, 80), dtype=np.uint8)
+    lungs[2:10, 10:50, 5:35], lungs[2:10, 15:45, 45:75] = sides.RIGHT, sides.LEFT
+    comps = np.zeros(lungs.shape, dtype=np.int32)
+    comps[lungs == sides.RIGHT], comps[lungs == sides.LEFT] = 1, 2
+    free = np.argwhere(ndimage.binary_dilation(lungs > 0, iterations=2) == 0)
+    strays = []
+    for c, (z, y, x) in enumerate(free[rng.choice(len(free), 40, replace=False)], start=3):
+        near = tuple(slice(max(v - 1, 0), v + 2) for v in (z, y, x))
+        if not np.any(comps[near]):  # one-voxel strays that touch nothing
+            comps[z, y, x] = c
+            strays.append(c)
+    labels = lungs.copy()
+    sides._assign_strays(labels, comps, strays, spacing)
+    lung_mm = np.argwhere(lungs > 0) * spacing
+    for c in strays:
+        d = np.linalg.norm(lung_mm - np.argwhere(comps == c)[0] * spacing, axis=1)
+        nearest_sides = set(lungs[lungs > 0][d <= d.min() + 1e-9])
+        assert labels[comps == c][0] in nearest_sides
+    assert len(strays) > 20
 
 
 def test_a_stray_beside_touching_lungs_does_not_count_as_a_lung() -> None:
