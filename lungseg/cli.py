@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inference, paths, predict, report, writing
+from . import paths, predict, writing
 from .dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
@@ -60,8 +60,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="a run's model.pt or run folder (default: see below)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... "
                                                     "(default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=inference.INFER_BATCH,
-                   help="slices per inference batch (default %(default)s)")
+    p.add_argument("--runtime", choices=predict.RUNTIMES, default="auto",
+                   help="what runs the network: auto = ONNX Runtime on a CPU when installed (faster, "
+                        "same masks), else PyTorch (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"slices per inference batch (default {predict.TORCH_BATCH} with PyTorch, "
+                        f"{predict.runtime.BATCH} with ONNX Runtime)")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="probability above which a voxel is lung (default: the run's manifest "
                         f"written by 03_eval, else {predict.DEFAULT_THRESHOLD})")
@@ -85,10 +89,11 @@ def _add_series_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
-                            args.threshold, args.postprocess, args.overwrite, args.series, args.recursive)
+                            args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
+                            args.runtime)
     t = stats["timings_s"]
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
@@ -206,6 +211,8 @@ def _add_notebook(sub: argparse._SubParsersAction, name: str, notebook: str, wha
 
 
 def _run_notebook(args: argparse.Namespace, notebook: str) -> int:
+    from . import report
+
     paths.data_dir(args.data)  # fails early with the expected layout
     return report.run(args.profile or report.default_profile(), args.data, only=[notebook])
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .cache import Case, load_case
 from .model import REFERENCE_INPUT_OFFSET_HU
+from .orient import check_square  # the one square-slice check (torch-free, for predict)
 
 FULL_SIZE = 512
 """In-plane size of the LCTSC slices; every metric is computed at this size."""
@@ -62,14 +63,6 @@ def upsample_logits(logits: torch.Tensor, size: int = FULL_SIZE) -> torch.Tensor
     if logits.shape[-1] == size and logits.shape[-2] == size:
         return logits
     return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def check_square(shape: Sequence[int], name: str) -> None:
-    """ValueError naming ``name`` unless the last two dims of ``shape`` are equal: the resize to
-    image_size x image_size (training and inference alike) assumes square slices."""
-    if shape[-1] != shape[-2]:
-        raise ValueError(f"{name}: slices of {tuple(shape[-2:])} pixels are not square; "
-                         "the model takes square slices (resized to image_size x image_size)")
 
 
 def case_tensors(case: Case, image_size: int, mode: str,

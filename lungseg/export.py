@@ -80,7 +80,9 @@ def nifti_image(mask: np.ndarray, volume: Volume) -> nib.Nifti1Image:
     2 = left lung; axes transposed to x, y, z), in mm."""
     if mask.shape != volume.shape:
         raise ValueError(f"mask shape {mask.shape} does not match the volume {volume.shape}")
-    data = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0))
+    # A transposed view of a C-ordered copy: Fortran-ordered (x, y, z), as NIfTI stores voxels, so
+    # writing needs no reordering copy.
+    data = np.array(mask, dtype=np.uint8).transpose(2, 1, 0)
     affine = nifti_affine(volume)
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=NIFTI_XFORM_SCANNER)
@@ -149,9 +151,12 @@ def segmentation(mask: np.ndarray, sources: Sequence[pydicom.Dataset]) -> hd.seg
             device_serial_number="0", series_description="lungseg lung mask")
 
 
-def write_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike[str]) -> Path:
-    """Write the DICOM SEG of ``mask`` referencing ``volume``'s source files; return the path."""
-    segmentation(mask, read_sources(volume)).save_as(path, enforce_file_format=True)
+def write_seg(mask: np.ndarray, volume: Volume, path: str | os.PathLike[str],
+              sources: Sequence[pydicom.Dataset] | None = None) -> Path:
+    """Write the DICOM SEG of ``mask`` referencing ``volume``'s source files; return the path.
+    ``sources``: :func:`read_sources` of ``volume`` when the caller has them already."""
+    segmentation(mask, read_sources(volume) if sources is None else sources).save_as(
+        path, enforce_file_format=True)
     return Path(path)
 
 

@@ -16,18 +16,11 @@ from . import data, model, postprocess, speed
 from .cache import Case
 from .config import TrainConfig
 
-DEFAULT_THRESHOLD = 0.5
-"""Probability above which a pixel is lung, unless a run's manifest records a tuned one."""
-
-
+DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
 binarize = postprocess.binarize
 """The one thresholding rule (:func:`lungseg.postprocess.binarize`)."""
-
-
-def segment(logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD, clean: bool = False) -> np.ndarray:
-    """Bool (z, y, x) mask: :func:`binarize`, then :func:`lungseg.postprocess.clean` if ``clean``."""
-    mask = binarize(logits, threshold)
-    return postprocess.clean(mask) if clean else mask
+segment = postprocess.segment
+"""Threshold, then optionally post-process (:func:`lungseg.postprocess.segment`)."""
 
 
 INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)

@@ -13,6 +13,7 @@ refused: they would need resampling.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -98,3 +99,11 @@ def canonical(volume: Volume) -> tuple[Volume, Reorientation]:
                     positions=origin[2] + spacing[0] * np.arange(nz),
                     files=files, orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
     return canon, reo
+
+
+def check_square(shape: Sequence[int], name: str) -> None:
+    """ValueError naming ``name`` unless the last two dims of ``shape`` are equal: the resize to
+    image_size x image_size (training and inference alike) assumes square slices."""
+    if shape[-1] != shape[-2]:
+        raise ValueError(f"{name}: slices of {tuple(shape[-2:])} pixels are not square; "
+                         "the model takes square slices (resized to image_size x image_size)")

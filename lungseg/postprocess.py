@@ -11,6 +11,8 @@ from scipy import ndimage
 from . import metrics
 from .cache import Case
 
+DEFAULT_THRESHOLD = 0.5
+"""Probability above which a pixel is lung, unless a run's manifest records a tuned one."""
 LUNG_COMPONENTS = 2
 """Both lungs: the two largest 3D components (face-connected) are kept."""
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -74,6 +76,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def clean(mask: np.ndarray, n: int = LUNG_COMPONENTS) -> np.ndarray:
     """Keep the ``n`` largest components, then fill fully enclosed 3D holes."""
     return fill_holes(keep_largest(mask, n))
+
+
+def segment(logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD, clean_up: bool = False) -> np.ndarray:
+    """Bool (z, y, x) mask: :func:`binarize`, then :func:`clean` if ``clean_up``."""
+    mask = binarize(logits, threshold)
+    return clean(mask) if clean_up else mask
 
 
 def threshold_study(cases: Sequence[Case], logits: Sequence[np.ndarray],

@@ -9,33 +9,39 @@ Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import (
     __version__,
-    data,
     dicom,
     export,
-    inference,
-    model,
     orient,
+    postprocess,
     rtstruct,
     runs,
+    runtime,
     sides,
-    speed,
     writing,
 )
-from .config import TrainConfig
 
-DEFAULT_THRESHOLD = inference.DEFAULT_THRESHOLD
+if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or exports it once)
+    from . import model
+    from .config import TrainConfig
+
+DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
 NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
+RUNTIMES = ("auto", "onnxruntime", "torch")
+"""``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.runtime`), else PyTorch."""
+TORCH_BATCH = 4  # measured fastest at 512² on 2 cores (lungseg.inference.INFER_BATCH)
 
 NIFTI_NAME = "lung_mask.nii.gz"
 SEG_NAME = "lung_mask.seg.dcm"
@@ -63,17 +69,28 @@ def default_checkpoint(profile: str = "") -> Path:
         raise PredictError(f"{exc} ({NO_RUN_HINT})") from None
 
 
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The ``model.pt`` of a run folder, or the file itself; PredictError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / runs.WEIGHTS
+    if not path.is_file():
+        raise PredictError(f"checkpoint not found: {path} ({NO_RUN_HINT})")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConfig]:
     """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder).
 
     Loaded with ``weights_only=True`` (no pickled code runs). A bare state dict (the course's
     reference weights) is taken as the reference model: 512² input, raw stored values.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise PredictError(f"checkpoint not found: {path} ({NO_RUN_HINT})")
+    import torch
+
+    from . import data, model
+    from .config import TrainConfig
+
+    path = weights_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for files that are not checkpoints
@@ -97,8 +114,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConf
 
 # ---- inference ---------------------------------------------------------------------------------
 
+def _torch_is_cpu_only() -> bool:
+    """True when the installed torch is a CPU-only build (a ``+cpu`` wheel) on a system without
+    Apple MPS: then ``auto`` is the CPU, known without importing torch (~2 s)."""
+    try:
+        return importlib.metadata.version("torch").endswith("+cpu") and sys.platform != "darwin"
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def resolve_device(name: str) -> str:
     """``auto`` → cuda, mps or cpu (:func:`lungseg.speed.pick_device`); a named device must be usable here."""
+    if name == "cpu" or (name == "auto" and _torch_is_cpu_only()):
+        return "cpu"
+    import torch
+
+    from . import speed
+
     try:
         dev = speed.pick_device(name)
     except RuntimeError as exc:
@@ -108,18 +140,74 @@ def resolve_device(name: str) -> str:
     return str(dev)
 
 
+def resolve_runtime(name: str, device: str) -> str:
+    """``onnxruntime`` or ``torch`` for ``--runtime name`` on ``device`` (see :data:`RUNTIMES`)."""
+    if name not in RUNTIMES:
+        raise PredictError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    if name == "torch" or (name == "auto" and (device != "cpu" or not runtime.available())):
+        return "torch"
+    if device != "cpu":
+        raise PredictError(f"--runtime onnxruntime runs on the CPU only, not on {device!r}")
+    if not runtime.available():
+        raise PredictError("--runtime onnxruntime: ONNX Runtime is not installed (pip install onnxruntime)")
+    return "onnxruntime"
+
+
+def onnx_session(checkpoint: Path) -> runtime.Session:
+    """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash)."""
+    weights = weights_file(checkpoint)
+    cached = runtime.cached_model(weights)
+    if not cached.is_file():
+        from .model import REFERENCE_INPUT_OFFSET_HU
+
+        net, cfg = load_checkpoint(weights)
+        runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
+    return runtime.Session(cached)
+
+
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
-                   batch_size: int = inference.INFER_BATCH, device: str = "cpu") -> np.ndarray:
-    """Logits (z, y, x) float32 at full slice size (:func:`lungseg.inference.run_logits`, with a
-    progress bar). Slices must be square, as in training."""
+                   batch_size: int = TORCH_BATCH, device: str = "cpu") -> np.ndarray:
+    """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.run_logits`,
+    with a progress bar). Slices must be square, as in training."""
+    from . import inference
+
     try:
-        data.check_square(volume.shape, volume.case_id)
+        orient.check_square(volume.shape, volume.case_id)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
     return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True)
 
 
-segment = inference.segment
+class _Network:
+    """The network of a checkpoint on one runtime: :meth:`logits` of a volume, and what stats.json
+    records of it."""
+
+    def __init__(self, checkpoint: Path, device: str, runtime_name: str, batch_size: int | None) -> None:
+        self.device, self.runtime = device, runtime_name
+        if runtime_name == "onnxruntime":
+            self.session = onnx_session(checkpoint)
+            self.preprocessing = self.session.preprocessing
+            self.batch_size = batch_size or runtime.BATCH
+            self.threads, self.version = self.session.threads, self.session.version
+        else:
+            import torch
+
+            self.net, self.cfg = load_checkpoint(checkpoint)
+            self.preprocessing = {"image_size": self.cfg.image_size, "input_mode": self.cfg.input_mode}
+            self.batch_size = batch_size or TORCH_BATCH
+            self.threads, self.version = torch.get_num_threads(), f"torch {torch.__version__}"
+
+    def logits(self, volume: dicom.Volume) -> np.ndarray:
+        if self.runtime == "torch":
+            return predict_volume(self.net, self.cfg, volume, self.batch_size, self.device)
+        try:
+            orient.check_square(volume.shape, volume.case_id)
+        except ValueError as exc:
+            raise PredictError(str(exc)) from None
+        return self.session.logits(volume.hu, volume.case_id, progress=True, batch_size=self.batch_size)
+
+
+segment = postprocess.segment
 
 
 # ---- output folder -----------------------------------------------------------------------------
@@ -152,8 +240,8 @@ class _Clock:
 
 # ---- the command -------------------------------------------------------------------------------
 
-def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, cfg: TrainConfig,
-           checkpoint: Path, threshold: float, clean: bool, device: str) -> dict:
+def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: _Network,
+           checkpoint: Path, threshold: float, clean: bool) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
     return {
@@ -175,9 +263,10 @@ def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, cfg
         "threshold": threshold,
         "postprocess": clean,
         "checkpoint": str(checkpoint),
-        "image_size": cfg.image_size,
-        "input_mode": cfg.input_mode,
-        "device": device,
+        "image_size": network.preprocessing["image_size"],
+        "input_mode": network.preprocessing["input_mode"],
+        "device": network.device,
+        "runtime": network.version,
     }
 
 
@@ -187,9 +276,10 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
     canonical axial orientation, whatever the acquisition plane."""
     export.write_nifti(labels, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
-    export.write_seg(labels, volume, tmp / SEG_NAME)
+    sources = export.read_sources(volume)  # the slices' headers, for both DICOM outputs
+    export.write_seg(labels, volume, tmp / SEG_NAME, sources)
     clock.lap("seg_s")
-    rtstruct.write_rtstruct(labels, volume, tmp / RTSTRUCT_NAME)
+    rtstruct.write_rtstruct(labels, volume, tmp / RTSTRUCT_NAME, sources=sources)
     clock.lap("rtstruct_s")
     canon, _ = orient.canonical(volume)
     export.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
@@ -206,15 +296,16 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
 
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
-            batch_size: int = inference.INFER_BATCH, threshold: float | None = None,
+            batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
-            recursive: bool | None = None) -> dict:
+            recursive: bool | None = None, runtime_name: str = "auto") -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``threshold``/``clean`` default to what 03_eval chose for the run (its
     manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
-    its mask back to the acquisition grid for the outputs; oblique series are refused."""
+    its mask back to the acquisition grid for the outputs; oblique series are refused.
+    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     if not dicom_dir.is_dir():
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
@@ -224,13 +315,13 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     threshold, clean = inference_settings(ckpt, threshold, clean)
     if not 0.0 < threshold < 1.0:
         raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
-    net, cfg = load_checkpoint(ckpt)
     dev = resolve_device(device)
+    network = _Network(ckpt, dev, resolve_runtime(runtime_name, dev), batch_size)
     clock.lap("load_model_s")
     volume = dicom.load_series(dicom_dir, series_uid, recursive)
     canon, reo = orient.canonical(volume)
     clock.lap("read_dicom_s")
-    logits = predict_volume(net, cfg, canon, batch_size, dev)
+    logits = network.logits(canon)
     clock.lap("inference_s")
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
@@ -242,14 +333,14 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
-    stats = _stats(volume, labels, split, cfg, ckpt, threshold, clean, dev)
+    stats = _stats(volume, labels, split, network, ckpt, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
         _write_outputs(tmp, volume, labels, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
         # Per slice and per core, so machines of different sizes compare (threads = cores used).
         per_slice = clock.stages["inference_s"] / max(1, canon.shape[0])
-        stats["inference_per_slice"] = {"ms": round(1000 * per_slice, 2), "threads": torch.get_num_threads(),
-                                        "core_ms": round(1000 * per_slice * torch.get_num_threads(), 2)}
+        stats["inference_per_slice"] = {"ms": round(1000 * per_slice, 2), "threads": network.threads,
+                                        "core_ms": round(1000 * per_slice * network.threads, 2)}
         writing.atomic_write_text(tmp / STATS_NAME, json.dumps(stats, indent=1) + "\n")
     return stats

@@ -21,12 +21,17 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from . import __version__, cache, data, model, paths, writing
-from .config import TrainConfig
+from . import __version__, cache, paths, writing
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: predict on ONNX Runtime needs none
+    import torch
+
+    from . import model
+    from .config import TrainConfig
 
 RUNS = paths.BUILD / "runs"
 MANIFEST = "run.json"
@@ -103,6 +108,10 @@ def split_record(case_ids: list[str], slice_index: list[int], test_idx: list[int
 def manifest(cfg: TrainConfig, key: str, case_keys: dict[str, str], split: dict, speed: dict | None,
              device: torch.device, world: int) -> dict:
     """The manifest of a run that starts now (``status`` "training")."""
+    import torch
+
+    from . import data
+
     return {"key": key, "status": "training", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "config": cfg.to_dict(),
             "data": {"dir": str(paths.data_dir(cfg.data_dir or None)), "case_keys": case_keys},
@@ -132,6 +141,11 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict:
 
 def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
     """A finished run from its folder (``model.pt`` holds weights, history and config)."""
+    import torch
+
+    from . import model
+    from .config import TrainConfig
+
     run_dir = paths.resolve(run_dir)
     if not (run_dir / WEIGHTS).is_file():
         raise RunNotFoundError(f"no finished run in {run_dir} (no {WEIGHTS}): run 02_train first")

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from .dicom import Volume
 from .export import voxel_to_lps
@@ -197,11 +196,9 @@ def _grid_centre_x(affine: np.ndarray, shape: tuple[int, ...]) -> float:
     return float(_patient_x(affine, (np.asarray(shape, dtype=float) - 1) / 2))
 
 
-def _border_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """(n, 3) positions in mm (z, y, x) of the voxels of bool ``mask`` with a face neighbour outside
-    it (or on the grid's edge)."""
-    inner = ndimage.binary_erosion(mask, _FACE, border_value=0)
-    return np.argwhere(mask & ~inner) * spacing
+def _border(mask: np.ndarray) -> np.ndarray:
+    """The voxels of bool ``mask`` with a face neighbour outside it (or on the grid's edge)."""
+    return mask & ~ndimage.binary_erosion(mask, _FACE, border_value=0)
 
 
 def _assign_strays(labels: np.ndarray, comps: np.ndarray, strays: list[int],
@@ -211,14 +208,16 @@ def _assign_strays(labels: np.ndarray, comps: np.ndarray, strays: list[int],
     The nearest pair of voxels between two disjoint sets lies on both sets' borders (a step from an
     inner voxel towards the other set comes closer), so a k-d tree of the lungs' border voxels,
     queried with each stray's border voxels, finds it exactly (ties: either)."""
-    lungs = labels > 0
-    tree_points = _border_mm(lungs, spacing)
-    tree_labels = labels[lungs & ~ndimage.binary_erosion(lungs, _FACE, border_value=0)]
-    tree = cKDTree(tree_points)
-    for c, box in zip(strays, (ndimage.find_objects(comps)[c - 1] for c in strays), strict=True):
+    from scipy.spatial import cKDTree  # imported only when there are strays
+
+    lung_border = _border(labels > 0)
+    tree, tree_labels = cKDTree(np.argwhere(lung_border) * spacing), labels[lung_border]
+    boxes = ndimage.find_objects(comps)
+    for c in strays:
+        box = boxes[c - 1]
         part = comps[box] == c
-        offset = np.array([s.start for s in box]) * spacing
-        dist, idx = tree.query(_border_mm(part, spacing) + offset)
+        offset = np.array([s.start for s in box])
+        dist, idx = tree.query((np.argwhere(_border(part)) + offset) * spacing)
         labels[box][part] = tree_labels[idx[int(np.argmin(dist))]]
 
 

@@ -21,7 +21,20 @@ import pytest
 import torch
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import cli, dicom, export, model, paths, predict, rtstruct, runs, train, writing
+from lungseg import (
+    cli,
+    dicom,
+    export,
+    model,
+    paths,
+    postprocess,
+    predict,
+    report,
+    rtstruct,
+    runs,
+    train,
+    writing,
+)
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 TINY_CHANNELS = 4
@@ -156,13 +169,13 @@ def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: P
     p, logits = median_threshold(series, ckpt)
     out = tmp_path / "out"
     assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--threshold", p,
-                   "--no-postprocess", "--batch-size", "4") == 0
+                   "--no-postprocess", "--batch-size", "4", "--runtime", "torch") == 0
     assert sorted(f.name for f in out.iterdir()) == sorted([*predict.OUTPUT_NAMES, writing.MARKER])
     assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []  # no temp left
     vol = dicom.load_series(series)
     labels = np.asarray(nib.load(out / predict.NIFTI_NAME).dataobj).transpose(2, 1, 0)
     mask = labels > 0
-    np.testing.assert_array_equal(mask, predict.inference.binarize(logits, p))
+    np.testing.assert_array_equal(mask, postprocess.binarize(logits, p))
     assert 0 < mask.sum() < mask.size and set(np.unique(labels)) <= {0, 1, 2}
     np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), labels)
     structures = rtstruct.read_rtstruct(out / predict.RTSTRUCT_NAME, vol)
@@ -308,7 +321,7 @@ def test_anonymise_wrapper_removes_phi(tmp_path: Path) -> None:
 def test_notebook_wrappers_call_report_run(command: str, notebook: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(cli.report, "run", lambda *a, **k: calls.append((a, k)) or 0)
+    monkeypatch.setattr(report, "run", lambda *a, **k: calls.append((a, k)) or 0)
     assert run_cli(command, "--profile", "quick", "--data", tmp_path) == 0
     assert calls == [(("quick", str(tmp_path)), {"only": [notebook]})]
 
