@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from . import postprocess
 from .dicom import Volume
 from .export import voxel_to_lps
 
@@ -105,12 +106,6 @@ def _patient_x(affine: np.ndarray, zyx: np.ndarray) -> np.ndarray:
     return zyx @ _zyx_matrix(affine)[0] + affine[0, 3]
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of ``mask`` (slices of the (z, y, x) array), or None when it is empty."""
-    box = ndimage.find_objects(mask.astype(np.uint8))
-    return box[0] if box else None
-
-
 def _x_grid(affine: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
     """Patient LPS x (mm, float32) of every voxel of the crop ``box`` of the (z, y, x) array."""
     x_per_step = _zyx_matrix(affine)[0]
@@ -171,7 +166,20 @@ def _split_touching(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
                     ) -> tuple[np.ndarray, float] | None:
     """Labels (RIGHT/LEFT on ``comp``, 0 elsewhere) and the erosion depth (mm) for one component that
     holds both lungs, or None when no in-plane erosion up to :data:`MAX_SPLIT_DEPTH_MM` leaves two
-    cores on opposite sides."""
+    cores on opposite sides. Computed on the component's own bounding box (strays can widen the
+    mask's by a third)."""
+    inner = postprocess.bounding_box(comp)
+    found = _split_component(comp[inner], x[inner], affine)
+    if found is None:
+        return None
+    labels = np.zeros(comp.shape, dtype=np.uint8)
+    labels[inner] = found[0]
+    return labels, found[1]
+
+
+def _split_component(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
+                     ) -> tuple[np.ndarray, float] | None:
+    """:func:`_split_touching` on the component's bounding box."""
     spacing = _spacing_zyx(affine)
     depth = _in_plane_depth(comp, spacing, _slice_axis(affine))
     step = float(np.delete(spacing, _slice_axis(affine)).min())
@@ -235,7 +243,7 @@ def split_lungs_with_info(mask: np.ndarray, geometry: Volume | np.ndarray
         raise ValueError(f"expected a (z, y, x) mask, got shape {mask.shape}")
     affine = affine_of(geometry)
     labels = np.zeros(mask.shape, dtype=np.uint8)
-    box = _bbox(mask)
+    box = postprocess.bounding_box(mask)
     if box is None:
         return labels, SplitInfo("empty", False, 0, 0.0, 0.0)
     comps, n = ndimage.label(mask[box], _FACE)
