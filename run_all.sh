@@ -23,6 +23,10 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   touch "$stamp"
 fi
 export PATH="$PWD/$venv/bin:$PATH"
+# Byte-compile the package (pip does it for installed packages, not for an editable source; with
+# PYTHONDONTWRITEBYTECODE set nothing else would): 0.4 s off the start of every command. Quick when
+# nothing changed.
+python -m compileall -q lungseg >/dev/null
 
 # No data directory named and the course's shared/ folder beside the repo: make sure every case
 # this command needs is in data/ (unpack.sh skips complete cases, so this is quick after the first
