@@ -14,6 +14,7 @@ import torch
 
 from . import data, inference, metrics, model, paths, runs, writing
 from .cache import Case
+from .config import TrainConfig
 
 
 def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold: float = 0.5,
@@ -126,7 +127,7 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case],
     if not path.is_file():
         return None
     net = model.load_reference(path)
-    cfg = runs.TrainConfig(image_size=data.FULL_SIZE, input_mode="raw", amp=False)
+    cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw", amp=False)
     return volume_scores(cases, inference.case_logits(net, cfg, cases, device))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import data, model, postprocess, speed
+from . import data, model, postprocess, runtime, speed
 from .cache import Case
 from .config import TrainConfig
 
@@ -24,6 +24,7 @@ segment = postprocess.segment
 
 
 INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
+ENGINES = ("auto", "onnxruntime", "torch")
 
 
 def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
@@ -58,30 +59,30 @@ def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "wi
     return out
 
 
-def predict_logits(net: model.UNet, case: Case, image_size: int, mode: str = "window",
-                   batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
-                   channels_last: bool | None = None, amp: bool = True) -> np.ndarray:
-    """:func:`predict_hu` on the volume of ``case``: logits (z, 512, 512) float32."""
-    return predict_hu(net, case.volume.hu, image_size, mode, batch_size, device, channels_last, amp,
-                      name=case.case_id)
-
-
-def predict_cases(net: model.UNet, cases: Sequence[Case], image_size: int, mode: str = "window",
-                  device: torch.device | str = "cpu", amp: bool = True) -> list[np.ndarray]:
-    """:func:`predict_logits` for each case, with a progress bar."""
-    return [predict_logits(net, c, image_size, mode, device=device, amp=amp)
-            for c in tqdm(cases, desc="predict", unit="case")]
-
-
-
-
 def run_logits(net: model.UNet, cfg: TrainConfig, hu: np.ndarray, device: torch.device | str = "cpu",
                batch_size: int = INFER_BATCH, name: str = "volume", progress: bool = False,
-               amp: bool | None = None) -> np.ndarray:
-    """:func:`predict_hu` with the preprocessing a run's config records (size, mode, HU window)."""
+               amp: bool | None = None, engine: str = "auto") -> np.ndarray:
+    """Logits (z, H, W) float32 of a (z, H, W) HU volume with the preprocessing a run's config records
+    (size, mode, HU window). ``engine``: "torch" (:func:`predict_hu`), "onnxruntime"
+    (:mod:`lungseg.runtime`, CPU only, float32) or "auto" = ONNX Runtime on a CPU when installed
+    (1.4x faster at 160², 1.65x at 512² on 2 AVX2 cores; logits equal to ~1e-5), else torch."""
+    if uses_onnxruntime(device, engine):
+        prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
+        session = runtime.session_of(net, prep, threads=torch.get_num_threads())
+        return session.logits(np.asarray(hu), name, progress)
     return predict_hu(net, hu, cfg.image_size, cfg.input_mode, batch_size, device,
                       amp=bool(cfg.amp) if amp is None else amp, name=name, progress=progress,
                       window=cfg.hu_window)
+
+
+def uses_onnxruntime(device: torch.device | str, engine: str = "auto") -> bool:
+    """Whether :func:`run_logits` runs ONNX Runtime for ``engine`` on ``device``."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown inference engine {engine!r}; expected one of {ENGINES}")
+    on_cpu = torch.device(device).type == "cpu"
+    if engine == "onnxruntime" and not (on_cpu and runtime.available()):
+        raise ValueError("the onnxruntime engine needs the CPU and an installed onnxruntime")
+    return engine == "onnxruntime" or (engine == "auto" and on_cpu and runtime.available())
 
 
 def case_logits(net: model.UNet, cfg: TrainConfig, cases: Sequence[Case],

@@ -175,7 +175,8 @@ def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
         orient.check_square(volume.shape, volume.case_id)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
-    return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True)
+    return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
+                                engine="torch")
 
 
 class _Network:

@@ -52,14 +52,17 @@ def cached_model(weights: Path) -> Path:
 
 
 def export(net, preprocessing: dict, path: Path) -> Path:
-    """Export the eval-mode UNet ``net`` (a torch module; input (N, 1, S, S) float32, S =
-    ``preprocessing["image_size"]``) to ONNX at ``path`` (atomic), with ``preprocessing`` (image_size,
-    input_mode, hu_window, raw_offset_hu) as metadata. Needs torch and ``onnx``."""
+    """Export the UNet ``net`` (a torch module, in eval mode on the CPU: a copy, ``net`` is left as
+    it is; input (N, 1, S, S) float32, S = ``preprocessing["image_size"]``) to ONNX at ``path``
+    (atomic), with ``preprocessing`` (image_size, input_mode, hu_window, raw_offset_hu) as metadata.
+    Needs torch and ``onnx``."""
+    import copy
     import io
 
     import onnx
     import torch
 
+    net = copy.deepcopy(net).float().cpu().eval().to(memory_format=torch.contiguous_format)
     size = int(preprocessing["image_size"])
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -67,7 +70,7 @@ def export(net, preprocessing: dict, path: Path) -> Path:
         # and takes ~10x longer; its tracer warns about the UNet's shape check (constant here).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(net.float().eval(), (torch.zeros(1, 1, size, size),), buf,
+        torch.onnx.export(net, (torch.zeros(1, 1, size, size),), buf,
                           input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
@@ -171,3 +174,24 @@ def preprocessing_of(cfg, raw_offset_hu: float) -> dict:
     "raw" input mode adds to HU)."""
     return {"image_size": int(cfg.image_size), "input_mode": cfg.input_mode,
             "hu_window": [float(v) for v in cfg.hu_window], "raw_offset_hu": float(raw_offset_hu)}
+
+
+_SESSIONS: dict[tuple[str, int], Session] = {}
+
+
+def session_of(net, preprocessing: dict, threads: int | None = None) -> Session:
+    """The session of an in-memory UNet (e.g. a loaded run in 03_eval): exported once per weights and
+    preprocessing (cached in ``build/onnx/`` by their hash), opened once per process."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(preprocessing, sort_keys=True).encode())
+    for key, tensor in net.state_dict().items():
+        h.update(key.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    path = CACHE_DIR / f"{h.hexdigest()[:20]}-state-v{EXPORT_VERSION}.onnx"
+    memo = (str(path), threads or cpu_threads())
+    if memo not in _SESSIONS:
+        if not path.is_file():
+            export(net, preprocessing, path)
+        _SESSIONS[memo] = Session(path, threads)
+    return _SESSIONS[memo]

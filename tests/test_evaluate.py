@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from lungseg import data, evaluate, inference, model, runs, tables
+from lungseg.config import TrainConfig
 
 
 def _run_with_split(per_case: dict) -> runs.TrainResult:
-    return runs.TrainResult(model.UNet(base_channels=4), {}, runs.TrainConfig(), Path("run"),
+    return runs.TrainResult(model.UNet(base_channels=4), {}, TrainConfig(), Path("run"),
                             manifest={"split": {"per_case": per_case}})
 
 
@@ -41,7 +42,7 @@ def test_test_masks_refuse_other_data() -> None:
     with pytest.raises(ValueError, match="case Z"):
         runs.test_masks(run, ["Z"], [3])
     with pytest.raises(runs.RunNotFoundError, match="no split record"):
-        runs.test_masks(runs.TrainResult(model.UNet(base_channels=4), {}, runs.TrainConfig(), Path("r")),
+        runs.test_masks(runs.TrainResult(model.UNet(base_channels=4), {}, TrainConfig(), Path("r")),
                         ["A"], [2])
 
 

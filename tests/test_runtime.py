@@ -47,7 +47,7 @@ def test_onnx_logits_match_pytorch_on_a_synthetic_series(tmp_path: Path, image_s
     write_series(series, n=6)
     volume = dicom.load_series(series)
     net, cfg = predict.load_checkpoint(ckpt)
-    expected = inference.run_logits(net, cfg, volume.hu, amp=False)
+    expected = inference.run_logits(net, cfg, volume.hu, amp=False, engine="torch")
     session = _session(ckpt)
     got = session.logits(volume.hu)
     assert got.shape == expected.shape == volume.shape and got.dtype == np.float32
@@ -72,7 +72,7 @@ def test_onnx_masks_equal_pytorchs_on_a_real_series_with_the_reference_weights()
         pytest.skip("Case_000 or the course's reference weights are absent")
     hu = np.asarray(dicom.load_series(REAL_CASE).hu[60:68])
     net, cfg = predict.load_checkpoint(REFERENCE_WEIGHTS)
-    expected = inference.run_logits(net, cfg, hu, amp=False)
+    expected = inference.run_logits(net, cfg, hu, amp=False, engine="torch")
     got = _session(REFERENCE_WEIGHTS).logits(hu)
     a, b = inference.binarize(got), inference.binarize(expected)
     assert b.sum() > 10_000  # both lungs of 8 slices
