@@ -91,7 +91,8 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
     provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
     return {"results": results_block(summary), "crossval": crossval_block(summary),
             "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
-            "bench": bench_block(folder), "twoclass": two_class_block(folder)}
+            "bench": bench_block(folder), "twoclass": two_class_block(folder),
+            "predict": predict_block(folder)}
 
 
 def render(text: str, new: dict[str, str]) -> str:
@@ -155,3 +156,30 @@ def two_class_block(figures_dir: str | Path = paths.FIGURES) -> str:
     return (f"Held-out patients {', '.join(c[-3:] for c in d['held_out'])}, means, threshold 0.5 with "
             f"post-processing; the two-class network trained in {d['two_class_train_s']:.0f} s with the same "
             "recipe:\n\n" + tables.markdown(rows) + "\n")
+
+
+def predict_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """End-to-end ``predict`` times per held-out case and runtime, from ``predict_timing.json``
+    (written by ``benchmarks/predict_timing.py RUN_DIR --save figures``)."""
+    f = paths.resolve(figures_dir) / "predict_timing.json"
+    if not f.is_file():
+        return "(not measured: `python benchmarks/predict_timing.py RUN_DIR --save figures`)\n"
+    d = json.loads(f.read_text())
+    rows = []
+    for c in d["cases"]:
+        o, t = c["onnxruntime"], c["torch"]
+        rows.append({"case": c["case"], "slices": c["slices"], "lungs": c["side_split_method"],
+                     "wall, ONNX Runtime": f"**{o['wall_s']:.1f} s**",
+                     "wall, PyTorch": f"{t['wall_s']:.1f} s",
+                     "start-up": f"{o['startup_s']:.1f}", "read": f"{o['read_s']:.1f}",
+                     "inference (ORT / torch)": f"{o['inference_s']:.1f} / {t['inference_s']:.1f}",
+                     "post-processing + sides": f"{o['postprocess_s']:.1f}",
+                     "NIfTI + SEG + RTSTRUCT + PNG": f"{o['exports_s']:.1f}",
+                     "Dice R / L, ORT vs torch": "{right:.5f} / {left:.5f}".format(
+                         **c["dice_onnxruntime_vs_torch"])})
+    walls = [c["onnxruntime"]["wall_s"] for c in d["cases"]]
+    return (f"`python -m lungseg predict` end to end (a fresh process, all five outputs), median of "
+            f"{d['repeat']} runs per case and runtime, {d['cpu_capability']}, {d['cores']} cores; stage "
+            f"times in s of the ONNX Runtime run (`stats.json`). ONNX Runtime: {min(walls):.1f}–"
+            f"{max(walls):.1f} s per case; the first run on a new checkpoint also exports it "
+            f"({d['warm_up_wall_s']:.1f} s in all).\n\n" + tables.markdown(rows) + "\n")

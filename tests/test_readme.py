@@ -34,3 +34,17 @@ def test_render_replaces_only_marked_blocks(tmp_path: Path) -> None:
     md.write_text(text)
     assert readme.update(md, tmp_path) and readme.stale(md, tmp_path) == []
     assert not readme.update(md, tmp_path)  # a second update changes nothing
+
+
+def test_predict_block_renders_the_measured_times(tmp_path: Path) -> None:
+    assert "not measured" in readme.predict_block(tmp_path)
+    stage = {"wall_s": 8.26, "startup_s": 1.5, "read_s": 0.4, "inference_s": 2.5, "postprocess_s": 1.9,
+             "exports_s": 1.9}
+    case = {"case": "Case_008", "slices": 148, "side_split_method": "components",
+            "onnxruntime": stage, "torch": {**stage, "wall_s": 11.0, "inference_s": 3.4},
+            "dice_onnxruntime_vs_torch": {"right": 1.0, "left": 0.99998}}
+    (tmp_path / "predict_timing.json").write_text(json.dumps(
+        {"repeat": 3, "cpu_capability": "AVX2", "cores": 2, "warm_up_wall_s": 12.3, "cases": [case]}))
+    block = readme.predict_block(tmp_path)
+    assert "| Case_008 | 148 | components | **8.3 s** | 11.0 s |" in block
+    assert "2.5 / 3.4" in block and "1.00000 / 0.99998" in block and "8.3–8.3 s per case" in block
