@@ -298,8 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
+        _export_for_predict(result)
         print(json.dumps({"run_dir": str(result.run_dir), "history": result.history}))
     return 0
+
+
+def _export_for_predict(result: TrainResult) -> None:
+    """The ONNX export ``predict --checkpoint RUN_DIR`` uses on a CPU, made now (a few seconds) so that
+    the first ``predict`` does not pay for it (lungseg.runtime)."""
+    from . import runtime
+
+    if runtime.available():
+        target = runtime.cached_model(result.run_dir / runs.WEIGHTS)
+        if not target.is_file():
+            prep = runtime.preprocessing_of(result.config, model.REFERENCE_INPUT_OFFSET_HU)
+            runtime.export(result.model, prep, target)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from synthetic import write_series
 from test_cli import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 
-from lungseg import dicom, inference, metrics, predict, runtime
+from lungseg import dicom, inference, metrics, predict, runs, runtime, train
 
 pytestmark = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is not installed")
 
@@ -110,3 +110,17 @@ def test_the_command_line_starts_without_importing_torch() -> None:
     code = "import sys, lungseg.cli, lungseg.predict; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_training_command_leaves_the_export_predict_uses(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = write_checkpoint(tmp_path / "run" / "model.pt", seed=7)
+    runtime.cached_model(ckpt).unlink(missing_ok=True)
+    train._export_for_predict(runs.load_run(ckpt.parent))
+    assert runtime.cached_model(ckpt).is_file()
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("predict exported again")
+
+    monkeypatch.setattr(runtime, "export", no_export)
+    assert predict.onnx_session(ckpt.parent).preprocessing["image_size"] == 16
