@@ -33,7 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 DICE_EPS: float = 1e-6
 """Smoothing term in the denominator of the report's per-slice Dice (eq. 4)."""
@@ -69,12 +68,6 @@ SELECT_MODES: tuple[str, ...] = ("lowest", "median", "highest")
 
 
 # --------------------------------------------------------------------------- helpers
-KDTREE_COST_PER_POINT = 20
-"""k-d tree queries cost about as much per surface point as the distance transform does per ~20 voxels
-of the box (measured on lung masks); beyond that, e.g. for a noisy prediction with millions of surface
-voxels, the transform is used. Both give the same distances."""
-
-
 def _as_bool_pair(pred: np.ndarray, gt: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     """Convert both inputs to bool and check that they have the same ``ndim``-D shape."""
     p = np.asarray(pred, dtype=bool)
@@ -178,9 +171,7 @@ def surface_distances(
     pred, gt: bool ``(Z, Y, X)``; spacing: ``(dz, dy, dx)`` in mm.
     Returns ``(d_pred_to_gt, d_gt_to_pred)``, two float64 1-D arrays. For each surface voxel
     of one mask, the entry is the Euclidean distance (mm) to the nearest surface voxel of
-    the other mask, as ``scipy.ndimage.distance_transform_edt(sampling=spacing)`` gives it: by k-d
-    tree queries when the surfaces are small against their box, else by the feature transform
-    (:data:`KDTREE_COST_PER_POINT`); the values are the same.
+    the other mask, as ``scipy.ndimage.distance_transform_edt(sampling=spacing)`` gives it.
     An empty mask gives an empty array. If the other mask is empty, every entry is ``inf``.
     """
     p, g = _as_bool_pair(pred, gt, VOLUME_NDIM)
@@ -197,26 +188,15 @@ def surface_distances(
     g = np.pad(g[box], 1, constant_values=False)
     sp_surf, sg_surf = _surface(p), _surface(g)
 
-    n_points = int(sp_surf.sum() + sg_surf.sum())
-    directed = _directed_kdtree if n_points * KDTREE_COST_PER_POINT < p.size else _directed_edt
-    return directed(sp_surf, sg_surf, sp), directed(sg_surf, sp_surf, sp)
+    return _directed(sp_surf, sg_surf, sp), _directed(sg_surf, sp_surf, sp)
 
 
-def _directed_kdtree(src: np.ndarray, dst: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
-    """Distances (mm) from each voxel of bool ``src`` to the nearest voxel of bool ``dst``: queries in a
-    k-d tree of ``dst``'s positions in mm (6x faster than the transform for lungs, whose surfaces are
-    ~1 % of their box)."""
-    pts_src, pts_dst = np.argwhere(src) * sp, np.argwhere(dst) * sp
-    if len(pts_src) == 0:
-        return np.empty(0, dtype=np.float64)
-    if len(pts_dst) == 0:
-        return np.full(len(pts_src), np.inf, dtype=np.float64)
-    return np.asarray(cKDTree(pts_dst).query(pts_src, workers=-1)[0], dtype=np.float64)
-
-
-def _directed_edt(src: np.ndarray, dst: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
-    """The same as :func:`_directed_kdtree` by the Euclidean feature transform of ``~dst`` (the nearest
-    ``dst`` voxel of every voxel), read at ``src``'s voxels only: linear in the box, whatever the shapes."""
+def _directed(src: np.ndarray, dst: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
+    """Distances (mm) from each voxel of bool ``src`` to the nearest voxel of bool ``dst``, in C order:
+    the Euclidean feature transform of ``~dst`` (the nearest ``dst`` voxel of every voxel), read at
+    ``src``'s voxels only. The same values as ``distance_transform_edt``'s distances, without computing
+    them for the whole box (1.4x faster); linear in the box whatever the shapes (k-d tree queries were
+    6x faster for clean lungs but took minutes for a noisy prediction far from the truth)."""
     at = np.nonzero(src)
     if len(at[0]) == 0:
         return np.empty(0, dtype=np.float64)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from . import metrics, postprocess
+from . import postprocess
 from .dicom import Volume
 from .export import voxel_to_lps
 
@@ -45,8 +45,10 @@ MAX_SPLIT_DEPTH_MM = 15.0
 MIN_LUNG_SHARE = 0.05
 """A part counts as a lung (or a lung's core) only with at least this share of the larger part's voxels."""
 MAX_STRAYS_BY_TREE = 128
-"""Up to this many strays, each is sided by k-d tree queries (~4 ms each; a cleaned prediction has 0-2,
-a raw one tens); more (a noisy prediction) by one feature transform, whose cost does not grow with them."""
+MAX_STRAY_VOXELS_BY_TREE = 100_000
+"""Up to this many strays and stray voxels, each stray is sided by k-d tree queries (~4 ms each; a
+cleaned prediction has 0-2 small ones, a raw one tens); beyond (a noisy prediction, where queries far
+from the lungs get slow) by one feature transform, whose cost does not grow with them."""
 MM3_PER_ML = 1000.0
 _FACE = ndimage.generate_binary_structure(3, 1)
 
@@ -219,7 +221,7 @@ def _assign_strays(labels: np.ndarray, comps: np.ndarray, strays: list[int],
     large ones (a raw, noisy prediction): one feature transform of the box instead
     (:data:`MAX_STRAYS_BY_TREE`)."""
     stray_voxels = int(np.count_nonzero(comps > 0)) - int(np.count_nonzero(labels))
-    if len(strays) <= MAX_STRAYS_BY_TREE and stray_voxels * metrics.KDTREE_COST_PER_POINT < comps.size:
+    if len(strays) <= MAX_STRAYS_BY_TREE and stray_voxels <= MAX_STRAY_VOXELS_BY_TREE:
         chosen = _stray_sides_by_tree(labels, comps, strays, spacing)
     else:
         chosen = _stray_sides_by_transform(labels, comps, strays, spacing)

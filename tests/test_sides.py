@@ -14,7 +14,7 @@ import pytest
 import synthetic
 from scipy import ndimage
 
-from lungseg import metrics, paths, sides
+from lungseg import paths, sides
 from lungseg.dicom import load_mask, load_series
 from lungseg.export import voxel_to_lps
 
@@ -145,7 +145,6 @@ def test_strays_join_the_lung_a_brute_force_search_finds_nearest(method: str,
     size) agree with the definition: for each stray, the side of the lung voxel at the smallest
     distance (mm, anisotropic spacing) from any of its voxels."""
     monkeypatch.setattr(sides, "MAX_STRAYS_BY_TREE", 10**9 if method == "kdtree" else 0)
-    monkeypatch.setattr(metrics, "KDTREE_COST_PER_POINT", 0 if method == "kdtree" else 10**9)
     rng = np.random.default_rng(0)
     spacing = np.array([3.0, 0.7, 0.9])
     lungs = np.zeros((12, 60, 80), dtype=np.uint8)
