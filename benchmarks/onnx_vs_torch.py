@@ -2,41 +2,26 @@
 
     python benchmarks/onnx_vs_torch.py RUN_DIR [--case Case_002] [--repeat 3]
 
-Exports the run's UNet to ONNX, then times the network part of inference (the run's input size,
-batch 4, every slice of the case, preprocessing and upsampling excluded, median of ``--repeat``)
+Takes the run's UNet exported as ``predict`` uses it (lungseg.runtime), then times the network part
+of inference (the run's input size, batch 4, every slice of the case, preprocessing and upsampling
+excluded, median of ``--repeat``)
 with PyTorch (the layout lungseg.speed measured fastest) and with ONNX Runtime (CPU provider, same
 thread count), and compares the masks at 512² (Dice, must be ≥ 0.999 to be usable). Prints JSON.
-Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (not in requirements.txt: only for this check).
+Needs ``onnxruntime`` and ``onnx`` (both in requirements.txt).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lungseg import cache, data, inference, metrics, runs, speed
-
-
-def _time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from lungseg import bench, cache, data, inference, metrics, model, runs, runtime, speed
 
 
 def main() -> int:
-    import onnxruntime as ort
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("run_dir")
     ap.add_argument("--case", default="Case_002")
@@ -57,23 +42,21 @@ def main() -> int:
             return np.concatenate([tnet(b.contiguous(memory_format=torch.channels_last) if cl else b).numpy()
                                    for b in batches])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "unet.onnx"
-        torch.onnx.export(net.float().to(memory_format=torch.contiguous_format), (batches[0],), str(path),
-                          input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # The export and session predict uses (lungseg.runtime), fed the same preprocessed batches.
+    prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
+    sess = runtime.session_of(net, prep, threads=torch.get_num_threads()).session
 
-        def ort_logits() -> np.ndarray:
-            return np.concatenate([sess.run(None, {"x": b.numpy()})[0] for b in batches])
+    def ort_logits() -> np.ndarray:
+        return np.concatenate([sess.run(None, {"x": b.numpy()})[0] for b in batches])
 
-        t_torch = _time(torch_logits, args.repeat)
-        t_ort = _time(ort_logits, args.repeat)
-        full = data.FULL_SIZE
-        masks = [inference.binarize(data.upsample_logits(torch.from_numpy(lg), full)[:, 0].numpy())
-                 for lg in (torch_logits(), ort_logits())]
+    def warm_timed(fn) -> float:
+        fn()  # warm-up
+        return bench.timed(fn, args.repeat)
+
+    t_torch, t_ort = warm_timed(torch_logits), warm_timed(ort_logits)
+    full = data.FULL_SIZE
+    masks = [inference.binarize(data.upsample_logits(torch.from_numpy(lg), full)[:, 0].numpy())
+             for lg in (torch_logits(), ort_logits())]
     print(json.dumps({"case": args.case, "slices": int(x.shape[0]), "image_size": cfg.image_size,
                       "threads": torch.get_num_threads(), "torch_channels_last": cl,
                       "torch_s": round(t_torch, 3), "onnxruntime_s": round(t_ort, 3),
