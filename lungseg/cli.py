@@ -43,9 +43,11 @@ The side of each lung comes from the DICOM geometry (ImageOrientationPatient/Ima
 never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
 model and the outputs written on the series' own grid. Oblique series are refused.
 
-default checkpoint: the held-out-patient run (split "cases") of the latest report, as 02_train
-recorded it in build/runs/reports/PROFILE.json; its run.json holds the threshold and
-post-processing 03_eval chose on the training patients. When there is none: {predict.NO_RUN_HINT}.
+default checkpoint: the held-out-patient run (split "cases") of the latest local report that is not
+a smoke test, as 02_train recorded it in build/runs/reports/PROFILE.json (its run.json holds the
+threshold and post-processing 03_eval chose on the training patients); when there is none, the
+released model in models/ (trained on all 12 LCTSC cases, see its MODEL_CARD.md). The model used and
+why is printed and recorded in stats.json ("model").
 """
 
 
@@ -91,7 +93,9 @@ def _add_series_options(p: argparse.ArgumentParser) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
+    choice = predict.choose_model(args.checkpoint)
+    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    stats = predict.predict(args.dicom_dir, args.out, choice, args.device, args.batch_size,
                             args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
                             args.runtime)
     t = stats["timings_s"]
