@@ -45,7 +45,8 @@ class TrainConfig:
     case trains: the released model, whose accuracy is the cross-validation's)."""
     test_cases: list[str] = field(default_factory=lambda: list(data.DEFAULT_TEST_CASES))
     kfold: int = 0
-    """With split="cases" and kfold=k>1: test cases are fold ``fold`` of a k-fold over patients."""
+    """With split="cases" and kfold=k>1: the test cases are fold ``fold`` of :func:`fold_cases`, the
+    one fold rule (the report's cross-validation uses it too)."""
     fold: int = 0
     epochs: int = 10
     batch_size: int = 3
@@ -72,9 +73,12 @@ class TrainConfig:
     threads: int = 0
     """torch intra-op threads; 0 = leave torch's default."""
     force_retrain: bool = False
+    profile: str = ""
+    """The profile the run was made under: only its folder's name (``<profile>-<split>[-foldK]-<key8>``)."""
 
-    # Fields that do not change the trained weights on one machine, left out of the run key.
-    NON_KEY = ("device", "threads", "force_retrain", "data_dir")
+    # Fields that do not change the trained weights on one machine, left out of the run key
+    # (kfold/fold only choose ``test_cases``, which is in the key: fold 2 of 3 *is* the held-out run).
+    NON_KEY = ("device", "threads", "force_retrain", "data_dir", "profile", "kfold", "fold")
 
     def resolved(self) -> TrainConfig:
         """A copy with ``cases``, ``test_cases`` and the "auto" speed switches made explicit."""
@@ -82,7 +86,9 @@ class TrainConfig:
         if not cfg.cases:
             cfg.cases = paths.list_cases(paths.data_dir(cfg.data_dir or None))
         if cfg.split == "cases" and cfg.kfold > 1:
-            cfg.test_cases = data.kfold_cases(cfg.cases, cfg.kfold, cfg.fold, cfg.seed)
+            cfg.test_cases = fold_cases(cfg.cases, cfg.kfold)[cfg.fold] if 0 <= cfg.fold < cfg.kfold else []
+            if not cfg.test_cases:
+                raise ValueError(f"fold must be 0 <= fold < kfold={cfg.kfold}, got {cfg.fold}")
         if cfg.split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
         if cfg.split == "all":
@@ -125,6 +131,15 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def fold_cases(case_ids: list[str], k: int) -> list[list[str]]:
+    """The one fold rule: the test cases of each of ``k`` interleaved folds over the sorted case ids
+    (fold f holds every k-th case from the f-th), so each patient is tested exactly once."""
+    ids = sorted(case_ids)
+    if not 2 <= k <= len(ids):
+        raise ValueError(f"cross-validation needs 2 <= k <= {len(ids)} cases, got k={k}")
+    return [ids[f::k] for f in range(k)]
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILES.glob("*.yaml"))
 
@@ -143,11 +158,30 @@ def config_from_profile(profile: str, overrides: dict[str, str] | None = None) -
     params = {k: v for k, v in load_profile(profile).get("02_train", {}).items()
               if k not in NOTEBOOK_ONLY}
     for key, text in (overrides or {}).items():
-        params[key] = yaml.safe_load(text)
+        params[key] = yaml.safe_load(text) if isinstance(text, str) else text
+    params.setdefault("profile", profile)
     try:
         return TrainConfig.from_params(**params)
     except TypeError as exc:
         raise ProfileError(f"profile {profile!r}: {exc}") from None
+
+
+@dataclass
+class TrainingPlan:
+    """What 02_train trains for a profile: the config, the other split protocol to compare with
+    (``compare_split``, may be empty) and the number of cross-validation folds (0 = none)."""
+
+    config: TrainConfig
+    compare_split: str = ""
+    cv_folds: int = 0
+
+
+def training_plan(profile: str, overrides: dict[str, str] | None = None) -> TrainingPlan:
+    """The profile's 02_train section as a plan: :func:`config_from_profile` (the call
+    ``python -m lungseg.train`` makes) plus the section's ``compare_split`` and ``cv_folds``."""
+    section = load_profile(profile).get("02_train", {})
+    return TrainingPlan(config_from_profile(profile, overrides), str(section.get("compare_split", "") or ""),
+                        int(section.get("cv_folds", 0) or 0))
 
 
 def profile_file(name: str) -> Path:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import inference, metrics, postprocess, sides, train
 from .cache import Case
-from .config import TrainConfig
+from .config import TrainConfig, fold_cases
 from .runs import TrainResult
 
 STRUCTURES = {"Lung_R": sides.RIGHT, "Lung_L": sides.LEFT}
@@ -33,18 +33,14 @@ GOALS = {"dice": 0.975, "hd95_mm": 3.0, "msd_mm": 0.7, "worst_patient_dice": 0.9
 
 
 def folds(case_ids: Sequence[str], k: int) -> list[list[str]]:
-    """The test cases of each of ``k`` interleaved folds over the sorted ``case_ids``."""
-    ids = sorted(case_ids)
-    if not 2 <= k <= len(ids):
-        raise ValueError(f"cross-validation needs 2 <= k <= {len(ids)} cases, got k={k}")
-    return [ids[f::k] for f in range(k)]
+    """The test cases of each fold: :func:`lungseg.config.fold_cases`, the one fold rule."""
+    return fold_cases(list(case_ids), k)
 
 
 def fold_configs(config: TrainConfig, k: int) -> list[TrainConfig]:
-    """``config`` once per fold, held-out-patient split with that fold's test cases."""
-    cases = config.resolved().cases
-    return [dataclasses.replace(config, split="cases", test_cases=test, kfold=0, fold=0)
-            for test in folds(cases, k)]
+    """``config`` once per fold: held-out-patient split, ``kfold=k``, ``fold=f`` (resolved to that
+    fold's test cases by the config itself)."""
+    return [dataclasses.replace(config, split="cases", kfold=k, fold=f) for f in range(k)]
 
 
 def fit_folds(config: TrainConfig, k: int, runs_dir: str | None = None) -> list[TrainResult]:

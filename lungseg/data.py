@@ -150,12 +150,3 @@ def split_cases(infos_case_ids: Sequence[str], test_cases: Sequence[str]) -> tup
     if not train_idx or not test_idx:
         raise ValueError("a case split needs at least one training and one test case")
     return train_idx, test_idx
-
-
-def kfold_cases(case_ids: Sequence[str], k: int, fold: int, seed: int = SPLIT_SEED) -> list[str]:
-    """Test cases of fold ``fold`` (0-based) of a ``k``-fold split over patients (seeded shuffle)."""
-    if not 0 <= fold < k <= len(case_ids):
-        raise ValueError(f"need 0 <= fold < k <= {len(case_ids)} cases, got fold={fold}, k={k}")
-    order = torch.randperm(len(case_ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    folds = np.array_split(np.asarray(sorted(case_ids))[order], k)
-    return sorted(folds[fold].tolist())

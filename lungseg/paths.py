@@ -50,6 +50,13 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return ROOT / p
 
 
+def relative(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the repository when it lies inside it (what committed files record),
+    else as given."""
+    p = resolve(path)
+    return str(p.relative_to(ROOT)) if is_within(p, ROOT) and p.is_relative_to(ROOT) else str(path)
+
+
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """The data directory: ``path`` if given and non-empty, else ``$LUNGSEG_DATA``, else ``ROOT/data``.
 

@@ -25,6 +25,8 @@ NOTEBOOKS = paths.ROOT / "notebooks"
 KERNEL = "lungseg"
 TAKES_PROFILE = ("02_train", "03_eval")
 """Notebooks told which profile they run under (02_train records its runs under that name)."""
+TRAIN_NOTEBOOK_PARAMS = ("profile", "figures_dir")
+"""What 02_train is given; its config, protocols and folds come from :func:`lungseg.config.training_plan`."""
 
 
 def default_profile() -> str:
@@ -65,20 +67,26 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                        f"{platform.platform()}, Python {platform.python_version()}",
             "cpu_capability": _cpu_capability(),
             "notebooks": earlier}  # notebooks not run this time keep their earlier record
-    staging = out_dir / "figures"  # published to each figures_dir only when every notebook succeeded
+    staging = out_dir / "staged"  # published to each figures_dir only when every notebook succeeded
     shutil.rmtree(staging, ignore_errors=True)
     publish: dict[Path, Path] = {}
     for nb in notebooks(only):
         p = dict(params.get(nb.stem, {}))
         if nb.stem in TAKES_PROFILE:
             p["profile"] = profile
+        if nb.stem == "02_train":  # it reads its training plan from the profile itself
+            p = {k: v for k, v in p.items() if k in TRAIN_NOTEBOOK_PARAMS}
         if data:
             p["data_dir"] = data
+        recorded = dict(p)  # what provenance.json keeps: the parameters as the profile names them
         if "figures_dir" in p:
             target = paths.resolve(p["figures_dir"])
-            p["figures_dir"] = str(staging / target.relative_to(paths.ROOT)
-                                   if target.is_relative_to(paths.ROOT) else staging / target.name)
-            publish[paths.resolve(p["figures_dir"])] = target
+            stage = staging / (target.relative_to(paths.ROOT) if target.is_relative_to(paths.ROOT)
+                               else Path(target.name))
+            p["figures_dir"] = str(stage)
+            publish[stage] = target
+        if data:
+            recorded["data_dir"] = paths.relative(data)
         last = earlier.get(nb.stem, {}).get("wall_s")
         estimate = f"; the last run here took {last / 60:.1f} min" if last else ""
         print(f"== {nb.name} (profile {profile}{estimate}): {p}", flush=True)
@@ -92,11 +100,16 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
                   f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
                   f"executed copy: {out_dir / nb.name}", file=sys.stderr)
             return 1
-        prov["notebooks"][nb.stem] = {"parameters": p, "git_commit": prov["git_commit"],
+        prov["notebooks"][nb.stem] = {"parameters": recorded, "git_commit": prov["git_commit"],
                                       "date": prov["date"],
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
     writing.atomic_write_text(prov_path, json.dumps(prov, indent=1) + "\n")
+    from . import render
+
+    executed = [out_dir / nb.name for nb in notebooks() if (out_dir / nb.name).is_file()]
+    page = render.render_report(executed, prov, out_dir)
+    print(f"== the report, readable without Jupyter: {paths.relative(page)}", flush=True)
     changed = []
     for src, dst in publish.items():
         changed += publish_folder(src, dst)

@@ -1,11 +1,12 @@
 """The run store: one folder per training run, named by what defines it, described by ``run.json``.
 
-``build/runs/<key>/`` holds ``model.pt`` (weights, history, config), ``checkpoint.pt`` while
-training, and the manifest ``run.json``: the resolved config, the data it was trained on (each
+``build/runs/<profile>-<split>[-foldK]-<key8>/`` holds ``model.pt`` (weights, history, config),
+``checkpoint.pt`` while training, and the manifest ``run.json``: the resolved config, the data it was trained on (each
 case's cache key), the code version, the split membership of every slice, the preprocessing (HU
-window, input size), the speed switches measured for the machine, provenance, and — once 03_eval has
-chosen them on the training patients — the inference settings ``predict`` uses. Everything
-downstream (03_eval, ``predict``, the viewer) reads its decisions from the manifest.
+window, input size), the speed switches measured for the machine and provenance; it is written by
+training only. Once 03_eval has chosen them on the training patients, ``inference.json`` beside it
+holds the threshold and post-processing ``predict`` uses. Everything downstream (03_eval,
+``predict``, the viewer) reads its decisions from these two files.
 
 The runs one report used are recorded per profile in ``build/runs/reports/PROFILE.json`` by
 02_train; :func:`report_runs` and :func:`default_model` resolve "the latest run" there and nowhere
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # torch is imported where a model is loaded: predict on ONNX 
     from . import model
     from .config import TrainConfig
 
+log = logging.getLogger(__name__)
 RUNS = paths.BUILD / "runs"
 RELEASED = paths.MODELS / "lungseg-cpu-lctsc12"
 """The released model (a run folder with ``model.pt``, ``run.json`` and ``MODEL_CARD.md``)."""
@@ -43,7 +46,10 @@ PROFILE_ENV = "LUNGSEG_PROFILE"
 their smoke profile; otherwise the latest report that is not a smoke test)."""
 MANIFEST = "run.json"
 WEIGHTS = "model.pt"
-LEGACY_INFERENCE = "inference.json"
+INFERENCE = "inference.json"
+"""The inference settings 03_eval chose, beside ``run.json`` (which is written only by training)."""
+KEY_CHARS = 8
+"""Key characters in a run folder's name, ``<profile>-<split>[-foldK]-<key8>``."""
 # The code whose change changes the trained weights (dicom.py, orient.py and cache.py are covered by
 # the cases' cache keys).
 TRAINING_CODE = ("config.py", "model.py", "losses.py", "data.py", "train.py", "distributed.py")
@@ -185,26 +191,53 @@ def test_masks(run: TrainResult, case_ids: list[str], n_slices: list[int]) -> li
 # ---- inference settings chosen by 03_eval -------------------------------------------------------
 
 def save_inference(run_dir: Path, threshold: float, use_postprocess: bool, chosen_on: str) -> dict:
-    """Record the chosen threshold and post-processing in the run's manifest."""
+    """Record the chosen threshold and post-processing in the run's ``inference.json``."""
     settings = {"threshold": float(threshold), "postprocess": bool(use_postprocess), "chosen_on": chosen_on}
-    content = read_manifest(run_dir)
-    content["inference"] = settings
-    write_manifest(run_dir, content)
+    writing.atomic_write_text(Path(run_dir) / INFERENCE, json.dumps(settings, indent=1) + "\n")
     return settings
 
 
 def inference_settings(run_dir: Path) -> dict:
-    """The run's chosen inference settings ({} when 03_eval has not chosen any)."""
-    saved = read_manifest(run_dir).get("inference")
-    if saved is None and (run_dir / LEGACY_INFERENCE).is_file():  # runs from before manifests
-        saved = json.loads((run_dir / LEGACY_INFERENCE).read_text())
-    return saved or {}
+    """The run's chosen inference settings ({} when 03_eval has not chosen any): ``inference.json``,
+    else the ``inference`` record of ``run.json`` (the released model; runs of the previous layout)."""
+    f = Path(run_dir) / INFERENCE
+    if f.is_file():
+        return json.loads(f.read_text())
+    return read_manifest(run_dir).get("inference") or {}
+
+
+def run_folder(root: Path, cfg: TrainConfig, key: str) -> Path:
+    """The folder of the run ``key`` under ``root``: an existing one of that key, whatever profile
+    named it (``*-<key8>``) or in the old layout (the bare key), else a new
+    ``<profile>-<split>[-foldK]-<key8>``."""
+    for found in sorted(root.glob(f"*-{key[:KEY_CHARS]}")):
+        if read_manifest(found).get("key", key) == key:
+            return found
+    if (root / key).is_dir():
+        log.info("run %s found in its old folder (named by the bare key)", key)
+        return root / key
+    fold = f"-fold{cfg.fold}" if cfg.split == "cases" and cfg.kfold > 1 else ""
+    return root / f"{cfg.profile or 'run'}-{cfg.split}{fold}-{key[:KEY_CHARS]}"
 
 
 # ---- the runs of one report ---------------------------------------------------------------------
 
 def _record_file(profile: str, folder: Path | None = None) -> Path:
     return (folder or RUNS) / "reports" / f"{profile}.json"
+
+
+def describe_runs(by_split: dict[str, TrainResult], folds: list[TrainResult]) -> str:
+    """What a report trained, one line per run, without keys or times (02_train's checked output)."""
+    lines = []
+    for split, r in by_split.items():
+        c = r.config
+        test = f", test {', '.join(c.test_cases)}" if c.split == "cases" else ""
+        lines.append(f"{split} split: {len(c.cases)} cases{test}; {len(r.history['train_loss'])} epochs "
+                     f"at {c.image_size} px, batch {c.batch_size}, lr {c.lr} ({c.schedule})")
+    if folds:
+        lines.append(f"{len(folds)} cross-validation folds, test patients: "
+                     + " | ".join(", ".join(f.config.test_cases) for f in folds))
+    return "\n".join(lines)
 
 
 def record_report(profile: str, runs: dict[str, TrainResult], folds: list[TrainResult],

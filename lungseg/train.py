@@ -220,7 +220,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist.world} processes")
     case_keys = runs.case_keys(cfg)
     key = runs.run_key(cfg, case_keys, dist.world)
-    run_dir = runs.runs_dir(runs_dir) / key
+    run_dir = runs.run_folder(runs.runs_dir(runs_dir), cfg, key)
     final, ckpt_path = run_dir / runs.WEIGHTS, run_dir / "checkpoint.pt"
     if final.is_file() and not cfg.force_retrain:
         return _load_final(run_dir)
@@ -278,6 +278,16 @@ def fit_protocols(config: TrainConfig, compare_split: str = "",
     if compare_split and compare_split != config.split:
         out[compare_split] = fit(dataclasses.replace(config, split=compare_split), runs_dir=runs_dir)
     return out
+
+
+def fit_plan(plan: config.TrainingPlan, runs_dir: str | os.PathLike[str] | None = None
+             ) -> tuple[dict[str, TrainResult], list[TrainResult]]:
+    """Every run of a profile's 02_train: the config (and the other protocol), then the folds."""
+    from . import crossval
+
+    by_split = fit_protocols(plan.config, plan.compare_split, runs_dir=runs_dir)
+    folds = crossval.fit_folds(plan.config, plan.cv_folds, runs_dir=runs_dir) if plan.cv_folds else []
+    return by_split, folds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -400,13 +400,28 @@ def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"")
     assert predict.inference_settings(ckpt, None, None) == (predict.DEFAULT_THRESHOLD, True)
-    (ckpt.parent / "inference.json").write_text(json.dumps({"threshold": 0.6, "postprocess": False}))
-    assert predict.inference_settings(ckpt, None, None) == (0.6, False)  # runs from before run.json
-    runs.write_manifest(ckpt.parent, {"key": "k"})
+    runs.write_manifest(ckpt.parent, {"key": "k", "inference": {"threshold": 0.55, "postprocess": True}})
+    assert predict.inference_settings(ckpt, None, None) == (0.55, True)  # released model, older runs
+    manifest = (ckpt.parent / runs.MANIFEST).read_bytes()
     runs.save_inference(ckpt.parent, 0.7, False, "the training patients")
-    assert runs.read_manifest(ckpt.parent)["key"] == "k"  # the rest of the manifest is kept
+    assert (ckpt.parent / runs.MANIFEST).read_bytes() == manifest  # run.json is never rewritten
     assert predict.inference_settings(ckpt, None, None) == (0.7, False)
     assert predict.inference_settings(ckpt, 0.4, True) == (0.4, True)  # explicit options win
+
+
+def test_run_folders_are_readable_and_found_by_key(tmp_path: Path) -> None:
+    key = "0123456789abcdef"
+    cfg = train.TrainConfig(split="cases", kfold=3, fold=1, profile="cpu")
+    assert runs.run_folder(tmp_path, cfg, key) == tmp_path / "cpu-cases-fold1-01234567"
+    plain = train.TrainConfig(split="slices")
+    assert runs.run_folder(tmp_path, plain, key) == tmp_path / "run-slices-01234567"
+    (tmp_path / key).mkdir()  # the old layout: still found
+    assert runs.run_folder(tmp_path, cfg, key) == tmp_path / key
+    (tmp_path / "quick-cases-01234567").mkdir()  # any profile's folder of the same key
+    runs.write_manifest(tmp_path / "quick-cases-01234567", {"key": key})
+    assert runs.run_folder(tmp_path, cfg, key) == tmp_path / "quick-cases-01234567"
+    runs.write_manifest(tmp_path / "quick-cases-01234567", {"key": "01234567ffffffff"})  # prefix clash
+    assert runs.run_folder(tmp_path, cfg, key) == tmp_path / key
 
 
 # ---- left and right lungs on a real case (the course's reference weights) ----------------------

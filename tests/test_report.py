@@ -13,21 +13,34 @@ from lungseg import config, report
 def test_every_profile_parameter_exists_in_its_notebook() -> None:
     notebooks = {nb.stem: nb for nb in report.notebooks()}
     assert list(notebooks) == ["01_dicom", "02_train", "03_eval"]
+    training = {f.name for f in dataclasses.fields(config.TrainConfig)} | {"compare_split", "cv_folds"}
     for profile in config.profile_names():
         for stem, params in config.load_profile(profile).items():
             assert stem in notebooks, f"{profile}.yaml names an unknown notebook {stem}"
             declared = set(pm.inspect_notebook(str(notebooks[stem])))
+            if stem == "02_train":  # its training plan comes from the profile (config.training_plan)
+                assert set(params) - training <= set(report.TRAIN_NOTEBOOK_PARAMS)
+                config.training_plan(profile)  # every key is understood
+                continue
             unknown = set(params) - declared
             assert not unknown, f"{profile}.yaml/{stem}: {sorted(unknown)} not in the parameters cell"
     for stem in report.TAKES_PROFILE:  # report.run injects it
         assert "profile" in pm.inspect_notebook(str(notebooks[stem])), stem
 
 
+def test_02_train_restates_no_training_parameter() -> None:
+    """A new TrainConfig field needs no edit of the notebook: it takes a profile plus overrides."""
+    declared = set(pm.inspect_notebook(str(report.NOTEBOOKS / "02_train.ipynb")))
+    training = {f.name for f in dataclasses.fields(config.TrainConfig)}
+    assert declared & training <= {"data_dir", "profile"}
+    assert {"profile", "overrides"} <= declared
+
+
 def test_03_eval_takes_no_training_parameters() -> None:
     """The run is found through 02_train's record, never recomputed from restated parameters."""
     declared = set(pm.inspect_notebook(str(report.NOTEBOOKS / "03_eval.ipynb")))
     training = {f.name for f in dataclasses.fields(config.TrainConfig)}
-    assert declared & training <= {"device", "threads", "data_dir"}
+    assert declared & training <= {"device", "threads", "data_dir", "profile"}
     for profile in config.profile_names():
         assert set(config.load_profile(profile).get("03_eval", {})) & training <= {"device", "threads"}
 

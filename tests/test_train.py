@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from lungseg import data, losses, model, paths, runs, train
+from lungseg import config, crossval, data, losses, model, paths, runs, train
 
 TINY = 32  # px: real slices downsampled 16x, enough to exercise the loop in seconds
 REAL_CASES = ["Case_000", "Case_005"]
@@ -60,9 +62,26 @@ def test_split_cases_has_no_patient_on_both_sides() -> None:
 
 def test_kfold_covers_every_case_once() -> None:
     ids = [f"Case_{i:03d}" for i in range(12)]
-    folds = [data.kfold_cases(ids, 4, f) for f in range(4)]
+    folds = config.fold_cases(ids, 4)
     assert sorted(c for f in folds for c in f) == ids
     assert all(len(f) == 3 for f in folds)
+
+
+def test_one_fold_rule_for_the_config_the_run_key_and_the_cross_validation() -> None:
+    """``--set kfold=3 fold=2`` trains the very run the report's cross-validation calls fold 2, which
+    is the held-out run itself (test patients 002, 005, 008, 011): one key, one folder."""
+    ids = [f"Case_{i:03d}" for i in range(12)]
+    base = train.TrainConfig(cases=ids, split="cases", profile="cpu")
+    folds = [c.resolved() for c in crossval.fold_configs(base, 3)]
+    by_set = config.config_from_profile("quick", {"cases": "Case_000,Case_005", "kfold": "2", "fold": "1"})
+    assert by_set.kfold == 2 and by_set.fold == 1
+    assert [c.test_cases for c in folds] == crossval.folds(ids, 3)
+    assert folds[2].test_cases == list(data.DEFAULT_TEST_CASES)
+    keys = {"c": "k"}
+    same = [dataclasses.replace(c, cases=["c"]) for c in (folds[2], base.resolved())]
+    assert runs.run_key(same[0], keys) == runs.run_key(same[1], keys)
+    with pytest.raises(ValueError, match="fold must be"):
+        dataclasses.replace(base, kfold=3, fold=3).resolved()
 
 
 def test_config_rejects_unknown_parameters() -> None:
