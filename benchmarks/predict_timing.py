@@ -80,7 +80,8 @@ def main() -> int:
         tmp = Path(name)
         first = run_predict(cases[0], tmp / "warm-up", args.run_dir, "onnxruntime")[0]
         rows = [time_case(c, args.run_dir, args.repeat, tmp) for c in cases]
-    result = {"run_dir": Path(args.run_dir).name,  # the run's key: no machine path in a committed file "repeat": args.repeat, "warm_up_wall_s": round(first, 2),
+    # The run folder's name only: no machine path in a committed file.
+    result = {"run_dir": Path(args.run_dir).name, "repeat": args.repeat, "warm_up_wall_s": round(first, 2),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": runtime.cpu_threads(),
               "processor": platform.processor() or platform.machine(),
               "package_byte_compiled": (Path(lungseg.__file__).parent / "__pycache__").is_dir(),

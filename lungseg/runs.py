@@ -1,12 +1,12 @@
 """The run store: one folder per training run, named by what defines it, described by ``run.json``.
 
 ``build/runs/<profile>-<split>[-foldK]-<key8>/`` holds ``model.pt`` (weights, history, config),
-``checkpoint.pt`` while training, and the manifest ``run.json``: the resolved config, the data it was trained on (each
-case's cache key), the code version, the split membership of every slice, the preprocessing (HU
-window, input size), the speed switches measured for the machine and provenance; it is written by
-training only. Once 03_eval has chosen them on the training patients, ``inference.json`` beside it
-holds the threshold and post-processing ``predict`` uses. Everything downstream (03_eval,
-``predict``, the viewer) reads its decisions from these two files.
+``checkpoint.pt`` while training, and the manifest ``run.json``, written by training only: the
+resolved config, the data it was trained on (each case's cache key), the code version, the split
+membership of every slice, the preprocessing (HU window, input size), the speed switches measured
+for the machine and provenance. Once 03_eval has chosen them on the training patients,
+``inference.json`` beside it holds the threshold and post-processing ``predict`` uses. Everything
+downstream (03_eval, ``predict``, the viewer) reads its decisions from these two files.
 
 The runs one report used are recorded per profile in ``build/runs/reports/PROFILE.json`` by
 02_train; :func:`report_runs` and :func:`default_model` resolve "the latest run" there and nowhere
