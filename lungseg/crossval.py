@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import inference, metrics, postprocess, sides, train
 from .cache import Case
 from .config import TrainConfig, fold_cases
-from .runs import TrainResult
+from .runs import ReportRuns, TrainResult
 
 STRUCTURES = {"Lung_R": sides.RIGHT, "Lung_L": sides.LEFT}
 METRICS = ("dice", "hd95_mm", "msd_mm")
@@ -110,6 +110,28 @@ def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
     return sorted(rows, key=lambda r: (r["case"], r["structure"]))
 
 
+def cross_validate_report(report: ReportRuns, cases: Sequence[Case], device: torch.device | str,
+                          main_logits: dict[str, np.ndarray], main_tuning: tuple[float, bool]) -> list[dict]:
+    """:func:`cross_validate` over a report's folds, reusing the held-out run's logits and tuning
+    (that run is one of the folds: fold 2 of 3 holds the default test patients). [] without folds."""
+    if not report.fold_dirs:
+        return []
+    known = {str(report.main.run_dir): (dict(main_logits), main_tuning)}
+    return cross_validate(report.folds(), cases, device, known)
+
+
+def worst_patient_errors(report: ReportRuns, rows: Sequence[dict], cases: Sequence[Case],
+                         device: torch.device | str = "cpu") -> tuple[dict, Case, np.ndarray, dict]:
+    """The weakest patient of the cross-validation (its row), its case, the prediction of the fold
+    model that never saw it (that fold's threshold and post-processing) and its :func:`error_profile`."""
+    worst = worst_patient(rows)
+    case = next(c for c in cases if c.case_id == worst["case"])
+    run = next(r for r in report.folds() if worst["case"] in r.config.test_cases)
+    pred = inference.segment(inference.run_logits(run.model, run.config, case.volume.hu, device),
+                             worst["threshold"], worst["postprocess"])
+    return worst, case, pred, error_profile(case, pred)
+
+
 def summarise(rows: Sequence[dict]) -> dict:
     """Per structure: mean, sd, min, max of each metric and the worst patient by Dice."""
     out = {}
@@ -132,6 +154,14 @@ def summarise(rows: Sequence[dict]) -> dict:
                           "worst_case": {"case": worst["case"], "dice": worst["dice"],
                                          "hd95_mm": worst["hd95_mm"], "msd_mm": worst["msd_mm"]}}
     return out
+
+
+def report_summary(rows: Sequence[dict], folds: int) -> dict:
+    """The cross-validation record of ``summary.json`` ({} without rows)."""
+    if not rows:
+        return {}
+    return {"folds": folds, "per_structure": summarise(rows), "goals": GOALS,
+            "lctsc_best_per_lung": LCTSC_PER_LUNG}
 
 
 def summary_rows(summary: dict) -> list[dict]:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,10 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case],
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
                     reference: Sequence[dict] | None, comparison: Sequence[dict] = (),
-                    tuned: Sequence[dict] = (), tuning: dict | None = None) -> dict:
-    """Everything the README's results table needs, as plain JSON-able values."""
+                    tuned: Sequence[dict] = (), tuning: dict | None = None,
+                    cross_validation: dict | None = None, training: dict | None = None) -> dict:
+    """Everything the README's results table needs, as plain JSON-able values (``cross_validation``:
+    :func:`lungseg.crossval.report_summary`; ``training``: :func:`training_summary`)."""
     out = {"config": cfg,
            "per_slice": {s: {"slices": int(len(column(rows, "dice", s))),
                              "mean_accuracy": float(column(rows, "accuracy", s).mean()),
@@ -151,6 +154,10 @@ def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
     if reference:
         out["reference_model"] = {"cases": [p["case"] for p in reference],
                                   **summarise_patients(reference)}
+    if cross_validation:
+        out["cross_validation"] = cross_validation
+    if training:
+        out["training"] = training
     return out
 
 
@@ -209,3 +216,41 @@ def training_summary(trained: runs.ReportRuns) -> dict:
                               f"{'bf16' if cfg.get('amp') else 'float32'}",
                      "device": man.get("provenance", {}).get("device", "?")}
     return out
+
+
+# ---- the steps of 03_eval, so that its cells only call and plot ------------------------------------
+
+@dataclass
+class Tuning:
+    """The threshold and post-processing chosen for a run, with both studies behind the choice."""
+
+    threshold: float
+    postprocess: bool
+    chosen_on: str
+    threshold_study: list[dict]
+    postprocess_study: list[dict]
+
+    def settings(self) -> dict:
+        return {"threshold": self.threshold, "postprocess": self.postprocess, "chosen_on": self.chosen_on}
+
+
+def choose_inference(run: runs.TrainResult, cases: Sequence[Case], logits: dict[str, np.ndarray],
+                     save: bool = True) -> Tuning:
+    """:func:`lungseg.postprocess.tune` on the run's training patients (every patient under the slice
+    split, said in ``chosen_on``), saved in the run's ``inference.json`` for ``predict`` and the viewer."""
+    from . import postprocess
+
+    train_cases = patient_cases(run.config.split, cases, run.config.test_cases, held_out=False)
+    train_logits = [logits[c.case_id] for c in train_cases]
+    threshold, use_pp, study, pp_study = postprocess.tune(train_cases, train_logits)
+    tuning = Tuning(threshold, use_pp, tuning_source(run.config.split), study, pp_study)
+    if save:
+        runs.save_inference(run.run_dir, threshold, use_pp, tuning.chosen_on)
+    return tuning
+
+
+def check_table(patients: Sequence[dict], tuned: Sequence[dict]) -> list[dict]:
+    """Per held-out patient: Dice at 0.5 and with the chosen settings, rounded to one decimal (what
+    nbval compares: it catches a wrong split or a wrong score, not run-to-run noise)."""
+    return [{"patient": p["case"], "Dice at 0.5": f"{p['dice']:.1f}", "Dice tuned": f"{t['dice']:.1f}"}
+            for p, t in zip(patients, tuned, strict=True)]

@@ -1,6 +1,8 @@
 """Safe writing: the one place where lungseg creates, replaces or removes files.
 
-Rules every writer follows (``anonymise``, ``convert``, ``predict``, the cache, the run store):
+Rules every writer follows (``anonymise``, ``convert``, ``predict``, ``release``, the run store;
+the cache builds each entry in a temporary folder renamed into place by the same rule, in
+:mod:`lungseg.cache`):
 
 - a file is written under a temporary name beside its final name and renamed into place, so a
   crash never leaves a half-written file under the real name (:func:`atomic_write`);

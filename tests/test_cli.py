@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -18,14 +17,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
+from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
 from lungseg import (
     cli,
     dicom,
     export,
-    model,
     paths,
     postprocess,
     predict,
@@ -37,23 +35,9 @@ from lungseg import (
 )
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
-TINY_CHANNELS = 4
 N_SLICES = 6
 DZ = 2.5
 SUBCOMMANDS = ("predict", "convert", "anonymise", "train", "evaluate")
-REAL_CASE = paths.ROOT / "data" / "Images" / "Case_000"
-
-
-def write_checkpoint(path: Path, image_size: int = TINY_SIZE, seed: int = 0) -> Path:
-    """An untrained UNet saved as ``train.fit`` saves ``model.pt``."""
-    torch.manual_seed(seed)
-    net = model.UNet(base_channels=TINY_CHANNELS).eval()
-    cfg = train.TrainConfig(cases=["Case_900"], image_size=image_size, split="cases",
-                            base_channels=TINY_CHANNELS, epochs=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": net.state_dict(), "history": {"train_loss": [1.0]},
-                "config": cfg.to_dict()}, path)
-    return path
 
 
 @pytest.fixture
@@ -72,8 +56,6 @@ def sha256_tree(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def run_cli(*args: str | os.PathLike[str]) -> int:
-    return cli.main([str(a) for a in args])
 
 
 def median_threshold(series: Path, ckpt: Path) -> tuple[float, np.ndarray]:
@@ -426,7 +408,6 @@ def test_run_folders_are_readable_and_found_by_key(tmp_path: Path) -> None:
 
 # ---- left and right lungs on a real case (the course's reference weights) ----------------------
 
-REFERENCE_WEIGHTS = paths.ROOT.parent / "shared" / "models" / "SimpleUNet_v3.pt"
 REAL_SLICES = slice(50, 80)  # 30 slices through both lungs of Case_000
 
 

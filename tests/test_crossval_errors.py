@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from builders import case_of
 
-from lungseg import cache, crossval, dicom, plots
+from lungseg import cache, crossval, plots
 
 
 def _case() -> cache.Case:
-    hu = np.full((4, 8, 8), -1000, dtype=np.int16)
     mask = np.zeros((4, 8, 8), dtype=bool)
     mask[1:3, 2:6, 2:6] = True  # 16 voxels on slices 1 and 2
-    vol = dicom.Volume(hu=hu, spacing=(2.0, 0.5, 0.5), origin=(0.0, 0.0, 0.0),
-                       positions=np.array([0.0, 2.0, 4.0, 6.0]), files=("a", "b", "c", "d"),
-                       case_id="Case_X", series_uid="1.2", orientation=(1, 0, 0, 0, 1, 0),
-                       sort_key="ImagePositionPatient")
-    return cache.Case(vol, mask)
+    return case_of(np.full((4, 8, 8), -1000, dtype=np.int16), mask, spacing=(2.0, 0.5, 0.5))
 
 
 def test_error_profile_counts_missed_and_extra_millilitres() -> None:

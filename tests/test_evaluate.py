@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import case_of
 
 from lungseg import data, evaluate, inference, model, runs, tables
 from lungseg.config import TrainConfig
@@ -86,13 +87,7 @@ def test_report_runs_never_train_and_name_the_missing_record(tmp_path: Path) -> 
 
 
 def test_non_square_slices_are_refused_clearly() -> None:
-    from lungseg import cache, dicom
-
-    hu = np.zeros((2, 16, 24), dtype=np.int16)
-    vol = dicom.Volume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                       positions=np.array([0.0, 3.0]), files=("a", "b"), case_id="Case_X",
-                       series_uid="1", orientation=(1, 0, 0, 0, 1, 0), sort_key="ImagePositionPatient")
-    case = cache.Case(vol, np.zeros(hu.shape, dtype=bool))
+    case = case_of(np.zeros((2, 16, 24), dtype=np.int16))
     with pytest.raises(ValueError, match="Case_X: slices of .16, 24. pixels are not square"):
         inference.predict_hu(model.UNet(base_channels=4), case.volume.hu, 16, name=case.case_id)
     with pytest.raises(ValueError, match="not square"):

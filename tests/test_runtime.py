@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import write_series
-from test_cli import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 
 from lungseg import dicom, inference, metrics, predict, runs, runtime, train
 

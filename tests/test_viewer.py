@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from builders import case_of
 
-from lungseg import cache, dicom, viewer
+from lungseg import cache, viewer
 
 
 def _case() -> cache.Case:
-    hu = np.full((3, 16, 16), -1000, dtype=np.int16)
     mask = np.zeros((3, 16, 16), dtype=bool)
     mask[1, 4:8, 4:8] = True
-    vol = dicom.Volume(hu=hu, spacing=(3.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-                       positions=np.array([0.0, 3.0, 6.0]), files=("a", "b", "c"), case_id="Case_X",
-                       series_uid="1.2", orientation=(1, 0, 0, 0, 1, 0), sort_key="ImagePositionPatient")
-    return cache.Case(vol, mask)
+    return case_of(np.full((3, 16, 16), -1000, dtype=np.int16), mask)
 
 
 def test_draw_slice_has_image_and_two_overlays() -> None:
