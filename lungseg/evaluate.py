@@ -250,7 +250,8 @@ def choose_inference(run: runs.TrainResult, cases: Sequence[Case], logits: dict[
 
 
 def check_table(patients: Sequence[dict], tuned: Sequence[dict]) -> list[dict]:
-    """Per held-out patient: Dice at 0.5 and with the chosen settings, rounded to one decimal (what
-    nbval compares: it catches a wrong split or a wrong score, not run-to-run noise)."""
-    return [{"patient": p["case"], "Dice at 0.5": f"{p['dice']:.1f}", "Dice tuned": f"{t['dice']:.1f}"}
+    """Per held-out patient: Dice at 0.5 and with the chosen settings, to two decimals (what nbval
+    compares: it catches a wrong split or a wrong score, not run-to-run noise; the quick profile's
+    smoke model labels nearly every voxel, so its Dice is set by the patient's lung share)."""
+    return [{"patient": p["case"], "Dice at 0.5": f"{p['dice']:.2f}", "Dice tuned": f"{t['dice']:.2f}"}
             for p, t in zip(patients, tuned, strict=True)]
