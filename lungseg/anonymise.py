@@ -80,6 +80,12 @@ CODED_VRS = frozenset({"CS", "IS", "DS"})
 keeps such a value (a dummy would break its enumerated values or references), unless it quotes an
 identifier; free text, dates and ages get a dummy."""
 NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"})
+PRESENT_ONLY_WITH = {
+    "ClinicalTrialProtocolEthicsCommitteeName": "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+}
+"""Type 1C attributes that PS3.3 allows only beside another attribute which E.1-1 removes (its "D"
+would leave them present with their condition false). highdicom's tables carry no conditions; this
+is the conflict that ``dciodvfy`` finds in a CT holding every row of the table (tests/test_conformance.py)."""
 # Values of these (source) attributes identify the patient: none may reappear in a kept value.
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
                "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber",
@@ -269,7 +275,7 @@ def _action(elem: DataElement, top_level: bool) -> str:
 def _profile_action(elem: DataElement, top_level: bool, secrets: set[str]) -> str:
     """:func:`_action`, and removal of a kept value quoting the patient's name or ID."""
     what = _action(elem, top_level)
-    if what == "kept" and elem.VR != "SQ" and _leaks(elem, secrets):
+    if what.startswith("kept") and elem.VR != "SQ" and _leaks(elem, secrets):
         return "removed (holds an identifier)"
     return what
 
@@ -316,6 +322,10 @@ def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter, requ
         elif elem.VR == "SQ":
             for item in elem.value:
                 _clean(item, pseudonym, secrets, counts, need.children if need else {}, top_level=False)
+    for keyword, condition in PRESENT_ONLY_WITH.items():
+        if keyword in ds and condition not in ds:
+            del ds[keyword]
+            counts["removed (its IOD condition no longer holds)"] += 1
 
 
 def required_attributes(ds: Dataset, secrets: set[str] | frozenset[str] = frozenset()) -> iod.Tree:
