@@ -23,6 +23,15 @@ from lungseg import anonymise, dicom, export, iod, paths, predict, rtstruct, sid
 PHI_CASES = ("Case_003", "Case_006", "Case_007")
 SEG_CASES = ("Case_003", "Case_007")
 IDENTITY = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+# What a scanner writes beyond the synthetic slices: the CT IOD's Type 1/2 attributes (many of them
+# identifying or off the allowlist), so that the copies can lose them.
+SCANNER_HEADER = {
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], "StudyDate": "20010203", "StudyTime": "101010",
+    "ReferringPhysicianName": "Who^Doctor", "StudyID": "S77", "AccessionNumber": "ACC77",
+    "PatientBirthDate": "19650601", "PatientSex": "F", "SeriesNumber": 3, "Laterality": "",
+    "PositionReferenceIndicator": "SN", "PatientOrientation": ["L", "P"], "KVP": 120,
+    "AcquisitionNumber": 1, "ContentDate": "20010203", "ContentTime": "101010",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -116,11 +125,13 @@ def _hostile(kind: str, folder: Path) -> Path:
     """A source folder of one hostile kind (see the parametrisation below)."""
     if kind == "coronal, 12 bits unsigned with an overlay bit":
         hu, spacing, origin, _ = base_volume()
-        write_oriented(folder, hu[:3], spacing, origin, (1, 0, 0, 0, 0, -1), unsigned_bits=12,
-                       overlay_bit=True)
+        for path in write_oriented(folder, hu[:3], spacing, origin, (1, 0, 0, 0, 0, -1), unsigned_bits=12,
+                                   overlay_bit=True):
+            edit(path, **SCANNER_HEADER)
         return folder
     files = write_series(folder, n=2, phi=kind == "PHI and a private tag", compress=kind == "RLE compressed")
     for path in files:
+        edit(path, **SCANNER_HEADER)
         if kind == "identifiers planted in free text and sequences":
             _plant(path)
         elif kind in ("every row of E.1-1", "every row of E.1-1, nested two deep", "implicit VR, planted"):
