@@ -12,8 +12,9 @@ Three layers, each independent of the others:
    volumes depend on them). Dates and times are *not* retained (blanked or removed as the table
    says): the analysis needs none.
 2. **An allowlist.** What survives the table is kept only when it is on :data:`KEEP` (pixel,
-   geometry and acquisition attributes the pipeline or a viewer needs) or is a UID; every other
-   attribute (private tags, free text the table does not list, unknown VRs) is removed.
+   geometry, acquisition and RTSTRUCT contour attributes the pipeline or a viewer needs) or is a
+   UID; every other attribute (private tags, free text the table does not list, unknown VRs) is
+   removed.
    Neither layer removes an attribute that the object's IOD requires (:mod:`lungseg.iod`, from the
    standard's tables in highdicom): as E.1-1's "Z/D", "X/Z" and "X/D" rows say, a Type 2 attribute is
    emptied instead and a Type 1 one gets a dummy value (or, when only the allowlist would remove it,
@@ -120,6 +121,12 @@ KEEP: frozenset[str] = frozenset({
     "ReferencedImageSequence", "SourceImageSequence", "ReferencedSOPClassUID",
     "ReferencedSOPInstanceUID", "ReferencedFrameOfReferenceUID", "ReferencedSeriesSequence",
     "ReferencedInstanceSequence",
+    # RT structure sets: contours are geometry, ROIs are referenced by number (names are emptied: E.1-1)
+    "ReferencedFrameOfReferenceSequence", "RTReferencedStudySequence", "RTReferencedSeriesSequence",
+    "ContourImageSequence", "StructureSetROISequence", "ROIContourSequence", "RTROIObservationsSequence",
+    "ContourSequence", "ROINumber", "ReferencedROINumber", "ObservationNumber", "ROIDisplayColor",
+    "ContourNumber", "ContourGeometricType", "NumberOfContourPoints", "ContourData", "ROIGenerationAlgorithm",
+    "RTROIInterpretedType",
 })
 # DeidentificationMethod is LO (64 chars at most): the details go in the code sequence.
 METHOD = "lungseg: PS3.15 E.1-1 basic profile, allowlist; see (0012,0064)"

@@ -13,7 +13,7 @@ from conformance import CHECKER, DCIODVFY, new_errors
 from corpus import base_volume, write_oriented
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from synthetic import edit, write_series
+from synthetic import edit, lung_mask, write_series
 from test_anonymise import SECRET, _plant, _table_dataset
 from test_cli import median_threshold, run_cli, write_checkpoint
 from test_realdata import case_dir
@@ -132,6 +132,11 @@ def _hostile(kind: str, folder: Path) -> Path:
     files = write_series(folder, n=2, phi=kind == "PHI and a private tag", compress=kind == "RLE compressed")
     for path in files:
         edit(path, **SCANNER_HEADER)
+    if kind == "a series with its RTSTRUCT":
+        volume = dicom.load_series(folder)
+        labels = lung_mask(len(files)).astype(np.uint8)
+        labels[:, :, 8:] *= 2  # a right and a left "lung"
+        rtstruct.write_rtstruct(labels, volume, folder / "rtstruct.dcm")
         if kind == "identifiers planted in free text and sequences":
             _plant(path)
         elif kind in ("every row of E.1-1", "every row of E.1-1, nested two deep", "implicit VR, planted"):
@@ -155,7 +160,7 @@ def _hostile(kind: str, folder: Path) -> Path:
 
 HOSTILE = ("PHI and a private tag", "identifiers planted in free text and sequences", "every row of E.1-1",
            "every row of E.1-1, nested two deep", "implicit VR, planted", "RLE compressed",
-           "coronal, 12 bits unsigned with an overlay bit")
+           "coronal, 12 bits unsigned with an overlay bit", "a series with its RTSTRUCT")
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
@@ -163,7 +168,13 @@ def test_deidentified_hostile_inputs_add_no_iod_error(kind: str, tmp_path: Path)
     src = _hostile(kind, tmp_path / "Case_1")
     anonymise.anonymise(src, tmp_path / "out")
     assert SECRET.encode() not in b"".join(p.read_bytes() for p in (tmp_path / "out").glob("*.dcm"))
-    _assert_no_new_errors(_copies(src, tmp_path / "out"))
+    pairs = _copies(src, tmp_path / "out")
+    _assert_no_new_errors(pairs)
+    for source, copy in pairs:  # an RTSTRUCT keeps its contours (names are emptied by E.1-1)
+        old, new = pydicom.dcmread(source), pydicom.dcmread(copy)
+        if old.Modality == "RTSTRUCT":
+            assert new.ROIContourSequence == old.ROIContourSequence
+            assert [r.ROIName for r in new.StructureSetROISequence] == ["", ""]
 
 
 # ---- predict's SEG and RTSTRUCT -------------------------------------------------------------------
