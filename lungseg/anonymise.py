@@ -12,8 +12,13 @@ Three layers, each independent of the others:
    volumes depend on them). Dates and times are *not* retained (blanked or removed as the table
    says): the analysis needs none.
 2. **An allowlist.** What survives the table is kept only when it is on :data:`KEEP` (pixel,
-   geometry and acquisition attributes the pipeline or a viewer needs) or is a UID; every other
-   attribute (private tags, free text the table does not list, unknown VRs) is removed.
+   geometry, acquisition and RTSTRUCT contour attributes the pipeline or a viewer needs) or is a
+   UID; every other attribute (private tags, free text the table does not list, unknown VRs) is
+   removed.
+   Neither layer removes an attribute that the object's IOD requires (:mod:`lungseg.iod`, from the
+   standard's tables in highdicom): as E.1-1's "Z/D", "X/Z" and "X/D" rows say, a Type 2 attribute is
+   emptied instead and a Type 1 one gets a dummy value (or, when only the allowlist would remove it,
+   keeps a code or number that quotes no identifier; a sequence keeps its items, cleaned).
 3. **Verification.** Every written file is read back and walked to any depth: each non-empty text
    value must be on the allowlist, a retained UID, the pseudonym, or a dummy of the profile, and no
    identifying value of the source (names, IDs, addresses, phone numbers...) may appear in any kept
@@ -32,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +51,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from . import paths, writing
+from . import iod, paths, writing
 from .dicom import DicomSeriesError, find_dicom_files, read_dataset, should_hold_image, stored_pixels
 
 TOOL = "anonymise"
@@ -70,6 +76,17 @@ TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN"
                       "UC", "UR", "UT", "UI"})
 STRING_VRS = TEXT_VRS - {"DA", "DS", "DT", "IS", "TM", "UI"}
 """Text that can spell a name or an ID (numbers, dates and UIDs cannot hold letters)."""
+CODED_VRS = frozenset({"CS", "IS", "DS"})
+"""Text VRs of codes and numbers: a required Type 1 attribute that only the allowlist would remove
+keeps such a value (a dummy would break its enumerated values or references), unless it quotes an
+identifier; free text, dates and ages get a dummy."""
+NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT"})
+PRESENT_ONLY_WITH = {
+    "ClinicalTrialProtocolEthicsCommitteeName": "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+}
+"""Type 1C attributes that PS3.3 allows only beside another attribute which E.1-1 removes (its "D"
+would leave them present with their condition false). highdicom's tables carry no conditions; this
+is the conflict that ``dciodvfy`` finds in a CT holding every row of the table (tests/test_conformance.py)."""
 # Values of these (source) attributes identify the patient: none may reappear in a kept value.
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
                "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "AccessionNumber",
@@ -104,6 +121,12 @@ KEEP: frozenset[str] = frozenset({
     "ReferencedImageSequence", "SourceImageSequence", "ReferencedSOPClassUID",
     "ReferencedSOPInstanceUID", "ReferencedFrameOfReferenceUID", "ReferencedSeriesSequence",
     "ReferencedInstanceSequence",
+    # RT structure sets: contours are geometry, ROIs are referenced by number (names are emptied: E.1-1)
+    "ReferencedFrameOfReferenceSequence", "RTReferencedStudySequence", "RTReferencedSeriesSequence",
+    "ContourImageSequence", "StructureSetROISequence", "ROIContourSequence", "RTROIObservationsSequence",
+    "ContourSequence", "ROINumber", "ReferencedROINumber", "ObservationNumber", "ROIDisplayColor",
+    "ContourNumber", "ContourGeometricType", "NumberOfContourPoints", "ContourData", "ROIGenerationAlgorithm",
+    "RTROIInterpretedType",
 })
 # DeidentificationMethod is LO (64 chars at most): the details go in the code sequence.
 METHOD = "lungseg: PS3.15 E.1-1 basic profile, allowlist; see (0012,0064)"
@@ -224,6 +247,17 @@ def _dummy(elem: DataElement) -> object | None:
     return None
 
 
+def _type1_dummy(elem: DataElement) -> object:
+    """A non-empty value of ``elem``'s VR for a required Type 1 attribute (zeros where the profile
+    has no dummy: numbers, binary data)."""
+    value = _dummy(elem)
+    if value is not None:
+        return value
+    if elem.VR in NUMERIC_VRS:
+        return [0] * len(elem.value) if isinstance(elem.value, (list, MultiValue)) else 0
+    return bytes(max(2, len(elem.value or b"") + len(elem.value or b"") % 2))  # OB, OW, UN...
+
+
 def _action(elem: DataElement, top_level: bool) -> str:
     """What to do with one element: the table's action, adjusted by the options and the allowlist.
     The pseudonym goes into the patient's own PatientName/PatientID only (``top_level``)."""
@@ -245,25 +279,76 @@ def _action(elem: DataElement, top_level: bool) -> str:
     return "removed (not on the allowlist)"
 
 
-def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter, top_level: bool = True) -> None:
-    """Apply :func:`_action` to every element of ``ds`` and, recursively, of its sequence items."""
+def _profile_action(elem: DataElement, top_level: bool, secrets: set[str]) -> str:
+    """:func:`_action`, and removal of a kept value quoting the patient's name or ID."""
+    what = _action(elem, top_level)
+    if what.startswith("kept") and elem.VR != "SQ" and _leaks(elem, secrets):
+        return "removed (holds an identifier)"
+    return what
+
+
+def _conform(what: str, elem: DataElement, need: iod.Requirement | None, secrets: set[str]) -> str:
+    """``what``, unless it would remove (or leave empty) an attribute the IOD requires: then, as the
+    profile's "X/Z", "Z/D" and "X/D" rows say, "Z" for Type 2 and "D" for Type 1."""
+    if need is None or not need.required or not what.startswith(("removed", "emptied", "dummy")):
+        return what
+    if not need.needs_value:  # Type 2/2C: present, may be empty
+        return "emptied (required by the IOD, Type 2)" if what.startswith("removed") else what
+    if elem.VR == "SQ":  # a Type 1 sequence keeps its items, which are cleaned like the rest
+        return "kept (required by the IOD, Type 1)"
+    if what == "removed (not on the allowlist)" and (
+            elem.VR in NUMERIC_VRS or (elem.VR in CODED_VRS and not _leaks(elem, secrets))):
+        return "kept (required by the IOD, Type 1)"  # a code or number, off the allowlist only
+    if what == "dummy (E.1-1)":
+        return what
+    return "dummy (required by the IOD, Type 1)"
+
+
+def _empty(elem: DataElement) -> object:
+    return Sequence([]) if elem.VR == "SQ" else "" if elem.VR in TEXT_VRS else None
+
+
+def _clean(ds: Dataset, pseudonym: str, secrets: set[str], counts: Counter, required: iod.Tree,
+           top_level: bool = True) -> None:
+    """Apply :func:`_action` to every element of ``ds`` and, recursively, of its sequence items,
+    never removing what ``required`` (the IOD's tree at this level) says must be present."""
     for elem in list(ds):
-        what = _action(elem, top_level)
+        need = required.get(elem.keyword) if elem.keyword else None
+        what = _conform(_profile_action(elem, top_level, secrets), elem, need, secrets)
         counts[what] += 1
         if what.startswith("removed"):
             del ds[elem.tag]
         elif what.startswith("emptied"):
-            elem.value = Sequence([]) if elem.VR == "SQ" else ""
+            elem.value = _empty(elem)
         elif what == "pseudonym":
             elem.value = pseudonym
-        elif what.startswith("dummy"):
+        elif what == "dummy (E.1-1)":
             elem.value = _dummy(elem)
+        elif what.startswith("dummy"):
+            elem.value = _type1_dummy(elem)
         elif elem.VR == "SQ":
             for item in elem.value:
-                _clean(item, pseudonym, secrets, counts, top_level=False)
-        elif _leaks(elem, secrets):  # a kept attribute quoting the patient's name or ID
-            del ds[elem.tag]
-            counts["removed (holds an identifier)"] += 1
+                _clean(item, pseudonym, secrets, counts, need.children if need else {}, top_level=False)
+    for keyword, condition in PRESENT_ONLY_WITH.items():
+        if keyword in ds and condition not in ds:
+            del ds[keyword]
+            counts["removed (its IOD condition no longer holds)"] += 1
+
+
+def required_attributes(ds: Dataset, secrets: set[str] | frozenset[str] = frozenset()) -> iod.Tree:
+    """What the IOD of the source ``ds`` requires of its de-identified copy: the modules in use are
+    those the copy keeps an attribute of (the Mandatory ones, and each other one holding an
+    attribute that the profile and allowlist keep or any attribute this requirement keeps)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    source = {el.keyword for el in ds if el.keyword}
+    present = {el.keyword for el in ds
+               if el.keyword and not _profile_action(el, True, set(secrets)).startswith("removed")}
+    while True:  # a kept attribute may belong to a further module, which must then be complete
+        tree = iod.requirements(sop_class, present)
+        grown = present | {kw for kw in source if kw in tree and tree[kw].required}
+        if grown == present:
+            return tree
+        present = grown
 
 
 def _leaks(elem: DataElement, secrets: set[str]) -> bool:
@@ -290,7 +375,7 @@ def deidentify(ds: Dataset, pseudonym: str, report: AnonymisationReport | None =
         for kw in find_phi(ds, pseudonym):
             report.phi[kw] += 1
     counts: Counter = Counter()
-    _clean(ds, pseudonym, secrets, counts)
+    _clean(ds, pseudonym, secrets, counts, required_attributes(ds, secrets))
     ds.PatientName, ds.PatientID = pseudonym, pseudonym
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "REMOVED"
@@ -312,22 +397,36 @@ def deidentify(ds: Dataset, pseudonym: str, report: AnonymisationReport | None =
 ALLOWED_VALUES = frozenset({DUMMY_TEXT, *DUMMIES.values(), "YES", "REMOVED", METHOD})
 
 
+def _walk(ds: Dataset, required: iod.Tree) -> Iterator[tuple[DataElement, iod.Requirement | None]]:
+    """Every element of ``ds`` at any depth, with what the IOD requires of it there."""
+    for elem in ds:
+        need = required.get(elem.keyword) if elem.keyword else None
+        yield elem, need
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _walk(item, need.children if need else {})
+
+
 def verify(path: Path, pseudonym: str, secrets: set[str]) -> int:
     """Check a written file; return the number of non-empty values checked.
 
     Raises DicomSeriesError for a private tag, a non-empty text value that is not on :data:`KEEP`
-    (nor a UID, the pseudonym or a profile dummy), or a kept value containing a source identifier.
+    (nor a UID, the pseudonym, a profile dummy, or the code or number of a Type 1 attribute the
+    IOD requires), or a kept value containing a source identifier.
     """
     ds = pydicom.dcmread(path)
     checked = 0
-    for elem in [*ds.file_meta, *ds.iterall()]:
+    meta = [(elem, None) for elem in ds.file_meta]
+    for elem, need in [*meta, *_walk(ds, iod.requirements_of(ds))]:
         if elem.tag.is_private:
             raise DicomSeriesError(f"{path}: private tag {elem.tag} survived de-identification")
         if elem.VR not in TEXT_VRS or elem.value in (None, "") or elem.tag.group == 0x0002:
             continue
         checked += 1
         value = str(elem.value)
-        if not (elem.keyword in KEEP or elem.VR == "UI" or value == pseudonym or value in ALLOWED_VALUES):
+        required_code = need is not None and need.needs_value and elem.VR in CODED_VRS
+        if not (elem.keyword in KEEP or elem.VR == "UI" or value == pseudonym or value in ALLOWED_VALUES
+                or required_code):
             raise DicomSeriesError(f"{path}: {elem.keyword or elem.tag} kept a value after "
                                    "de-identification (not on the allowlist)")
         if _leaks(elem, secrets):

@@ -1,4 +1,5 @@
-"""Fixtures for the builders the tests share (volumes, cases, tiny checkpoints, the real fixtures).
+"""Fixtures for the builders the tests share (volumes, cases, tiny checkpoints, the real fixtures),
+and a session hook: the summary says which IOD conformance checker the conformance tests used.
 
 Plain helpers live in ``builders.py`` and ``synthetic.py`` (DICOM series); no test module imports
 another test module.
@@ -45,3 +46,12 @@ def reference_weights() -> Path:
         pytest.skip(f"needs {REFERENCE_WEIGHTS}")
     return REFERENCE_WEIGHTS
 
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    outcomes = ("passed", "failed", "error")
+    if any("test_conformance.py" in getattr(report, "nodeid", "")
+           for key in outcomes for report in terminalreporter.stats.get(key, [])):
+        from conformance import CHECKER  # tests/ is on sys.path, as for the other helpers
+
+        terminalreporter.write_sep("-", f"IOD conformance checked with {CHECKER}")
