@@ -54,7 +54,8 @@ def phi_table(reports: Sequence[AnonymisationReport]) -> str:
              "patient PHI found (files)": ", ".join(f"{k} ({n})" for k, n in sorted(r.phi.items())) or "–",
              **{action: r.actions[action] for action in ("removed (E.1-1)", "emptied (E.1-1)",
                                                          "removed (not on the allowlist)",
-                                                         "removed (private)")},
+                                                         "removed (private)",
+                                                         "emptied (required by the IOD, Type 2)")},
              "values verified": r.verified_values}
             for r in reports]
     return markdown(rows) if rows else "No case."
