@@ -156,6 +156,11 @@ def resolve_runtime(name: str, device: str) -> str:
 def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Session:
     """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash),
     running ``threads`` threads (None: every core this process may use)."""
+    return runtime.Session(onnx_export(checkpoint), threads)
+
+
+def onnx_export(checkpoint: Path) -> Path:
+    """The cached ONNX export of a checkpoint's weights (``build/onnx/``), made on first use."""
     weights = weights_file(checkpoint)
     cached = runtime.cached_model(weights)
     if not cached.is_file():
@@ -163,7 +168,7 @@ def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Sessio
 
         net, cfg = load_checkpoint(weights)
         runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
-    return runtime.Session(cached, threads)
+    return cached
 
 
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,

@@ -40,7 +40,7 @@ TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2
 TINY_CHANNELS = 4
 N_SLICES = 6
 DZ = 2.5
-SUBCOMMANDS = ("predict", "convert", "anonymise", "train", "evaluate")
+SUBCOMMANDS = ("predict", "batch", "convert", "anonymise", "train", "evaluate")
 REAL_CASE = paths.ROOT / "data" / "Images" / "Case_000"
 
 
