@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from . import dicom, predict, runtime, writing
+from . import dicom, predict, runs, runtime, writing
 
 COHORT = "cohort.csv"
 COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "right_lung_ml", "left_lung_ml",
@@ -359,6 +359,7 @@ class Settings:
     worker's own thread count, else every core)."""
 
     checkpoint: str
+    choice: runs.ModelChoice
     model_sha256: str
     threshold: float
     postprocess: bool
@@ -478,7 +479,7 @@ def run_task(task: Task) -> Outcome:
             volume = dicom.load_files([folder / f for f in task.files], folder.name, task.series_uid)
             clock.lap("read_dicom_s")
             s = task.settings
-            stats = predict.segment_series(network, volume, out_dir, Path(s.checkpoint), s.threshold,
+            stats = predict.segment_series(network, volume, out_dir, s.choice, s.threshold,
                                            s.postprocess, clock, overwrite=True, sources=[folder],
                                            extra={"batch": task.fingerprint}, stage_label=STAGE_LABEL)
         notes = [f"note: {w.message}" for w in caught
@@ -737,12 +738,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_settings(checkpoint: str | os.PathLike[str] | None, threshold: float | None,
+def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None, threshold: float | None,
                      clean: bool | None, device: str, runtime_name: str,
                      batch_size: int | None, threads: int | None) -> Settings:
     """The model and settings, resolved once in the parent as ``predict`` resolves them (the
     default checkpoint is ``predict``'s), exported for ONNX Runtime once here."""
-    ckpt = Path(checkpoint).absolute() if checkpoint else predict.default_checkpoint()
+    choice = predict.choose_model(checkpoint)
+    ckpt = choice.path
     weights = predict.weights_file(ckpt)
     threshold, clean = predict.inference_settings(ckpt, threshold, clean)
     if not 0.0 < threshold < 1.0:
@@ -753,7 +755,7 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | None, threshold: float
         predict.onnx_export(ckpt)
     else:
         predict.load_checkpoint(ckpt)  # fails here, once, on a checkpoint that is not one
-    return Settings(str(ckpt), _sha256(weights), threshold, clean, dev, engine, batch_size, threads)
+    return Settings(str(ckpt), choice, _sha256(weights), threshold, clean, dev, engine, batch_size, threads)
 
 
 def discover(root: Path, executor: InProcess | DaskExecutor, progress: bool
@@ -798,7 +800,7 @@ def _progress_bar(total: int, progress: bool):
 
 
 def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
-        checkpoint: str | os.PathLike[str] | None = None, *, workers: int | None = None,
+        checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, *, workers: int | None = None,
         scheduler: str | None = None, part: tuple[int, int] | None = None, retry_failed: bool = False,
         all_series: bool = False, threshold: float | None = None, clean: bool | None = None,
         device: str = "auto", runtime_name: str = "auto", batch_size: int | None = None,
@@ -844,7 +846,7 @@ def _run(root: Path, out: Path, settings: Settings, executor: InProcess | DaskEx
                       cohort=str(cohort.path), failed=len(orphans))
     summary.failures += [r["message"] for r in cohort.extra]
     previous = read_cohort(cohort.path)
-    model = settings.checkpoint
+    model = settings.choice.name or settings.checkpoint
     to_run = []
     for e in mine:
         task, folder = tasks[e.output], out / e.output

@@ -44,9 +44,11 @@ The side of each lung comes from the DICOM geometry (ImageOrientationPatient/Ima
 never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
 model and the outputs written on the series' own grid. Oblique series are refused.
 
-default checkpoint: the held-out-patient run (split "cases") of the latest report, as 02_train
-recorded it in build/runs/reports/PROFILE.json; its run.json holds the threshold and
-post-processing 03_eval chose on the training patients. When there is none: {predict.NO_RUN_HINT}.
+default checkpoint: the held-out-patient run (split "cases") of the latest local report that is not
+a smoke test, as 02_train recorded it in build/runs/reports/PROFILE.json (its run.json holds the
+threshold and post-processing 03_eval chose on the training patients); when there is none, the
+released model in models/ (trained on all 12 LCTSC cases, see its MODEL_CARD.md). The model used and
+why is printed and recorded in stats.json ("model").
 """
 
 
@@ -92,7 +94,9 @@ def _add_series_options(p: argparse.ArgumentParser) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    stats = predict.predict(args.dicom_dir, args.out, args.checkpoint, args.device, args.batch_size,
+    choice = predict.choose_model(args.checkpoint)
+    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    stats = predict.predict(args.dicom_dir, args.out, choice, args.device, args.batch_size,
                             args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
                             args.runtime)
     t = stats["timings_s"]
@@ -140,7 +144,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("root", metavar="ROOT", help="folder holding the DICOM files, at any depth (only read)")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (created; not inside ROOT)")
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="a run's model.pt or run folder (default: predict's default checkpoint)")
+                   help="a run's model.pt or run folder (default: as predict, see its --help)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local Dask worker processes (default: one per core; 0: run in this process)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
@@ -174,7 +178,9 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.part and args.scheduler:
         raise ValueError("--part runs without Dask: give either --part or --scheduler")
     part = batch.parse_part(args.part) if args.part else None
-    summary = batch.run(args.root, args.out, args.checkpoint, workers=args.workers, scheduler=args.scheduler,
+    choice = predict.choose_model(args.checkpoint)
+    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    summary = batch.run(args.root, args.out, choice, workers=args.workers, scheduler=args.scheduler,
                         part=part, retry_failed=args.retry_failed, all_series=args.all_series,
                         threshold=args.threshold, clean=args.postprocess, device=args.device,
                         runtime_name=args.runtime, batch_size=args.batch_size, progress=not args.quiet)

@@ -18,6 +18,8 @@ from . import cache, data, model, paths, speed
 
 PROFILES = paths.ROOT / "params"
 SCHEDULES = ("constant", "cosine", "onecycle")
+SPLITS = ("slices", "cases", "all")
+"""``all`` trains on every slice of every case (the released model; no test set, no curve)."""
 NOTEBOOK_ONLY = ("profile", "figures_dir", "compare_split", "cv_folds", "reference_weights",
                  "interactive", "run")
 """Notebook parameters of a profile that are not training parameters."""
@@ -39,7 +41,8 @@ class TrainConfig:
     hu_window: list[float] = field(default_factory=lambda: list(data.HU_WINDOW))
     """HU range mapped to [0, 1] in the "window" input mode (saved with the run, used by predict)."""
     split: str = "slices"
-    """"slices" (the report's random 2/3–1/3 of slices) or "cases" (held-out patients)."""
+    """"slices" (the report's random 2/3–1/3 of slices), "cases" (held-out patients) or "all" (every
+    case trains: the released model, whose accuracy is the cross-validation's)."""
     test_cases: list[str] = field(default_factory=lambda: list(data.DEFAULT_TEST_CASES))
     kfold: int = 0
     """With split="cases" and kfold=k>1: test cases are fold ``fold`` of a k-fold over patients."""
@@ -80,8 +83,10 @@ class TrainConfig:
             cfg.cases = paths.list_cases(paths.data_dir(cfg.data_dir or None))
         if cfg.split == "cases" and cfg.kfold > 1:
             cfg.test_cases = data.kfold_cases(cfg.cases, cfg.kfold, cfg.fold, cfg.seed)
-        if cfg.split not in ("slices", "cases"):
-            raise ValueError(f"split must be 'slices' or 'cases', got {cfg.split!r}")
+        if cfg.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+        if cfg.split == "all":
+            cfg.test_cases = []
         if cfg.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
         if len(cfg.hu_window) != 2 or not cfg.hu_window[0] < cfg.hu_window[1]:

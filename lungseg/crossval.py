@@ -90,8 +90,7 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
 
     if tuned is None:
         train_logits = logits_of(train_cases)
-        threshold = postprocess.best_threshold(postprocess.threshold_study(train_cases, train_logits))
-        use_pp = postprocess.helps(postprocess.postprocess_study(train_cases, train_logits, threshold))
+        threshold, use_pp, _, _ = postprocess.tune(train_cases, train_logits)
     else:
         threshold, use_pp = tuned
     rows = []
@@ -122,13 +121,18 @@ def summarise(rows: Sequence[dict]) -> dict:
         sel = [r for r in rows if r["structure"] == structure]
         if not sel:
             continue
+        # A patient with no predicted lung has no surface: HD95/MSD are infinite there. They are
+        # counted and named, and the distances summarised over the others (never "inf ± nan").
+        empty = sorted(r["case"] for r in sel if not np.isfinite(r["hd95_mm"]))
         stats = {}
         for key in METRICS:
             v = np.asarray([r[key] for r in sel], dtype=float)
-            stats[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                          "min": float(v.min()), "max": float(v.max())}
+            v = v[np.isfinite(v)]
+            stats[key] = ({"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                           "min": float(v.min()), "max": float(v.max())} if len(v) else
+                          dict.fromkeys(("mean", "sd", "min", "max"), None))
         worst = min(sel, key=lambda r: r["dice"])
-        out[structure] = {"patients": len(sel), **stats,
+        out[structure] = {"patients": len(sel), **stats, "empty_predictions": empty,
                           "worst_case": {"case": worst["case"], "dice": worst["dice"],
                                          "hd95_mm": worst["hd95_mm"], "msd_mm": worst["msd_mm"]}}
     return out
@@ -137,8 +141,12 @@ def summarise(rows: Sequence[dict]) -> dict:
 def summary_rows(summary: dict) -> list[dict]:
     """The results table: mean ± sd [min–max] per structure, the goals and the published range."""
     def cell(s: dict, key: str, fmt: str) -> str:
-        m = s[key]
-        return f"{m['mean']:{fmt}} ± {m['sd']:{fmt}} [{m['min']:{fmt}}–{m['max']:{fmt}}]"
+        m, empty = s[key], s.get("empty_predictions", [])
+        text = (f"{m['mean']:{fmt}} ± {m['sd']:{fmt}} [{m['min']:{fmt}}–{m['max']:{fmt}}]"
+                if m["mean"] is not None else "–")
+        if empty and key != "dice":  # no surface to measure from: said, not averaged as inf
+            text += f" (without {len(empty)} empty: {', '.join(empty)})"
+        return text
 
     rows = [{"structure": name, "patients": s["patients"], "Dice": cell(s, "dice", ".4f"),
              "HD95 mm": cell(s, "hd95_mm", ".2f"), "MSD mm": cell(s, "msd_mm", ".2f"),

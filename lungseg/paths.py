@@ -15,17 +15,39 @@ ROOT: Path = Path(__file__).resolve().parent.parent
 
 DATA_ENV = "LUNGSEG_DATA"
 CACHE_ENV = "LUNGSEG_CACHE"
+BUILD_ENV = "LUNGSEG_BUILD"
+"""Another build folder: the tests set it, so that nothing they train or record ever becomes what a
+user's commands resolve to (``build/runs/reports``, the default model)."""
 
 DEFAULT_DATA: Path = ROOT / "data"
 FIGURES: Path = ROOT / "figures"
-BUILD: Path = ROOT / "build"
-"""Git-ignored outputs: executed notebooks, caches, checkpoints, quick-profile figures."""
+MODELS: Path = ROOT / "models"
+"""Released models (committed), each a run folder with its model card."""
+_DEFAULT_BUILD = ROOT / "build"
+
+
+def _build_dir() -> Path:
+    chosen = os.environ.get(BUILD_ENV)
+    if not chosen:
+        return _DEFAULT_BUILD
+    p = Path(chosen).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+BUILD: Path = _build_dir()
+"""Git-ignored outputs: executed notebooks, caches, checkpoints, quick-profile figures
+(``$LUNGSEG_BUILD`` or ``<repo>/build``)."""
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` as an absolute path; a relative one is taken relative to the repo root."""
+    """Return ``path`` as an absolute path; a relative one is taken relative to the repo root, and one
+    under ``build/`` follows ``$LUNGSEG_BUILD`` (profiles name their outputs ``build/quick/...``)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (ROOT / p)
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "build" and BUILD != _DEFAULT_BUILD:
+        return BUILD.joinpath(*p.parts[1:])
+    return ROOT / p
 
 
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:

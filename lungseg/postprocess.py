@@ -121,6 +121,16 @@ def postprocess_study(cases: Sequence[Case], logits: Sequence[np.ndarray], p: fl
     return rows
 
 
+def tune(cases: Sequence[Case], logits: Sequence[np.ndarray]) -> tuple[float, bool, list[dict], list[dict]]:
+    """The one tuning rule behind ``predict``'s defaults, applied to ``cases`` (a model's training
+    patients, never the ones it is scored on): the threshold of best mean Dice, then post-processing
+    kept when it :func:`helps`. Returns (threshold, post-processing, both studies)."""
+    study = threshold_study(cases, logits)
+    threshold = best_threshold(study)
+    pp_study = postprocess_study(cases, logits, threshold)
+    return threshold, helps(pp_study), study, pp_study
+
+
 def helps(study: Sequence[dict]) -> bool:
     """Keep post-processing when it lowers mean HD95 without lowering mean Dice."""
     none, cleaned = study

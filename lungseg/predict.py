@@ -61,12 +61,22 @@ class PredictError(RuntimeError):
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
-def default_checkpoint(profile: str = "") -> Path:
-    """The held-out-patient run of the latest report (:func:`lungseg.runs.default_run`)."""
+def choose_model(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None) -> runs.ModelChoice:
+    """The model to use and why: ``checkpoint`` when given, else :func:`lungseg.runs.default_model`
+    (the latest local report that is not a smoke test, else the released model)."""
+    if isinstance(checkpoint, runs.ModelChoice):
+        return checkpoint
+    if checkpoint:
+        return runs.given_model(checkpoint)
     try:
-        return runs.default_run(profile)
+        return runs.default_model()
     except runs.RunNotFoundError as exc:
         raise PredictError(f"{exc} ({NO_RUN_HINT})") from None
+
+
+def default_checkpoint() -> Path:
+    """The run folder of :func:`choose_model` without ``--checkpoint``."""
+    return choose_model().path
 
 
 def weights_file(path: str | os.PathLike[str]) -> Path:
@@ -260,7 +270,7 @@ class _Clock:
 # ---- the command -------------------------------------------------------------------------------
 
 def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: Network,
-           checkpoint: Path, threshold: float, clean: bool) -> dict:
+           model_choice: runs.ModelChoice, threshold: float, clean: bool) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
     return {
@@ -281,7 +291,8 @@ def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, net
         "side_split_method": split.method,
         "threshold": threshold,
         "postprocess": clean,
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(model_choice.path),
+        "model": model_choice.record(),
         "image_size": network.preprocessing["image_size"],
         "input_mode": network.preprocessing["input_mode"],
         "device": network.device,
@@ -314,13 +325,15 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
 
 
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-            checkpoint: str | os.PathLike[str] | None = None, device: str = "auto",
+            checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
             recursive: bool | None = None, runtime_name: str = "auto") -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
-    current directory. ``threshold``/``clean`` default to what 03_eval chose for the run (its
+    current directory. ``checkpoint``: a run folder or weights file, or a :func:`choose_model` choice;
+    None = the default model (recorded with the reason in ``stats["model"]``). ``threshold``/``clean``
+    default to what 03_eval chose for the run (its
     manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
     its mask back to the acquisition grid for the outputs; oblique series are refused.
@@ -330,7 +343,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
     check_out_dir(out_dir, dicom_dir, overwrite)
     clock = _Clock()
-    ckpt = Path(checkpoint).absolute() if checkpoint else default_checkpoint()
+    choice = choose_model(checkpoint)
+    ckpt = choice.path
     threshold, clean = inference_settings(ckpt, threshold, clean)
     if not 0.0 < threshold < 1.0:
         raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
@@ -338,19 +352,19 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     clock.lap("load_model_s")
     volume = dicom.load_series(dicom_dir, series_uid, recursive)
     clock.lap("read_dicom_s")
-    return segment_series(network, volume, out_dir, ckpt, threshold, clean, clock, overwrite=overwrite,
+    return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
                           sources=[dicom_dir])
 
 
-def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, ckpt: Path, threshold: float,
-                   clean: bool, clock: _Clock, *, overwrite: bool = False, sources: list[Path] = (),
-                   extra: dict | None = None, stage_label: str = "") -> dict:
+def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
+                   threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
+                   sources: list[Path] = (), extra: dict | None = None, stage_label: str = "") -> dict:
     """Segment a loaded ``volume`` with ``network`` and write predict's five outputs into ``out_dir``
     (built in a temporary sibling named with ``stage_label``, renamed into place when complete: see
     :func:`lungseg.writing.staged_folder`, which also refuses ``sources`` overlapping ``out_dir``);
     return the stats. ``extra`` is added to stats.json and to the folder's marker (``batch`` records
-    the model and settings there). ``clock`` has timed the stages before; this adds inference,
-    post-processing and each export."""
+    the model and settings there). ``choice``: the model, as stats.json records it. ``clock`` has
+    timed the stages before; this adds inference, post-processing and each export."""
     canon, reo = orient.canonical(volume)
     logits = network.logits(canon)
     clock.lap("inference_s")
@@ -365,7 +379,7 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, ckpt: 
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
-    stats = _stats(volume, labels, split, network, ckpt, threshold, clean)
+    stats = _stats(volume, labels, split, network, choice, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
     stats.update(extra or {})
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=sources, extra=extra,

@@ -8,8 +8,10 @@ chosen them on the training patients — the inference settings ``predict`` uses
 downstream (03_eval, ``predict``, the viewer) reads its decisions from the manifest.
 
 The runs one report used are recorded per profile in ``build/runs/reports/PROFILE.json`` by
-02_train; :func:`report_runs` and :func:`default_run` resolve "the latest run" there and nowhere
-else.
+02_train; :func:`report_runs` and :func:`default_model` resolve "the latest run" there and nowhere
+else. A report whose main run caps its epochs (``max_steps_per_epoch > 0``: the ``quick`` profile,
+CI's smoke test) is never a default: :func:`default_model` then takes the released model in
+``models/`` (:mod:`lungseg.release`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ if TYPE_CHECKING:  # torch is imported where a model is loaded: predict on ONNX 
     from .config import TrainConfig
 
 RUNS = paths.BUILD / "runs"
+RELEASED = paths.MODELS / "lungseg-cpu-lctsc12"
+"""The released model (a run folder with ``model.pt``, ``run.json`` and ``MODEL_CARD.md``)."""
+PROFILE_ENV = "LUNGSEG_PROFILE"
+"""Names the report 03_eval evaluates when its ``profile`` parameter is empty (the tests set it to
+their smoke profile; otherwise the latest report that is not a smoke test)."""
 MANIFEST = "run.json"
 WEIGHTS = "model.pt"
 LEGACY_INFERENCE = "inference.json"
@@ -204,6 +211,7 @@ def record_report(profile: str, runs: dict[str, TrainResult], folds: list[TrainR
                   main_split: str, figures_dir: str) -> Path:
     """Written by 02_train: which runs the profile's report uses (main, other protocol, folds)."""
     rec = {"profile": profile, "written": time.time(), "main": main_split,
+           "smoke": runs[main_split].config.max_steps_per_epoch > 0,
            "runs": {split: str(r.run_dir) for split, r in runs.items()},
            "folds": [str(r.run_dir) for r in folds], "figures_dir": figures_dir}
     f = _record_file(profile)
@@ -211,19 +219,45 @@ def record_report(profile: str, runs: dict[str, TrainResult], folds: list[TrainR
     return writing.atomic_write_text(f, json.dumps(rec, indent=1) + "\n")
 
 
-def report_record(profile: str = "", folder: Path | None = None) -> dict:
-    """The record of ``profile``'s latest 02_train; empty ``profile`` = the latest of any profile."""
+def is_smoke(record: dict) -> bool:
+    """A smoke-test report: its main run caps the steps of every epoch (the ``quick`` profile).
+    Records from before the flag are judged by their main run's manifest."""
+    if "smoke" in record:
+        return bool(record["smoke"])
+    main = record.get("runs", {}).get(record.get("main", ""), "")
+    if not main:
+        return False
+    return int(read_manifest(main).get("config", {}).get("max_steps_per_epoch", 0) or 0) > 0
+
+
+def _records(folder: Path | None = None) -> list[dict]:
     reports = (folder or RUNS) / "reports"
-    if profile:
-        f = _record_file(profile, folder)
-        if not f.is_file():
-            raise RunNotFoundError(f"no trained runs recorded for profile {profile!r} ({f}): run "
-                                   f"./run_all.sh --profile {profile} (or 02_train) first")
-        return json.loads(f.read_text())
-    records = [json.loads(f.read_text()) for f in reports.glob("*.json")] if reports.is_dir() else []
-    if not records:
-        raise RunNotFoundError(f"no trained runs recorded in {reports}: run ./run_all.sh (or 02_train) first")
-    return max(records, key=lambda r: r["written"])
+    return [json.loads(f.read_text()) for f in sorted(reports.glob("*.json"))] if reports.is_dir() else []
+
+
+def latest_report(folder: Path | None = None) -> dict:
+    """The record of the latest report that is not a smoke test (:func:`is_smoke`)."""
+    records = _records(folder)
+    real = [r for r in records if not is_smoke(r)]
+    if not real:
+        smoke = ", ".join(sorted(r["profile"] for r in records))
+        raise RunNotFoundError(f"no trained runs recorded in {(folder or RUNS) / 'reports'}"
+                               + (f" except smoke tests ({smoke}), never a default" if smoke else "")
+                               + ": run ./run_all.sh (or 02_train) first")
+    return max(real, key=lambda r: r["written"])
+
+
+def report_record(profile: str = "", folder: Path | None = None) -> dict:
+    """The record of ``profile``'s latest 02_train. Empty ``profile``: ``$LUNGSEG_PROFILE`` when set,
+    else :func:`latest_report`."""
+    profile = profile or os.environ.get(PROFILE_ENV, "")
+    if not profile:
+        return latest_report(folder)
+    f = _record_file(profile, folder)
+    if not f.is_file():
+        raise RunNotFoundError(f"no trained runs recorded for profile {profile!r} ({f}): run "
+                               f"./run_all.sh --profile {profile} (or 02_train) first")
+    return json.loads(f.read_text())
 
 
 @dataclass
@@ -235,22 +269,38 @@ class ReportRuns:
     by_split: dict[str, TrainResult]
     fold_dirs: list[Path]
     figures_dir: str
+    how: str = ""
+    """Why this report: named, from ``$LUNGSEG_PROFILE``, or the latest that is not a smoke test."""
 
     def folds(self) -> list[TrainResult]:
         return [load_run(d) for d in self.fold_dirs]
 
+    def describe(self) -> str:
+        """Which runs are evaluated, and why these (03_eval prints it at its top)."""
+        lines = [f"Evaluating the {self.profile!r} report ({self.how}):"]
+        for split, r in self.by_split.items():
+            role = "main" if r is self.main else "other protocol"
+            test = f", test patients {', '.join(r.config.test_cases)}" if r.config.split == "cases" else ""
+            lines.append(f"  {role}: {r.run_dir.name} ({split} split, {len(r.config.cases)} cases, "
+                         f"{r.config.image_size} px, {r.config.epochs} epochs{test})")
+        lines += [f"  cross-validation fold {i}: {d.name}" for i, d in enumerate(self.fold_dirs)]
+        return "\n".join(lines)
+
 
 def report_runs(profile: str = "", folder: Path | None = None) -> ReportRuns:
     """Load the runs :func:`record_report` recorded (never trains)."""
+    env = os.environ.get(PROFILE_ENV, "")
+    how = ("named by the profile parameter" if profile else f"named by ${PROFILE_ENV}" if env
+           else "the latest report that is not a smoke test")
     rec = report_record(profile, folder)
     by_split = {split: load_run(d) for split, d in rec["runs"].items()}
     return ReportRuns(rec["profile"], by_split[rec["main"]], by_split,
-                      [Path(d) for d in rec["folds"]], rec["figures_dir"])
+                      [Path(d) for d in rec["folds"]], rec["figures_dir"], how)
 
 
 def default_run(profile: str = "", split: str = "cases", folder: Path | None = None) -> Path:
-    """The run ``predict`` and the viewer use by default: the ``split`` run (held-out patients, so
-    its inference settings were chosen without the test patients) of the latest report."""
+    """The ``split`` run (held-out patients, so its inference settings were chosen without the test
+    patients) of the latest report that is not a smoke test (or of ``profile``)."""
     rec = report_record(profile, folder)
     if split not in rec["runs"]:
         raise RunNotFoundError(f"the latest report ({rec['profile']} profile) trained no {split}-split "
@@ -259,3 +309,61 @@ def default_run(profile: str = "", split: str = "cases", folder: Path | None = N
     if not (run_dir / WEIGHTS).is_file():
         raise RunNotFoundError(f"{run_dir}: recorded but not finished; rerun ./run_all.sh")
     return run_dir
+
+
+# ---- which model a command uses -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command uses: its run folder, a short name, where it comes from (``given``,
+    ``report`` or ``released``) and why it was chosen, in a sentence."""
+
+    path: Path
+    name: str
+    source: str
+    reason: str
+
+    def record(self) -> dict:
+        """What ``stats.json`` and ``cohort.csv`` record of it."""
+        inside = paths.is_within(self.path, paths.ROOT)
+        path = str(self.path.resolve().relative_to(paths.ROOT)) if inside else str(self.path)
+        return {"name": self.name, "source": self.source, "path": path, "reason": self.reason}
+
+
+def released_model(folder: Path | None = None) -> ModelChoice | None:
+    """The released model when its weights are there (a clone has them; a copy of the package may not)."""
+    folder = folder or RELEASED
+    if not (folder / WEIGHTS).is_file():
+        return None
+    name = read_manifest(folder).get("release", {}).get("name", folder.name)
+    return ModelChoice(folder, name, "released", "")
+
+
+def default_model(folder: Path | None = None) -> ModelChoice:
+    """The model ``predict``, ``batch`` and the viewer use without ``--checkpoint``: the held-out-patient
+    run of the latest local report that is not a smoke test, else the released model in ``models/``.
+    RunNotFoundError when neither exists."""
+    skipped = sorted(r["profile"] for r in _records(folder) if is_smoke(r))
+    note = f"; smoke-test reports are never a default (skipped: {', '.join(skipped)})" if skipped else ""
+    try:
+        rec = latest_report(folder)
+        run_dir = default_run(rec["profile"], "cases", folder)
+        return ModelChoice(run_dir, f"{rec['profile']} report run {run_dir.name}", "report",
+                           f"the held-out-patient run of the latest local report ({rec['profile']} profile, "
+                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(rec['written']))}){note}")
+    except RunNotFoundError as exc:
+        local = str(exc)
+    released = released_model()
+    if released is None:
+        raise RunNotFoundError(f"no model to use: {local}; and no released model in {RELEASED}")
+    return ModelChoice(released.path, released.name, "released",
+                       f"no local report run to use ({local.split(':')[0]}{note}), so the released model")
+
+
+def given_model(path: str | os.PathLike[str]) -> ModelChoice:
+    """A model named on the command line (a run folder or a weights file)."""
+    p = Path(path).absolute()
+    run_dir = p if p.is_dir() else p.parent
+    released = read_manifest(run_dir).get("release", {}).get("name")
+    name = released or (p.name if p.is_file() and p.name != WEIGHTS else run_dir.name)
+    return ModelChoice(p, name, "given", "named with --checkpoint")

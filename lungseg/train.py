@@ -44,6 +44,8 @@ def split_indices(ds: data.SliceDataset, cfg: TrainConfig) -> tuple[list[int], l
     """Train and test slice indices of ``ds`` for the config's protocol."""
     if cfg.split == "slices":
         return data.split_slices(len(ds), cfg.seed)
+    if cfg.split == "all":
+        return list(range(len(ds))), []
     return data.split_cases(ds.case_ids, cfg.test_cases)
 
 
@@ -124,7 +126,10 @@ def train_step(net: model.UNet, opt: torch.optim.Optimizer, sched, x: torch.Tens
 
 def evaluate(net: model.UNet, ds: data.SliceDataset, idx: list[int], cfg: TrainConfig,
              device: torch.device) -> tuple[float, float]:
-    """Mean loss and binary accuracy (threshold 0.5) over ``idx`` in eval mode, at training size."""
+    """Mean loss and binary accuracy (threshold 0.5) over ``idx`` in eval mode, at training size
+    (NaN for no slices: a run without a test set)."""
+    if not idx:
+        return float("nan"), float("nan")
     net.eval()
     loss_sum, acc_sum, n = 0.0, 0.0, 0
     with torch.no_grad(), model.autocast(device, cfg.amp):

@@ -259,31 +259,65 @@ def test_missing_input_folder_is_a_clear_error(tmp_path: Path, ckpt: Path,
     assert not (tmp_path / "o").exists()
 
 
-def _fake_run(folder: Path, name: str) -> SimpleNamespace:
+def _fake_run(folder: Path, name: str, steps: int = 0) -> SimpleNamespace:
     (folder / name).mkdir(parents=True)
     (folder / name / "model.pt").write_bytes(b"")
-    return SimpleNamespace(run_dir=folder / name)
+    return SimpleNamespace(run_dir=folder / name, config=SimpleNamespace(max_steps_per_epoch=steps))
 
 
-def test_default_checkpoint_is_the_held_out_run_of_the_latest_report(
+def test_default_model_is_the_latest_real_report_else_the_released_model(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runs, "RELEASED", tmp_path / "models" / "none")
+    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)  # the tests' own 03_eval setting
     with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
         predict.default_checkpoint()
+    released = _fake_run(tmp_path / "models", "rel").run_dir
+    monkeypatch.setattr(runs, "RELEASED", released)
+    choice = predict.choose_model()
+    assert (choice.path, choice.source) == (released, "released")
+    assert "no local report run" in choice.reason
     cpu = {"cases": _fake_run(tmp_path, "a"), "slices": _fake_run(tmp_path, "b")}
     runs.record_report("cpu", cpu, [], "cases", "figures")
     assert predict.default_checkpoint() == tmp_path / "a"
+    assert predict.choose_model().source == "report"
     time.sleep(0.01)
     paper = {"slices": _fake_run(tmp_path, "c"), "cases": _fake_run(tmp_path, "d")}
     runs.record_report("paper", paper, [], "slices", "figures")
     assert predict.default_checkpoint() == tmp_path / "d"  # latest report, its held-out run
-    assert predict.default_checkpoint("cpu") == tmp_path / "a"
-    runs.record_report("quick", {"slices": _fake_run(tmp_path, "e")}, [], "slices", "build/quick")
-    with pytest.raises(predict.PredictError, match="trained no cases-split run"):
-        predict.default_checkpoint()
+    assert runs.default_run("cpu") == tmp_path / "a"
+    # A newer smoke-test report (capped epochs, as the quick profile and the tests train) is never
+    # the default: the latest real report stays, and the reason names what was skipped.
+    time.sleep(0.01)
+    quick = {"cases": _fake_run(tmp_path, "e", steps=4), "slices": _fake_run(tmp_path, "f", steps=4)}
+    runs.record_report("quick", quick, [], "cases", "build/quick")
+    choice = predict.choose_model()
+    assert choice.path == tmp_path / "d" and "skipped: quick" in choice.reason
+    # Only smoke reports: the released model, never the smoke run.
+    for name in ("cpu", "paper"):
+        (tmp_path / "runs" / "reports" / f"{name}.json").unlink()
+    choice = predict.choose_model()
+    assert (choice.path, choice.source) == (released, "released") and "skipped: quick" in choice.reason
+    # A record from before the smoke flag is judged by its main run's manifest.
+    rec = json.loads((tmp_path / "runs" / "reports" / "quick.json").read_text())
+    del rec["smoke"]
+    (tmp_path / "e" / "run.json").write_text(json.dumps({"config": {"max_steps_per_epoch": 4}}))
+    assert runs.is_smoke(rec)
+    # The latest report names a profile without a held-out run, or one not finished: clear errors.
+    runs.record_report("paper", {"slices": _fake_run(tmp_path, "g")}, [], "slices", "figures")
+    with pytest.raises(runs.RunNotFoundError, match="trained no cases-split run"):
+        runs.default_run()
+    runs.record_report("cpu", cpu, [], "cases", "figures")
     (tmp_path / "a" / "model.pt").unlink()  # recorded but not finished
-    with pytest.raises(predict.PredictError, match="not finished"):
-        predict.default_checkpoint("cpu")
+    with pytest.raises(runs.RunNotFoundError, match="not finished"):
+        runs.default_run("cpu")
+
+
+def test_checkpoint_given_is_recorded_as_given(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path, "r").run_dir
+    choice = predict.choose_model(run)
+    assert (choice.source, choice.name, choice.path) == ("given", "r", run)
+    assert choice.record()["reason"] == "named with --checkpoint"
 
 
 # ---- the other subcommands --------------------------------------------------------------------
