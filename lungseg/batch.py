@@ -63,6 +63,8 @@ MIN_SLICES = 3
 SERIES_PREFIX = "series-"
 """Output sub-folder ``series-UID`` where a folder holds several series."""
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (a DICOMDIR)
+SCAN_IN_PROCESS_FILES = 5000
+"""Trees with fewer files are scanned in this process (~1-2 ms a file), larger ones on the workers."""
 WRITE_EVERY_ROWS = 2000
 """Up to this many rows the table is rewritten after every series; beyond, when the last rewrite
 took under a tenth of the time since (finished outputs are on disk and found again on a rerun)."""
@@ -758,16 +760,18 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | Non
     return Settings(str(ckpt), choice, _sha256(weights), threshold, clean, dev, engine, batch_size, threads)
 
 
-def discover(root: Path, executor: InProcess | DaskExecutor, progress: bool
-             ) -> tuple[list[SeriesScan], list[FolderScan]]:
-    """Scan every folder under ``root`` with ``executor`` (in parallel on Dask)."""
+def discover(root: Path, executor: _Lazy, progress: bool) -> tuple[list[SeriesScan], list[FolderScan]]:
+    """Scan every folder under ``root``: in this process for a small tree (fewer than
+    :data:`SCAN_IN_PROCESS_FILES` files), else on ``executor`` (in parallel on Dask)."""
     from tqdm import tqdm
 
     folders = list(walk(root))
+    small = sum(len(names) for _, names in folders) < SCAN_IN_PROCESS_FILES
+    scanner = InProcess() if small else executor.get()
     scans = []
     bar = tqdm(total=len(folders), desc="finding series", unit="folder", disable=not progress, leave=False)
     items = [(str(root), rel, names) for rel, names in folders]
-    for item, result in executor.map_unordered(_scan_item, items, window=4 * executor.workers + 4):
+    for item, result in scanner.map_unordered(_scan_item, items, window=4 * scanner.workers + 4):
         if isinstance(result, BaseException):
             result = FolderScan(item[1], [], [("", f"{root / item[1]}: could not be scanned ({result})")])
         scans.append(result)
@@ -818,15 +822,31 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
                                 runtime.cpu_threads() if in_process else None)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_cohort_files(out)
-    executor: InProcess | DaskExecutor = (InProcess() if in_process else
-                                          DaskExecutor(scheduler, workers or runtime.cpu_threads()))
+    executor = _Lazy(lambda: InProcess() if in_process else
+                     DaskExecutor(scheduler, workers or runtime.cpu_threads()))
     try:
         return _run(root, out, settings, executor, part, retry_failed, all_series, progress, t0)
     finally:
         executor.close()
 
 
-def _run(root: Path, out: Path, settings: Settings, executor: InProcess | DaskExecutor,
+class _Lazy:
+    """An executor started on first use: a rerun with nothing left to do starts no cluster."""
+
+    def __init__(self, make: Callable[[], InProcess | DaskExecutor]) -> None:
+        self._make, self._executor = make, None
+
+    def get(self) -> InProcess | DaskExecutor:
+        if self._executor is None:
+            self._executor = self._make()
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+
+
+def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
          part: tuple[int, int] | None, retry_failed: bool, all_series: bool, progress: bool,
          t0: float) -> Summary:
     series, orphans = discover(root, executor, progress)
@@ -842,7 +862,7 @@ def _run(root: Path, out: Path, settings: Settings, executor: InProcess | DaskEx
                              "message": message + more})
     mine = take_part(entries, part)
     summary = Summary(found=len(entries), skipped=sum(e.status == SKIPPED for e in entries),
-                      not_in_part=len(tasks) - len(mine), where=executor.description,
+                      not_in_part=len(tasks) - len(mine), where="(nothing left to segment)",
                       cohort=str(cohort.path), failed=len(orphans))
     summary.failures += [r["message"] for r in cohort.extra]
     previous = read_cohort(cohort.path)
@@ -867,7 +887,9 @@ def _run(root: Path, out: Path, settings: Settings, executor: InProcess | DaskEx
     cohort.write()
     bar = _progress_bar(len(to_run), progress)
     by_output = {e.output: e for e in entries}
-    for task, outcome in executor.map_unordered(run_task, to_run):
+    if to_run:
+        summary.where = executor.get().description
+    for task, outcome in (executor.get().map_unordered(run_task, to_run) if to_run else ()):
         if isinstance(outcome, BaseException):
             outcome = Outcome(task.output, FAILED, f"the worker segmenting it died repeatedly ({outcome})")
         e = by_output[task.output]
