@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -454,6 +455,10 @@ def remove_stale_stages(folder: Path) -> list[Path]:
     return removed
 
 
+def _warm_up(settings: Settings) -> None:
+    worker_network(settings)
+
+
 def _read_stats(folder: Path) -> dict:
     try:
         return json.loads((folder / predict.STATS_NAME).read_text())
@@ -506,6 +511,9 @@ class InProcess:
         for item in items:
             yield item, fn(item)
 
+    def warm_up(self, settings: Settings) -> None:
+        worker_network(settings)
+
     def close(self) -> None:
         pass
 
@@ -538,6 +546,10 @@ class DaskExecutor:
     @property
     def workers(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
+
+    def warm_up(self, settings: Settings) -> None:
+        """Every worker loads the network now (it keeps it for all its series)."""
+        self.client.run(_warm_up, settings)
 
     def map_unordered(self, fn: Callable, items: Sequence, window: int | None = None) -> Iterator:
         """(item, result) pairs as they finish; a task Dask gave up on (its workers kept dying)
@@ -711,6 +723,8 @@ class Summary:
     failed_before: int = 0
     skipped: int = 0
     not_in_part: int = 0
+    files: int = 0
+    scan_s: float = 0.0
     seconds: float = 0.0
     where: str = ""
     cohort: str = ""
@@ -718,7 +732,8 @@ class Summary:
 
     def lines(self) -> list[str]:
         rate = 60 * self.done / self.seconds if self.seconds and self.done else 0.0
-        out = [f"{self.found} series found: {self.done} segmented now ({rate:.1f} series/min), "
+        out = [f"{self.found} series found ({self.files} files read in {self.scan_s:.1f} s): "
+               f"{self.done} segmented now ({rate:.1f} series/min), "
                f"{self.reused} already done, {self.failed + self.failed_before} failed"
                + (f" ({self.failed_before} earlier, not retried: --retry-failed)" if self.failed_before
                   else "")
@@ -760,13 +775,16 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | Non
     return Settings(str(ckpt), choice, _sha256(weights), threshold, clean, dev, engine, batch_size, threads)
 
 
-def discover(root: Path, executor: _Lazy, progress: bool) -> tuple[list[SeriesScan], list[FolderScan]]:
+def discover(root: Path, executor: _Lazy, progress: bool
+             ) -> tuple[list[SeriesScan], list[FolderScan], int]:
     """Scan every folder under ``root``: in this process for a small tree (fewer than
-    :data:`SCAN_IN_PROCESS_FILES` files), else on ``executor`` (in parallel on Dask)."""
+    :data:`SCAN_IN_PROCESS_FILES` files), else on ``executor`` (in parallel on Dask). Returns the
+    series, the folders of damaged files without a series, and the number of files."""
     from tqdm import tqdm
 
     folders = list(walk(root))
-    small = sum(len(names) for _, names in folders) < SCAN_IN_PROCESS_FILES
+    n_files = sum(len(names) for _, names in folders)
+    small = n_files < SCAN_IN_PROCESS_FILES
     scanner = InProcess() if small else executor.get()
     scans = []
     bar = tqdm(total=len(folders), desc="finding series", unit="folder", disable=not progress, leave=False)
@@ -777,7 +795,7 @@ def discover(root: Path, executor: _Lazy, progress: bool) -> tuple[list[SeriesSc
         scans.append(result)
         bar.update()
     bar.close()
-    return merge_scans(sorted(scans, key=lambda s: s.folder))
+    return (*merge_scans(sorted(scans, key=lambda s: s.folder)), n_files)
 
 
 def _scan_item(item: tuple[str, str, list[str]]) -> FolderScan:
@@ -831,17 +849,39 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
 
 
 class _Lazy:
-    """An executor started on first use: a rerun with nothing left to do starts no cluster."""
+    """An executor started on first use (a rerun with nothing left to do starts no cluster), or in
+    the background while the tree is scanned, its workers loading the model meanwhile."""
 
     def __init__(self, make: Callable[[], InProcess | DaskExecutor]) -> None:
         self._make, self._executor = make, None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start_in_background(self, settings: Settings) -> None:
+        def start() -> None:
+            try:
+                executor = self._make()
+                self._executor = executor
+                executor.warm_up(settings)
+            except BaseException as exc:  # reported by get(), in the main thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=start, name="lungseg-batch-cluster", daemon=True)
+        self._thread.start()
 
     def get(self) -> InProcess | DaskExecutor:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                raise self._error
         if self._executor is None:
             self._executor = self._make()
         return self._executor
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
         if self._executor is not None:
             self._executor.close()
 
@@ -849,7 +889,11 @@ class _Lazy:
 def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
          part: tuple[int, int] | None, retry_failed: bool, all_series: bool, progress: bool,
          t0: float) -> Summary:
-    series, orphans = discover(root, executor, progress)
+    if not (out / COHORT).exists():  # a first run: start the cluster while the tree is scanned
+        executor.start_in_background(settings)
+    t_scan = time.perf_counter()
+    series, orphans, n_files = discover(root, executor, progress)
+    scan_s = time.perf_counter() - t_scan
     entries = plan(series, all_series)
     tasks = {e.output: Task(str(root), str(out), e.scan.folder, tuple(e.scan.files + e.scan.extra_files),
                             e.scan.uid, e.output, e.scan.key, settings)
@@ -863,7 +907,7 @@ def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
     mine = take_part(entries, part)
     summary = Summary(found=len(entries), skipped=sum(e.status == SKIPPED for e in entries),
                       not_in_part=len(tasks) - len(mine), where="(nothing left to segment)",
-                      cohort=str(cohort.path), failed=len(orphans))
+                      cohort=str(cohort.path), failed=len(orphans), files=n_files, scan_s=scan_s)
     summary.failures += [r["message"] for r in cohort.extra]
     previous = read_cohort(cohort.path)
     model = settings.choice.name or settings.checkpoint
