@@ -66,12 +66,14 @@ class PeakWatcher:
 
     def __init__(self, pid: int, match: str) -> None:
         self.pid, self.match, self.peaks = pid, match, {}
+        self.root_peak = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
+            self.root_peak = max(self.root_peak, _vmhwm_mb(self.pid))
             try:
                 for child in psutil.Process(self.pid).children(recursive=True):
                     try:
@@ -91,7 +93,8 @@ class PeakWatcher:
 
 def run_process(cmd: list[str], watch: str | None = None, watch_pid: int | None = None
                 ) -> tuple[float, float, list[float], str]:
-    """Wall seconds, own peak RSS (MB, rusage), peaks of the watched descendants, stdout."""
+    """Wall seconds, own peak RSS (MB: rusage, or polled when descendants are watched), peaks of the
+    watched descendants (MB), stdout."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     watcher = PeakWatcher(watch_pid or proc.pid, watch) if watch else None
@@ -101,7 +104,8 @@ def run_process(cmd: list[str], watch: str | None = None, watch_pid: int | None 
     peaks = watcher.stop() if watcher else []
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {stdout}")
-    return wall, usage.ru_maxrss / 1024, peaks, stdout
+    own = watcher.root_peak if watcher and watch_pid is None else usage.ru_maxrss / 1024
+    return wall, own, peaks, stdout
 
 
 def build_root(folder: Path, cases: list[str]) -> Path:
