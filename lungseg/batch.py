@@ -534,8 +534,11 @@ class DaskExecutor:
         if address:
             try:
                 self.client = Client(address, timeout="30s")
-            except OSError as exc:
-                raise BatchError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+            except Exception as exc:  # OSError, TimeoutError, TypeError of a TLS setting missing...
+                hint = (" (a tls:// scheduler needs Dask's TLS settings: see the README, Cohorts)"
+                        if address.startswith("tls://") else "")
+                raise BatchError(f"cannot connect to the Dask scheduler at {address}: "
+                                 f"{type(exc).__name__}: {exc}{hint}") from None
             self.description = f"on the Dask cluster at {address}"
         else:
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
