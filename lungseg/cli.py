@@ -146,7 +146,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="a run's model.pt or run folder (default: as predict, see its --help)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="local Dask worker processes (default: one per core; 0: run in this process)")
+                   help="local Dask worker processes (default: one per core while memory allows "
+                        "1.5 GB each; 0: run in this process)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on the Dask cluster of this scheduler instead of a local one")
     p.add_argument("--part", metavar="K/N", default=None,
