@@ -336,9 +336,14 @@ def test_a_dask_cluster_loses_a_worker_and_still_writes_every_series_once(
     before = tree_checksums(root)
     proc = subprocess.Popen(_batch_cmd(root, out, ckpt, "--scheduler", address), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from distributed import Client
+
     try:
         _wait_for_done(out, proc, 1)
-        os.kill(procs[1].pid, signal.SIGKILL)  # a worker dies mid-run
+        with Client(address, timeout=TIMEOUT_S) as client:  # a worker dies while it segments a series
+            busy = [a for a, keys in client.processing().items() if keys]
+            name = client.scheduler_info()["workers"][busy[0]]["name"]
+            os.kill(procs[1 + int(str(name)[1:])].pid, signal.SIGKILL)
         finished_at_kill = stats_mtimes(out)
         stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
     finally:
