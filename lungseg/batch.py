@@ -444,18 +444,25 @@ def is_complete(folder: Path, fingerprint: dict) -> bool:
             and all((folder / n).is_file() for n in predict.OUTPUT_NAMES))
 
 
-def remove_stale_stages(folder: Path) -> list[Path]:
-    """Remove the temporary siblings batch itself left for ``folder`` (``.NAME.batch-partial-*``,
-    ``.NAME.batch-old-*``: a crash or a killed worker); nothing else. Returns what was removed."""
+def remove_stale_stages(out: Path, outputs: Iterable[str]) -> list[Path]:
+    """Remove the temporary siblings batch itself left for the series folders ``outputs`` (relative
+    to ``out``): ``.NAME.batch-partial-*`` and ``.NAME.batch-old-*`` from a crash or a killed worker;
+    nothing else. Each parent folder is listed once. Returns what was removed."""
+    by_parent: dict[Path, set[str]] = defaultdict(set)
+    for rel in outputs:
+        folder = out / rel
+        by_parent[folder.parent].add(folder.name)
     removed = []
-    parent = folder.parent
-    if not parent.is_dir():
-        return removed
-    for p in parent.iterdir():
-        m = _STAGED.match(p.name)
-        if m and m.group("name") == folder.name and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    for parent, names in by_parent.items():
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            m = _STAGED.match(entry.name)
+            if m and m.group("name") in names and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
     return removed
 
 
@@ -477,10 +484,8 @@ def run_task(task: Task) -> Outcome:
     t0 = time.perf_counter()
     out_dir = Path(task.out) / task.output
     try:
-        if is_complete(out_dir, task.fingerprint):
-            remove_stale_stages(out_dir)
+        if is_complete(out_dir, task.fingerprint):  # written by a worker that died before reporting
             return Outcome(task.output, DONE, stats=_read_stats(out_dir), reused=True)
-        remove_stale_stages(out_dir)
         network = worker_network(task.settings)
         folder = Path(task.root) / task.folder
         with warnings.catch_warnings(record=True) as caught:
@@ -675,8 +680,11 @@ class Cohort:
     """The table of one run: rows of this process's series merged, under :func:`locked`, with the
     rows other processes (``--part``) wrote and with outputs found complete on disk."""
 
-    def __init__(self, out: Path, entries: Sequence[Entry], fingerprints: dict[str, dict]) -> None:
+    def __init__(self, out: Path, entries: Sequence[Entry], fingerprints: dict[str, dict],
+                 mine: Iterable[str] = ()) -> None:
         self.out, self.entries, self.fingerprints = out, list(entries), fingerprints
+        self.mine = set(mine)
+        """Outputs of this process's series (the others belong to other ``--part`` processes)."""
         self.rows: dict[str, dict[str, str]] = {}
         """This run's rows by output (or by source for skipped and orphan rows)."""
         self.extra: list[dict[str, str]] = []
@@ -697,8 +705,8 @@ class Cohort:
                 rows.append(self.rows[e.output])
             elif key in previous and previous[key].get("status") in (DONE, FAILED):
                 rows.append(previous[key])
-            elif is_complete(self.out / e.output, self.fingerprints[e.output]):
-                rows.append(row(e, DONE, stats=_read_stats(self.out / e.output)))
+            elif e.output not in self.mine and is_complete(self.out / e.output, self.fingerprints[e.output]):
+                rows.append(row(e, DONE, stats=_read_stats(self.out / e.output)))  # another part's
         return rows + self.extra
 
     def write(self, force: bool = True) -> None:
@@ -922,13 +930,14 @@ def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
     tasks = {e.output: Task(str(root), str(out), e.scan.folder, tuple(e.scan.files + e.scan.extra_files),
                             e.scan.uid, e.output, e.scan.key, settings)
              for e in entries if e.status == "todo"}
-    cohort = Cohort(out, entries, {k: t.fingerprint for k, t in tasks.items()})
+    mine = take_part(entries, part)
+    cohort = Cohort(out, entries, {k: t.fingerprint for k, t in tasks.items()}, [e.output for e in mine])
     for scan in orphans:
         name, message = scan.bad[0]
         more = f" (and {len(scan.bad) - 1} more damaged files)" if len(scan.bad) > 1 else ""
         cohort.extra.append({**dict.fromkeys(COLUMNS, ""), "source": scan.folder, "status": FAILED,
                              "message": message + more})
-    mine = take_part(entries, part)
+    remove_stale_stages(out, [e.output for e in mine])  # left by a crash: no one else writes these
     summary = Summary(found=len(entries), skipped=sum(e.status == SKIPPED for e in entries),
                       not_in_part=len(tasks) - len(mine), where="(nothing left to segment)",
                       cohort=str(cohort.path), failed=len(orphans), files=n_files, scan_s=scan_s)
@@ -940,7 +949,6 @@ def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
         task, folder = tasks[e.output], out / e.output
         before = previous.get((e.scan.folder, e.scan.uid), {})
         if is_complete(folder, task.fingerprint):
-            remove_stale_stages(folder)
             seconds = (float(before["seconds"]) if before.get("status") == DONE and before.get("seconds")
                        else None)
             cohort.rows[e.output] = row(e, DONE, before.get("message", ""), _read_stats(folder), seconds)
@@ -975,6 +983,7 @@ def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
         bar.set_postfix_str(f"done {summary.done + summary.reused}, failed {summary.failed}, "
                             f"{summary.done / minutes if minutes else 0:.1f} series/min", refresh=False)
     bar.close()
+    remove_stale_stages(out, [t.output for t in to_run])  # left by workers that died in this run
     cohort.write()
     summary.seconds = time.perf_counter() - t0
     return summary
