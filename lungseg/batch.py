@@ -553,7 +553,7 @@ class DaskExecutor:
             # No memory limit: a worker's peak is known (~0.8 GB for 150 slices of 512², README), and
             # Dask's default share of RAM per worker would pause or restart workers on small machines.
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        host="127.0.0.1", dashboard_address=None, memory_limit=0,
+                                        host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=0,
                                         silence_logs=logging.ERROR)
             self.client = Client(self.cluster)
             self.description = f"on a local Dask cluster of {workers} worker processes"
@@ -961,6 +961,8 @@ def _run(root: Path, out: Path, settings: Settings, executor: _Lazy,
         else:
             to_run.append(task)
     cohort.write()
+    # Largest series first: the last ones to finish are then short, and no worker idles long at the end.
+    to_run.sort(key=lambda t: -len(t.files))
     bar = _progress_bar(len(to_run), progress)
     by_output = {e.output: e for e in entries}
     if to_run:
