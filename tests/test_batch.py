@@ -362,3 +362,18 @@ def test_a_dask_cluster_loses_a_worker_and_still_writes_every_series_once(
     for r in rows.values():
         np.testing.assert_array_equal(np.asarray(nifti(out / r["output"]).dataobj),
                                       np.asarray(nifti(local / r["output"]).dataobj))
+
+
+def test_the_default_local_cluster_gives_the_masks_of_one_process(tmp_path: Path, ckpt: Path) -> None:
+    root, out = tmp_path / "in", tmp_path / "out"
+    _many_series(root, 4)
+    run = subprocess.run(_batch_cmd(root, out, ckpt, "--workers", "2"), env=_env(), capture_output=True,
+                         text=True, timeout=TIMEOUT_S)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "warn" not in run.stderr.lower(), run.stderr  # no unexplained warning
+    assert "on a local Dask cluster of 2 worker processes" in run.stdout
+    assert run_batch(root, "--out", tmp_path / "one", "--checkpoint", ckpt, "--workers", "0") == 0
+    for r in cohort(out).values():
+        assert r["status"] == "done"
+        np.testing.assert_array_equal(np.asarray(nifti(out / r["output"]).dataobj),
+                                      np.asarray(nifti(tmp_path / "one" / r["output"]).dataobj))
