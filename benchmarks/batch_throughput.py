@@ -6,11 +6,14 @@ processes on the same series, in one run (issue 18), and peak memory per worker.
 
 Measured, one after the other on the same machine:
 
-1. a loop of ``predict`` processes, one per series (the export of the checkpoint made beforehand);
-2. ``batch`` with its default, a local Dask cluster of one worker per core;
+1. a loop of ``predict`` processes, one per series (the export of the checkpoint made beforehand),
+   then ``batch`` with its default, a local Dask cluster of one worker per core; ``--repeat`` such
+   pairs, alternating, so that a change in the machine's load hits both; the pair of median speed-up
+   is reported with every pair's speed-up and load;
 3. ``batch --workers 0`` (in one process, no Dask);
 4. ``batch --scheduler`` on a 2-worker cluster started from the shell (``dask scheduler`` and
-   ``dask worker --nworkers 2 --nthreads 1``, on 127.0.0.1), the cluster's start-up timed apart;
+   ``dask worker --nworkers 2 --nthreads 1``, on 127.0.0.1), the cluster's start-up timed apart, and
+   the default right after it (their ratio is the "within 10 %" check);
 5. the default ``batch`` on all 12 cases (the README's measured row; its cohort.csv gives the
    worker seconds per series, and the wall time minus their share per worker the fixed cost: start-up,
    discovery, the last series' tail; the extrapolations use both).
@@ -161,11 +164,38 @@ def shell_cluster(tmp: Path, workers: int) -> tuple[list[subprocess.Popen], str,
     return procs, address, time.perf_counter() - t0
 
 
+def run_loop(root: Path, cases: list[str], out: Path, ckpt: str) -> dict:
+    """A loop of ``predict`` processes, one per series: total wall and each process's peak."""
+    walls, peaks = [], []
+    t0 = time.perf_counter()
+    for case in cases:
+        wall, peak, _, _ = run_process([sys.executable, "-m", "lungseg", "predict", str(root / case),
+                                        "--out", str(out / case), "--checkpoint", ckpt])
+        walls.append(round(wall, 2))
+        peaks.append(round(peak, 1))
+    return {"wall_s": round(time.perf_counter() - t0, 2), "per_series_s": walls, "peak_rss_mb": peaks}
+
+
+def run_batch(root: Path, out: Path, ckpt: str, loop_out: Path, cases: list[str], *extra: str,
+              watch_pid: int | None = None) -> dict:
+    """One ``batch`` run: wall, peak memory of the process and of each worker, masks against the loop's."""
+    in_process = "--workers" in extra and extra[extra.index("--workers") + 1] == "0"
+    wall, own, workers, stdout = run_process(batch_cmd(root, out, ckpt, *extra),
+                                             watch=None if in_process else "spawn_main", watch_pid=watch_pid)
+    arrays, files = same_masks(loop_out, out, cases)
+    memory = {"peak_rss_mb": round(own, 1)} if in_process else {"worker_peak_rss_mb": workers}
+    if not in_process and watch_pid is None:
+        memory["parent_peak_rss_mb"] = round(own, 1)
+    return {"wall_s": round(wall, 2), **memory, "masks_equal_loop": arrays, "nifti_bytes_equal_loop": files,
+            **scan_stats(stdout)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(runs.RELEASED))
     ap.add_argument("--cases", default=",".join(ALL_CASES[:8]))
     ap.add_argument("--cohort", default=",".join(ALL_CASES), help="cases of the measured cohort run (5.)")
+    ap.add_argument("--repeat", type=int, default=3, help="loop/batch pairs, alternating (median reported)")
     ap.add_argument("--save", metavar="DIR", help="also write DIR/batch_timing.json")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -182,45 +212,38 @@ def main() -> int:
         root = build_root(tmp / "cohort", cases)
         root12 = build_root(tmp / "cohort12", args.cohort.split(","))
 
-        loop_walls, loop_peaks = [], []
-        t0 = time.perf_counter()
-        for case in cases:
-            wall, peak, _, _ = run_process([sys.executable, "-m", "lungseg", "predict", str(root / case),
-                                            "--out", str(tmp / "loop" / case), "--checkpoint", ckpt])
-            loop_walls.append(round(wall, 2))
-            loop_peaks.append(round(peak, 1))
-        loop_wall = time.perf_counter() - t0
-        slices = {c: json.loads((tmp / "loop" / c / predict.STATS_NAME).read_text())["slices"] for c in cases}
-        result["slices"] = slices
-        result["loop_predict"] = {"wall_s": round(loop_wall, 2), "per_series_s": loop_walls,
-                                  "peak_rss_mb": loop_peaks}
+        pairs = []
+        for i in range(args.repeat):  # loop and batch alternate: a change of the machine's load hits both
+            load = os.getloadavg()[0]
+            loop = run_loop(root, cases, tmp / f"loop{i}", ckpt)
+            default = run_batch(root, tmp / f"default{i}", ckpt, tmp / f"loop{i}", cases)
+            pairs.append({"load_average_before": round(load, 2), "loop": loop, "batch": default,
+                          "speedup": round(loop["wall_s"] / default["wall_s"], 3)})
+        median = sorted(pairs, key=lambda p: p["speedup"])[len(pairs) // 2]
+        result["slices"] = {c: json.loads((tmp / "loop0" / c / predict.STATS_NAME).read_text())["slices"]
+                            for c in cases}
+        result["pairs"] = [{k: p[k] for k in ("load_average_before", "speedup")} for p in pairs]
+        result["loop_predict"] = median["loop"]
+        result["batch_default"] = {**median["batch"], "workers": cores}
+        result["speedup_default_vs_loop"] = median["speedup"]
 
-        wall, parent, workers, out = run_process(batch_cmd(root, tmp / "default", ckpt), watch="spawn_main")
-        arrays, files = same_masks(tmp / "loop", tmp / "default", cases)
-        result["batch_default"] = {"wall_s": round(wall, 2), "workers": cores,
-                                   "parent_peak_rss_mb": round(parent, 1),
-                                   "worker_peak_rss_mb": workers, "masks_equal_loop": arrays,
-                                   "nifti_bytes_equal_loop": files, **scan_stats(out)}
-
-        wall, peak, _, out = run_process(batch_cmd(root, tmp / "inproc", ckpt, "--workers", "0"))
-        arrays, files = same_masks(tmp / "loop", tmp / "inproc", cases)
-        result["batch_in_process"] = {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1),
-                                      "masks_equal_loop": arrays, "nifti_bytes_equal_loop": files,
-                                      **scan_stats(out)}
+        inproc = run_batch(root, tmp / "inproc", ckpt, tmp / "loop0", cases, "--workers", "0")
+        result["batch_in_process"] = inproc
+        result["speedup_in_process_vs_loop"] = round(median["loop"]["wall_s"] / inproc["wall_s"], 3)
 
         procs, address, start_s = shell_cluster(tmp, 2)
         try:
-            wall, _, workers, out = run_process(batch_cmd(root, tmp / "shell", ckpt, "--scheduler", address),
-                                                watch="spawn_main", watch_pid=procs[1].pid)
+            shell = run_batch(root, tmp / "shell", ckpt, tmp / "loop0", cases, "--scheduler", address,
+                              watch_pid=procs[1].pid)
         finally:
             for p in reversed(procs):
                 p.terminate()
             for p in procs:
                 p.wait()
-        arrays, files = same_masks(tmp / "loop", tmp / "shell", cases)
-        result["batch_dask_shell"] = {"wall_s": round(wall, 2), "cluster_start_s": round(start_s, 2),
-                                      "workers": 2, "worker_peak_rss_mb": workers, "masks_equal_loop": arrays,
-                                      "nifti_bytes_equal_loop": files, **scan_stats(out)}
+        beside = run_batch(root, tmp / "default-beside", ckpt, tmp / "loop0", cases)  # right after it
+        result["batch_dask_shell"] = {**shell, "cluster_start_s": round(start_s, 2), "workers": 2,
+                                      "default_right_after_s": beside["wall_s"]}
+        result["dask_shell_vs_default"] = round(shell["wall_s"] / beside["wall_s"], 3)
 
         wall, _, workers, out = run_process(batch_cmd(root12, tmp / "all12", ckpt), watch="spawn_main")
         rows = list(csv.DictReader((tmp / "all12" / batch.COHORT).open()))
@@ -231,10 +254,6 @@ def main() -> int:
                               "worker_s_per_series": round(sum(seconds) / len(seconds), 2),
                               "fixed_s": round(wall - sum(seconds) / cores, 2)}
     result["load_average_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
-    d = result["batch_default"]["wall_s"]
-    result["speedup_default_vs_loop"] = round(loop_wall / d, 3)
-    result["speedup_in_process_vs_loop"] = round(loop_wall / result["batch_in_process"]["wall_s"], 3)
-    result["dask_shell_vs_default"] = round(result["batch_dask_shell"]["wall_s"] / d, 3)
     text = json.dumps(result, indent=1)
     print(text)
     if args.save:

@@ -238,13 +238,27 @@ def batch_block(figures_dir: str | Path = paths.FIGURES) -> str:
         cohort.append({"cohort": f"{series:,} series (extrapolated)", "workers": f"{workers} ({where})",
                        "time": _duration(t)})
     slices = sorted(d["slices"].values())
-    return (f"{n} series (cases {d['cases'][0][-3:]}–{d['cases'][-1][-3:]}, {slices[0]}–{slices[-1]} "
-            "slices), "
-            f"model `{d['model']}`, {d['cores']} cores, one run each in one session (load average "
-            f"{d['load_average_start_end'][0]:.1f} → {d['load_average_start_end'][1]:.1f}); peak memory is "
-            "the high-water mark (VmHWM) of each worker process:\n\n" + tables.markdown(rows) + "\n\n"
-            f"Cohort times: measured on {b12['series']} series with the default (its `cohort.csv`: "
-            f"{w:.1f} s of one worker per series, {b12['fixed_s']:.1f} s of start-up and tail), "
-            f"extrapolated as {b12['fixed_s']:.0f} s + N × ({w:.1f} s + {files_per_series:.0f} files × "
-            f"{1000 * per_file:.1f} ms of discovery) / workers, for workers like these cores and storage "
-            "that keeps up:\n\n" + tables.markdown(cohort) + "\n")
+    pairs = d.get("pairs", [])
+    repeat = "one run each"
+    if pairs:
+        each = ", ".join(f"{p['speedup']:.2f}× (load {p['load_average_before']:.1f})" for p in pairs)
+        repeat = (f"{len(pairs)} pairs of a loop then a `batch`, alternating, speed-ups {each}: the "
+                  "median pair is shown")
+    shell = d["batch_dask_shell"]
+    beside = ""
+    if "default_right_after_s" in shell:
+        beside = (f"The shell cluster took {shell['wall_s']:.1f} s against "
+                  f"{shell['default_right_after_s']:.1f} s for the default right after it: "
+                  f"**{d['dask_shell_vs_default']:.2f}×** its time. ")
+    intro = (f"{n} series (cases {d['cases'][0][-3:]}–{d['cases'][-1][-3:]}, {slices[0]}–{slices[-1]} "
+             f"slices), model `{d['model']}`, {d['cores']} cores shared with other work, {repeat}; peak "
+             "memory is the high-water mark (VmHWM) of each worker process, masks are compared with the "
+             "loop's:\n\n")
+    extrapolation = (f"Cohort times: measured on {b12['series']} series with the default (its "
+                     f"`cohort.csv`: {w:.1f} s of one worker per series, {b12['fixed_s']:.1f} s of start-up "
+                     f"and tail), extrapolated as {b12['fixed_s']:.0f} s + N × ({w:.1f} s + "
+                     f"{files_per_series:.0f} files × {1000 * per_file:.1f} ms of discovery) / workers, for "
+                     "workers like these cores and "
+                     "storage that keeps up:\n\n")
+    return (intro + tables.markdown(rows) + "\n\n" + beside + extrapolation + tables.markdown(cohort)
+            + "\n")
