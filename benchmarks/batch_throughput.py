@@ -152,9 +152,13 @@ def shell_cluster(tmp: Path, workers: int) -> tuple[list[subprocess.Popen], str,
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", str(sched_file)], env=_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    while not sched_file.is_file():
+    address = None
+    while address is None:  # the file appears before its content
         time.sleep(0.05)
-    address = json.loads(sched_file.read_text())["address"]
+        try:
+            address = json.loads(sched_file.read_text())["address"]
+        except (OSError, ValueError, KeyError):
+            pass
     procs.append(subprocess.Popen([*dask, "worker", address, "--nworkers", str(workers),
                                    "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
                                    "--local-directory", str(tmp / "dask-worker")],
@@ -219,6 +223,8 @@ def main() -> int:
             default = run_batch(root, tmp / f"default{i}", ckpt, tmp / f"loop{i}", cases)
             pairs.append({"load_average_before": round(load, 2), "loop": loop, "batch": default,
                           "speedup": round(loop["wall_s"] / default["wall_s"], 3)})
+            print(f"pair {i + 1}: loop {loop['wall_s']} s, batch {default['wall_s']} s, load {load:.2f}",
+                  file=sys.stderr, flush=True)
         median = sorted(pairs, key=lambda p: p["speedup"])[len(pairs) // 2]
         result["slices"] = {c: json.loads((tmp / "loop0" / c / predict.STATS_NAME).read_text())["slices"]
                             for c in cases}

@@ -161,7 +161,7 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
     bad: list[tuple[str, str]] = []
     for name in names:
         path = base / name
-        if name.upper() == "DICOMDIR":
+        if name.upper() == "DICOMDIR" or not path.is_file():  # an index; a broken link, a socket...
             continue
         if not dicom.is_dicom(path):
             if path.suffix.lower() in dicom.DICOM_SUFFIXES:
@@ -197,6 +197,9 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
             bad.append((name, str(exc)))
         except Exception as exc:  # a damaged header value
             bad.append((name, f"{path}: unreadable or truncated DICOM file ({exc})"))
+    if "" in groups and len(groups) > 1:  # beside series with UIDs: headers cut short, or damaged
+        bad += [(name, f"{base / name}: no SeriesInstanceUID (truncated or damaged DICOM file)")
+                for name in groups.pop("")["files"]]
     series = []
     for uid, g in groups.items():
         steps = np.diff(np.sort(g["pos"]))

@@ -57,7 +57,7 @@ def _dicomdir_export(root: Path, staging: Path) -> None:
 
 
 def hospital_tree(root: Path, staging: Path) -> dict[str, str]:
-    """Write the tree; returns the series UID of each folder's CT series by name."""
+    """Write the tree; returns the series UIDs of some CT series by name, and the file cut short."""
     uids: dict[str, str] = {}
     study = generate_uid()
     thick = write_series(root / "P001" / "ST1" / "SE_AX3", n=6, dz=3.0)
@@ -76,6 +76,9 @@ def hospital_tree(root: Path, staging: Path) -> dict[str, str]:
     _edit_all(scout, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     broken = write_series(root / "P005" / "broken", n=6)
     broken[3].write_bytes(broken[3].read_bytes()[:-200])  # truncated in its pixel data
+    cut = write_series(root / "P007" / "header", n=6)
+    cut[-1].write_bytes(cut[-1].read_bytes()[:400])  # the last slice cut inside its header
+    uids["cut file"] = cut[-1].name
     r, c = np.mgrid[0:12, 0:16]
     phantom = np.where((np.abs(c - 8) < 5) & (np.abs(r - 6) < 4), -850, 40).astype(np.int16)
     write_oriented(root / "P006" / "coronal", np.stack([phantom] * 8), (2.5, 1.5, 0.7), (-20.0, -30.0, 100.0),
@@ -155,7 +158,8 @@ def test_a_hospital_tree_is_segmented_series_by_series(tree: tuple[Path, dict[st
     assert any("localizer" in r["message"] for r in scan.values())
     assert status["P006/coronal"] == "done" and rows["P006/coronal"]["plane"] == "coronal"
     assert status["P005/broken"] == "failed" and "truncated pixel data" in rows["P005/broken"]["message"]
-    assert len(rows) == 9 and not any("notes" in k or "Thumbs" in k for k in rows)  # non-DICOM ignored
+    assert status["P007/header"] == "failed" and uids["cut file"] in rows["P007/header"]["message"]
+    assert len(rows) == 10 and not any("notes" in k or "Thumbs" in k for k in rows)  # non-DICOM ignored
     assert rows[mixed_ct]["output"] == f"P003/mixed/series-{uids['mixed']}"
     # Every mask is the one a lone predict of the folder gives (same reading, model, threshold, files).
     for key, r in rows.items():
@@ -183,7 +187,7 @@ def test_a_hospital_tree_is_segmented_series_by_series(tree: tuple[Path, dict[st
     broken = root / "P005" / "broken"
     write_series(broken, n=6, series_uid=rows["P005/broken"]["series_uid"])  # the same series, whole
     assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0") == 1  # not retried
-    assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0", "--retry-failed") == 0
+    assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0", "--retry-failed") == 1
     assert cohort(out)["P005/broken"]["status"] == "done" and stats_mtimes(out).items() >= written.items()
 
 
@@ -200,7 +204,7 @@ def test_another_model_recomputes_and_parts_share_the_work(tree: tuple[Path, dic
     both = stats_mtimes(out)
     assert len(both) == 6 and all(both[k] == v for k, v in first.items())  # all CT series, each once
     statuses = sorted(r["status"] for r in cohort(out).values())
-    assert statuses == ["done"] * 6 + ["failed"] + ["skipped"] * 2  # 7 CT series, the broken one failed
+    assert statuses == ["done"] * 6 + ["failed"] * 2 + ["skipped"] * 2  # 8 CT series, 2 broken
     other = write_checkpoint(tmp_path / "other" / "model.pt", image_size=16, seed=1)
     assert run_batch(root, "--out", out, "--checkpoint", other, "--workers", "0", "--all-series") in (0, 1)
     assert all(stats_mtimes(out)[k] != v for k, v in both.items())  # another model: every series again
@@ -301,10 +305,14 @@ def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen]]]
                                "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not scheduler_file.is_file() and time.monotonic() < deadline:
+        deadline, address = time.monotonic() + TIMEOUT_S, None
+        while address is None and time.monotonic() < deadline:  # the file appears before its content
             time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                pass
+        assert address, "the scheduler did not start"
         for i in range(2):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-nanny",
