@@ -375,7 +375,7 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"
         warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
-                      f"all of it was labelled the {side} lung by its position: check the labels",
+                      f"all of it is labelled {side} lung by its position in the image: check the labels",
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
