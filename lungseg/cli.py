@@ -1,8 +1,9 @@
-"""Command line: ``python -m lungseg COMMAND`` (predict, convert, anonymise, train, evaluate).
+"""Command line: ``python -m lungseg COMMAND`` (predict, batch, convert, anonymise, train, evaluate).
 
-``predict`` segments a new DICOM series; the others are thin wrappers over the package
-(:mod:`lungseg.cache`/:mod:`lungseg.dicom`, :mod:`lungseg.anonymise`, and the 02/03 notebooks run by
-:func:`lungseg.report.run`). Every subcommand has ``--help``.
+``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.batch`);
+the others are thin wrappers over the package (:mod:`lungseg.cache`/:mod:`lungseg.dicom`,
+:mod:`lungseg.anonymise`, and the 02/03 notebooks run by :func:`lungseg.report.run`).
+Every subcommand has ``--help``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,91 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
     return 0
+
+
+BATCH_EPILOG = f"""\
+what it does:
+  finds every DICOM series under ROOT (any depth, DICOMDIR exports, files without extension, several
+  series per folder); localizers and non-CT series are skipped with their reason; of each study the
+  axial CT series with the thinnest slices is segmented (--all-series: every CT series), exactly as
+  `predict` would (same reading, model, threshold, post-processing and outputs).
+
+outputs (in OUT):
+  FOLDER/                one folder per segmented series, named from its folder relative to ROOT
+                         (FOLDER/series-UID where that folder holds several series), holding
+                         predict's files ({", ".join(predict.OUTPUT_NAMES)})
+  {"cohort.csv":<22} one row per series found: source, series_uid, status (done | failed |
+                         skipped), message, output, slices, right/left/lung volume (mL),
+                         lungs_touching, qc_status, qc_reasons, seconds, model, ...
+
+Running the same command again skips every series already complete with the same model, settings
+and input files; --retry-failed also retries the failed ones. The exit status is 0 only when no
+series failed.
+
+where it runs:
+  default               a local Dask cluster, one worker process per core (nothing to set up)
+  --workers 0           in this process, one series after the other
+  --scheduler ADDRESS   an existing Dask cluster (tcp://HOST:8786, or tls://... with the TLS
+                        settings of Dask's configuration); workers must reach ROOT and OUT at the
+                        same paths and have lungseg installed
+  --part K/N            every N-th series starting with the K-th, in this process (job arrays, e.g.
+                        SLURM --array=1-N with --part $SLURM_ARRAY_TASK_ID/N)
+"""
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="segment every CT series under a folder (a cohort)",
+                       description="Segment the lungs of every CT series under ROOT, resumable and in "
+                                   "parallel, into one predict-style folder per series plus "
+                                   "OUT/cohort.csv.",
+                       epilog=BATCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", metavar="ROOT", help="folder holding the DICOM files, at any depth (only read)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder (created; not inside ROOT)")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="a run's model.pt or run folder (default: as predict, see its --help)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local Dask worker processes (default: one per core while memory allows "
+                        "1.5 GB each; 0: run in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on the Dask cluster of this scheduler instead of a local one")
+    p.add_argument("--part", metavar="K/N", default=None,
+                   help="segment only every N-th series starting with the K-th (1 <= K <= N), in this "
+                        "process, without Dask")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="segment again the series that failed in an earlier run")
+    p.add_argument("--all-series", action="store_true",
+                   help="segment every CT series, not only the thinnest axial series of each study")
+    p.add_argument("--threshold", type=float, default=None, metavar="P",
+                   help="probability above which a voxel is lung (default: as predict)")
+    p.add_argument("--no-postprocess", action="store_const", const=False, default=None, dest="postprocess",
+                   help="keep the raw thresholded masks (default: as predict)")
+    p.add_argument("--device", default="auto", help="as predict (default %(default)s)")
+    p.add_argument("--runtime", choices=predict.RUNTIMES, default="auto",
+                   help="what runs the network, as predict (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per inference batch (as predict)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.part and args.scheduler:
+        raise ValueError("--part runs without Dask: give either --part or --scheduler")
+    part = batch.parse_part(args.part) if args.part else None
+    choice = predict.choose_model(args.checkpoint)
+    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    summary = batch.run(args.root, args.out, choice, workers=args.workers, scheduler=args.scheduler,
+                        part=part, retry_failed=args.retry_failed, all_series=args.all_series,
+                        threshold=args.threshold, clean=args.postprocess, device=args.device,
+                        runtime_name=args.runtime, batch_size=args.batch_size, progress=not args.quiet)
+    for line in summary.lines():
+        print(line)
+    return 0 if summary.failed + summary.failed_before == 0 else EXIT_ERROR
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -227,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(sub)
+    _add_batch(sub)
     _add_convert(sub)
     _add_anonymise(sub)
     _add_notebook(sub, "train", "02_train", "Train (or load) the run of a profile")

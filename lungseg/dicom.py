@@ -451,6 +451,12 @@ def _to_hu(slices: list[_Slice]) -> np.ndarray:
                      for s in slices])
 
 
+def mislabelled(path: Path) -> DicomSeriesError:
+    """The error for a file named like DICOM (:data:`DICOM_SUFFIXES`) that is not DICOM."""
+    return DicomSeriesError(f"{path}: named like a DICOM file but not DICOM (no DICM marker and no "
+                            "DICOM header): damaged or mislabelled")
+
+
 def read_slices(folder: str | os.PathLike[str], recursive: bool | None = None) -> list[_Slice]:
     """Read every image file in ``folder`` (see :func:`find_dicom_files`); non-DICOM files are
     skipped with a warning, a non-DICOM file named ``*.dcm`` is an error."""
@@ -458,8 +464,7 @@ def read_slices(folder: str | os.PathLike[str], recursive: bool | None = None) -
     files, others = find_dicom_files(folder, recursive)
     for p in others:
         if p.suffix.lower() in DICOM_SUFFIXES:
-            raise DicomSeriesError(f"{p}: named like a DICOM file but not DICOM (no DICM marker and no "
-                                   "DICOM header): damaged or mislabelled")
+            raise mislabelled(p)
         warnings.warn(f"skipping non-DICOM file {p}", DicomWarning, stacklevel=2)
     # A plain loop: parsing is pure Python under the GIL, and measured threads or processes slower.
     slices = [s for s in map(_read_one, files) if s is not None]
@@ -481,7 +486,26 @@ def load_series(folder: str | os.PathLike[str], series_uid: str | None = None,
     steps beyond ``SPACING_RTOL``/``SPACING_ATOL_MM``, and sheared (gantry-tilt) series.
     """
     folder = Path(folder)
-    slices = _pick_series(read_slices(folder, recursive), folder, series_uid)
+    return _volume(_pick_series(read_slices(folder, recursive), folder, series_uid), folder.name)
+
+
+def load_files(files: Sequence[str | os.PathLike[str]], name: str, series_uid: str | None = None) -> Volume:
+    """:func:`load_series` of an explicit list of DICOM files (one series found by
+    ``python -m lungseg batch``), with the same validation and the same errors; ``name`` becomes
+    the volume's ``case_id`` (the folder's name, as ``load_series`` would give it)."""
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if p.suffix.lower() in DICOM_SUFFIXES and not is_dicom(p):
+            raise mislabelled(p)
+    slices = [s for s in map(_read_one, paths) if s is not None]
+    if not slices:
+        raise DicomSeriesError(f"{paths[0].parent if paths else name}: no DICOM image among "
+                               f"{len(paths)} files")
+    return _volume(_pick_series(slices, paths[0].parent, series_uid), name)
+
+
+def _volume(slices: list[_Slice], case_id: str) -> Volume:
+    """The validated, position-sorted :class:`Volume` of the slices of one series."""
     _check_consistent(slices)
     slices, pos = _sort_positions(slices)
     first = slices[0]
@@ -497,7 +521,7 @@ def load_series(folder: str | os.PathLike[str], series_uid: str | None = None,
         origin=first.position,
         positions=np.asarray(pos, dtype=float),
         files=tuple(str(s.path) for s in slices),
-        case_id=folder.name,
+        case_id=case_id,
         series_uid=first.series_uid,
         orientation=first.orientation,
         sort_key="ImagePositionPatient",

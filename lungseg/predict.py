@@ -163,8 +163,14 @@ def resolve_runtime(name: str, device: str) -> str:
     return "onnxruntime"
 
 
-def onnx_session(checkpoint: Path) -> runtime.Session:
-    """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash)."""
+def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Session:
+    """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash),
+    running ``threads`` threads (None: every core this process may use)."""
+    return runtime.Session(onnx_export(checkpoint), threads)
+
+
+def onnx_export(checkpoint: Path) -> Path:
+    """The cached ONNX export of a checkpoint's weights (``build/onnx/``), made on first use."""
     weights = weights_file(checkpoint)
     cached = runtime.cached_model(weights)
     if not cached.is_file():
@@ -172,31 +178,29 @@ def onnx_session(checkpoint: Path) -> runtime.Session:
 
         net, cfg = load_checkpoint(weights)
         runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
-    return runtime.Session(cached)
+    return cached
 
 
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
                    batch_size: int = TORCH_BATCH, device: str = "cpu") -> np.ndarray:
     """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.run_logits`,
-    with a progress bar). Slices must be square, as in training."""
+    with a progress bar). Slices that are not square in pixels or in mm go through a square field of
+    view (:mod:`lungseg.fov`)."""
     from . import inference
 
-    try:
-        orient.check_square(volume.shape, volume.case_id)
-    except ValueError as exc:
-        raise PredictError(str(exc)) from None
     return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
-                                engine="torch")
+                                engine="torch", spacing=volume.spacing[1:])
 
 
-class _Network:
-    """The network of a checkpoint on one runtime: :meth:`logits` of a volume, and what stats.json
-    records of it."""
+class Network:
+    """The network of a checkpoint on one runtime, loaded once: :meth:`logits` of a volume, and what
+    stats.json records of it. ``threads``: ONNX Runtime's threads (None: every core)."""
 
-    def __init__(self, checkpoint: Path, device: str, runtime_name: str, batch_size: int | None) -> None:
-        self.device, self.runtime = device, runtime_name
+    def __init__(self, checkpoint: Path, device: str, runtime_name: str, batch_size: int | None,
+                 threads: int | None = None, progress: bool = True) -> None:
+        self.device, self.runtime, self.checkpoint, self.progress = device, runtime_name, checkpoint, progress
         if runtime_name == "onnxruntime":
-            self.session = onnx_session(checkpoint)
+            self.session = onnx_session(checkpoint, threads)
             self.preprocessing = self.session.preprocessing
             self.batch_size = batch_size or runtime.BATCH
             self.threads, self.version = self.session.threads, self.session.version
@@ -209,13 +213,27 @@ class _Network:
             self.threads, self.version = torch.get_num_threads(), f"torch {torch.__version__}"
 
     def logits(self, volume: dicom.Volume) -> np.ndarray:
+        """Logits (z, y, x) float32 on ``volume``'s grid (slices of any shape and pixel spacing)."""
         if self.runtime == "torch":
-            return predict_volume(self.net, self.cfg, volume, self.batch_size, self.device)
-        try:
-            orient.check_square(volume.shape, volume.case_id)
-        except ValueError as exc:
-            raise PredictError(str(exc)) from None
-        return self.session.logits(volume.hu, volume.case_id, progress=True, batch_size=self.batch_size)
+            from . import inference
+
+            return inference.run_logits(self.net, self.cfg, volume.hu, self.device, self.batch_size,
+                                        name=volume.case_id, progress=self.progress, engine="torch",
+                                        spacing=volume.spacing[1:])
+        return self.session.logits(volume.hu, volume.case_id, progress=self.progress,
+                                   batch_size=self.batch_size, spacing=volume.spacing[1:])
+
+
+_Network = Network  # the name before batch used it
+
+
+def load_network(checkpoint: Path, device: str = "auto", runtime_name: str = "auto",
+                 batch_size: int | None = None, threads: int | None = None,
+                 progress: bool = True) -> Network:
+    """The :class:`Network` of ``checkpoint`` (a run folder or weights file) for ``device`` and
+    ``runtime_name`` (:data:`RUNTIMES`), as ``predict`` loads it."""
+    dev = resolve_device(device)
+    return Network(checkpoint, dev, resolve_runtime(runtime_name, dev), batch_size, threads, progress)
 
 
 segment = postprocess.segment
@@ -251,7 +269,7 @@ class _Clock:
 
 # ---- the command -------------------------------------------------------------------------------
 
-def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: _Network,
+def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: Network,
            model_choice: runs.ModelChoice, threshold: float, clean: bool) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
@@ -330,17 +348,30 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     threshold, clean = inference_settings(ckpt, threshold, clean)
     if not 0.0 < threshold < 1.0:
         raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
-    dev = resolve_device(device)
-    network = _Network(ckpt, dev, resolve_runtime(runtime_name, dev), batch_size)
+    network = load_network(ckpt, device, runtime_name, batch_size)
     clock.lap("load_model_s")
     volume = dicom.load_series(dicom_dir, series_uid, recursive)
-    canon, reo = orient.canonical(volume)
     clock.lap("read_dicom_s")
+    return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
+                          sources=[dicom_dir])
+
+
+def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
+                   threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
+                   sources: list[Path] = (), extra: dict | None = None, stage_label: str = "") -> dict:
+    """Segment a loaded ``volume`` with ``network`` and write predict's five outputs into ``out_dir``
+    (built in a temporary sibling named with ``stage_label``, renamed into place when complete: see
+    :func:`lungseg.writing.staged_folder`, which also refuses ``sources`` overlapping ``out_dir``);
+    return the stats. ``extra`` is added to stats.json and to the folder's marker (``batch`` records
+    the model and settings there). ``choice``: the model, as stats.json records it. ``clock`` has
+    timed the stages before; this adds inference, post-processing and each export."""
+    canon, reo = orient.canonical(volume)
     logits = network.logits(canon)
     clock.lap("inference_s")
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
     canon_labels, split = sides.split_lungs_with_info(segment(logits, threshold, clean), canon)
+    del logits
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"
         warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
@@ -350,7 +381,9 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     clock.lap("postprocess_s")
     stats = _stats(volume, labels, split, network, choice, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
-    with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
+    stats.update(extra or {})
+    with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=sources, extra=extra,
+                               label=stage_label) as tmp:
         _write_outputs(tmp, volume, labels, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
         # Per slice and per core, so machines of different sizes compare (threads = cores used).

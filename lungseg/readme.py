@@ -92,7 +92,7 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
     return {"results": results_block(summary), "crossval": crossval_block(summary),
             "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
             "bench": bench_block(folder), "twoclass": two_class_block(folder),
-            "predict": predict_block(folder)}
+            "predict": predict_block(folder), "batch": batch_block(folder)}
 
 
 def render(text: str, new: dict[str, str]) -> str:
@@ -183,3 +183,82 @@ def predict_block(figures_dir: str | Path = paths.FIGURES) -> str:
             f"times in s of the ONNX Runtime run (`stats.json`). ONNX Runtime: {min(walls):.1f}–"
             f"{max(walls):.1f} s per case; the first run on a new checkpoint also exports it "
             f"({d['warm_up_wall_s']:.1f} s in all).\n\n" + tables.markdown(rows) + "\n")
+
+
+EXTRAPOLATED = ((1_000, 2, "this machine"), (1_000, 32, "one 32-core node"),
+                (100_000, 32, "one 32-core node"), (100_000, 512, "16 nodes x 32 cores (dask-jobqueue)"))
+"""(series, workers, where) of the extrapolated rows of the cohort table."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def batch_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """``batch`` against a loop of ``predict``, peak memory per worker, and cohort times measured and
+    extrapolated, from ``batch_timing.json`` (``benchmarks/batch_throughput.py --save figures``)."""
+    f = paths.resolve(figures_dir) / "batch_timing.json"
+    if not f.is_file():
+        return "(not measured: `python benchmarks/batch_throughput.py --save figures`)\n"
+    d = json.loads(f.read_text())
+    n = len(d["cases"])
+    loop = d["loop_predict"]["wall_s"]
+
+    def masks(m: dict) -> str:
+        return "identical bytes" if m.get("nifti_bytes_equal_loop") else (
+            "identical" if m.get("masks_equal_loop") else "**differ**")
+
+    def peak(values: list[float]) -> str:
+        return f"{max(values):.0f} MB" if values else "–"
+
+    runs = [("a loop of `predict` processes, one per series", d["loop_predict"],
+             f"{max(d['loop_predict']['peak_rss_mb']):.0f} MB (each process)", "–"),
+            (f"`batch` (default: local Dask cluster, {d['batch_default']['workers']} worker processes)",
+             d["batch_default"], peak(d["batch_default"]["worker_peak_rss_mb"]), masks(d["batch_default"])),
+            ("`batch --workers 0` (one process, no Dask)", d["batch_in_process"],
+             f"{d['batch_in_process']['peak_rss_mb']:.0f} MB", masks(d["batch_in_process"])),
+            (f"`batch --scheduler` (2-worker cluster started from the shell in "
+             f"{d['batch_dask_shell']['cluster_start_s']:.1f} s, not counted)", d["batch_dask_shell"],
+             peak(d["batch_dask_shell"]["worker_peak_rss_mb"]), masks(d["batch_dask_shell"]))]
+    rows = [{"how": how, "wall": f"{r['wall_s']:.1f} s", "series/min": f"{60 * n / r['wall_s']:.1f}",
+             "vs the loop": f"**{loop / r['wall_s']:.2f}×**", "peak memory per worker": mem,
+             "masks vs the loop": same} for how, r, mem, same in runs]
+    b12 = d["batch_12"]
+    per_file = b12["scan_s"] / b12["files"] if b12.get("files") else 0.0
+    files_per_series = b12["files"] / b12["series"]
+    w = b12["worker_s_per_series"]
+    cohort = [{"cohort": f"{b12['series']} series (measured)",
+               "workers": f"{b12['workers']} (this machine)", "time": f"**{_duration(b12['wall_s'])}**"}]
+    for series, workers, where in EXTRAPOLATED:
+        t = b12["fixed_s"] + series * (w + files_per_series * per_file) / workers
+        cohort.append({"cohort": f"{series:,} series (extrapolated)", "workers": f"{workers} ({where})",
+                       "time": _duration(t)})
+    slices = sorted(d["slices"].values())
+    pairs = d.get("pairs", [])
+    repeat = "one run each"
+    if pairs:
+        each = ", ".join(f"{p['speedup']:.2f}× (load {p['load_average_before']:.1f})" for p in pairs)
+        repeat = (f"{len(pairs)} pairs of a loop then a `batch`, alternating, speed-ups {each}: the "
+                  "median pair is shown")
+    shell = d["batch_dask_shell"]
+    beside = ""
+    if "default_right_after_s" in shell:
+        beside = (f"The shell cluster took {shell['wall_s']:.1f} s against "
+                  f"{shell['default_right_after_s']:.1f} s for the default right after it: "
+                  f"**{d['dask_shell_vs_default']:.2f}×** its time. ")
+    intro = (f"{n} series (cases {d['cases'][0][-3:]}–{d['cases'][-1][-3:]}, {slices[0]}–{slices[-1]} "
+             f"slices), model `{d['model']}`, {d['cores']} cores shared with other work, {repeat}; peak "
+             "memory is the high-water mark (VmHWM) of each worker process, masks are compared with the "
+             "loop's:\n\n")
+    extrapolation = (f"Cohort times: measured on {b12['series']} series with the default (its "
+                     f"`cohort.csv`: {w:.1f} s of one worker per series, {b12['fixed_s']:.1f} s of start-up "
+                     f"and tail), extrapolated as {b12['fixed_s']:.0f} s + N × ({w:.1f} s + "
+                     f"{files_per_series:.0f} files × {1000 * per_file:.1f} ms of discovery) / workers, for "
+                     "workers like these cores and "
+                     "storage that keeps up:\n\n")
+    return (intro + tables.markdown(rows) + "\n\n" + beside + extrapolation + tables.markdown(cohort)
+            + "\n")

@@ -151,22 +151,36 @@ class Session:
         return x
 
     def logits(self, hu: np.ndarray, name: str = "volume", progress: bool = False,
-               batch_size: int = BATCH) -> np.ndarray:
-        """Logits (z, H, W) float32 at full slice size for a (z, H, W) HU volume of square slices."""
-        from tqdm import tqdm
+               batch_size: int = BATCH, spacing: tuple[float, float] | None = None) -> np.ndarray:
+        """Logits (z, H, W) float32 on the slices' own grid for a (z, H, W) HU volume. ``spacing``:
+        (dy, dx) mm of the pixels (None: square pixels). Slices square in pixels and in mm are
+        resized as in training; any other slice is first brought onto a square field of view in mm
+        (:mod:`lungseg.fov`) and its logits back."""
+        from . import fov
 
         size = int(self.preprocessing["image_size"])
+        if not fov.is_plain(hu.shape, spacing):
+            f = fov.field(hu.shape, spacing, size)
+            x = f.to_model(self.normalise(f.pad(np.asarray(hu))))
+            return f.from_model(self._run(x, name, progress, batch_size))
         full = hu.shape[-1]
         # Resampling of the whole volume at once, outside the network loop: interleaved with
         # ONNX Runtime's threads, the BLAS threads of small per-batch products slowed it down 1.7x.
         x = self.normalise(hu)
         if full != size:
             x = resample(x, area_matrix(full, size))
+        y = self._run(x, name, progress, batch_size)
+        return resample(y, bilinear_matrix(size, full)) if full != size else y
+
+    def _run(self, x: np.ndarray, name: str, progress: bool, batch_size: int) -> np.ndarray:
+        """The network's logits (N, S, S) for inputs (N, S, S) float32, ``batch_size`` at a time."""
+        from tqdm import tqdm
+
         y = np.empty(x.shape, dtype=np.float32)
         starts = range(0, x.shape[0], batch_size)
         for s in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
             y[s:s + batch_size] = self.session.run(None, {"x": x[s:s + batch_size, None]})[0][:, 0]
-        return resample(y, bilinear_matrix(size, full)) if full != size else y
+        return y
 
 
 def preprocessing_of(cfg, raw_offset_hu: float) -> dict:

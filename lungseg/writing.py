@@ -136,19 +136,26 @@ def write_marker(folder: Path, tool: str, extra: dict | None = None) -> None:
     atomic_write_text(folder / MARKER, json.dumps(marker, indent=1) + "\n")
 
 
+def stage_names(dst: Path, label: str, tag: str) -> tuple[Path, Path]:
+    """The temporary siblings :func:`staged_folder` uses for ``dst``: (partial, old)."""
+    partial, old = (dst.with_name(f".{dst.name}.{label}{kind}-{tag}") for kind in ("partial", "old"))
+    return partial, old
+
+
 @contextmanager
 def staged_folder(dst: str | os.PathLike[str], tool: str, *, overwrite: bool = False,
-                  sources: Iterable[str | os.PathLike[str]] = (), extra: dict | None = None
-                  ) -> Iterator[Path]:
+                  sources: Iterable[str | os.PathLike[str]] = (), extra: dict | None = None,
+                  label: str = "") -> Iterator[Path]:
     """Yield an empty temporary folder beside ``dst``; when the block succeeds, mark it and rename it
     to ``dst``. Checks first (:func:`check_not_overlapping`, :func:`check_replaceable`): ``dst`` is
-    replaced only when it held lungseg ``tool``'s own earlier output. On any error nothing changes."""
+    replaced only when it held lungseg ``tool``'s own earlier output. On any error nothing changes.
+    The temporary siblings are named ``.NAME.LABELpartial-TAG`` and ``.NAME.LABELold-TAG``
+    (:func:`stage_names`), so a caller can recognise its own leftovers after a crash."""
     dst = Path(dst).absolute()
     check_not_overlapping(dst, sources)
     check_replaceable(dst, overwrite, tool)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tag = _tag()
-    tmp, old = (dst.with_name(f".{dst.name}.{kind}-{tag}") for kind in ("partial", "old"))
+    tmp, old = stage_names(dst, label, _tag())
     tmp.mkdir()  # mkdir, not mkdtemp: the usual permissions (umask), not 0700
     try:
         yield tmp

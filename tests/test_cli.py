@@ -37,7 +37,7 @@ from lungseg import (
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 N_SLICES = 6
 DZ = 2.5
-SUBCOMMANDS = ("predict", "convert", "anonymise", "train", "evaluate")
+SUBCOMMANDS = ("predict", "batch", "convert", "anonymise", "train", "evaluate")
 
 
 @pytest.fixture

@@ -48,3 +48,22 @@ def test_predict_block_renders_the_measured_times(tmp_path: Path) -> None:
     block = readme.predict_block(tmp_path)
     assert "| Case_008 | 148 | components | **8.3 s** | 11.0 s |" in block
     assert "2.5 / 3.4" in block and "1.00000 / 0.99998" in block and "8.3–8.3 s per case" in block
+
+
+def test_batch_block_renders_the_measured_and_extrapolated_times(tmp_path: Path) -> None:
+    assert "not measured" in readme.batch_block(tmp_path)
+    run = {"wall_s": 40.0, "worker_peak_rss_mb": [800.0, 700.0], "masks_equal_loop": True,
+           "nifti_bytes_equal_loop": True, "workers": 2}
+    d = {"cases": [f"Case_00{i}" for i in range(8)], "slices": {"Case_000": 154, "Case_001": 120},
+         "model": "m", "cores": 2, "load_average_start_end": [0.5, 1.9],
+         "loop_predict": {"wall_s": 80.0, "peak_rss_mb": [700.0, 780.0]}, "batch_default": run,
+         "batch_in_process": {**run, "peak_rss_mb": 900.0},
+         "batch_dask_shell": {**run, "cluster_start_s": 3.2},
+         "batch_12": {"series": 12, "wall_s": 60.0, "workers": 2, "files": 1800, "scan_s": 1.8,
+                      "worker_s_per_series": 9.0, "fixed_s": 6.0}}
+    (tmp_path / "batch_timing.json").write_text(json.dumps(d))
+    block = readme.batch_block(tmp_path)
+    assert "| 40.0 s | 12.0 | **2.00×** | 800 MB | identical bytes |" in block
+    assert "| 12 series (measured) | 2 (this machine) | **60 s** |" in block
+    # 6 s + 1000 x (9 s + 150 files x 1 ms) / 2 workers = 4581 s = 76 min
+    assert "| 1,000 series (extrapolated) | 2 (this machine) | 76 min |" in block
