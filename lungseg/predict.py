@@ -26,6 +26,7 @@ from . import (
     export,
     orient,
     postprocess,
+    qc,
     rtstruct,
     runs,
     runtime,
@@ -217,6 +218,14 @@ class _Network:
             raise PredictError(str(exc)) from None
         return self.session.logits(volume.hu, volume.case_id, progress=True, batch_size=self.batch_size)
 
+    def logits_of(self, hu: np.ndarray) -> np.ndarray:
+        """Logits (n, y, x) of a few square HU slices (n, y, x), quietly: QC's test-time change."""
+        if self.runtime == "torch":
+            from . import inference
+
+            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, engine="torch")
+        return self.session.logits(hu, batch_size=self.batch_size)
+
 
 segment = postprocess.segment
 
@@ -306,11 +315,20 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
             clean if clean is not None else bool(saved.get("postprocess", True)))
 
 
+def quality(canon: dicom.Volume, logits: np.ndarray, raw: np.ndarray, labels: np.ndarray,
+            threshold: float, network: _Network | None) -> qc.QCResult:
+    """The QC verdict of a prediction (:mod:`lungseg.qc`), all arrays on the canonical grid; with
+    ``network``, the flip agreement runs it on a few mirrored slices."""
+    scores = qc.measure(canon.hu, canon.spacing, logits, raw, labels, threshold,
+                        network.logits_of if network is not None else None)
+    return qc.assess(scores)
+
+
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
-            recursive: bool | None = None, runtime_name: str = "auto") -> dict:
+            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True) -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``checkpoint``: a run folder or weights file, or a :func:`choose_model` choice;
@@ -319,7 +337,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
     its mask back to the acquisition grid for the outputs; oblique series are refused.
-    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default."""
+    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
+    ``check``: judge the mask (:mod:`lungseg.qc`; ``stats["qc"]``); False only to time predict without it."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     if not dicom_dir.is_dir():
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
@@ -340,7 +359,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     clock.lap("inference_s")
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
-    canon_labels, split = sides.split_lungs_with_info(segment(logits, threshold, clean), canon)
+    raw = postprocess.binarize(logits, threshold)
+    canon_labels, split = sides.split_lungs_with_info(postprocess.clean(raw) if clean else raw, canon)
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"
         warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
@@ -348,8 +368,12 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
+    verdict = quality(canon, logits, raw, canon_labels, threshold, network) if check else None
+    clock.lap("qc_s")
     stats = _stats(volume, labels, split, network, choice, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
+    if verdict is not None:
+        stats["qc"] = verdict.to_dict()
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=[dicom_dir]) as tmp:
         _write_outputs(tmp, volume, labels, reo, clock)
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
