@@ -62,6 +62,7 @@ the same answer to well under 1 %: the scores are means over millions of voxels)
 class Check:
     """One QC rule: a score (see :func:`measure`), the side on which it is bad, and how it is said.
 
+    ``group``: the part of :func:`measure` that computes the score (its time is ``timings[group_s]``).
     ``scale``: "log" for ratios and volumes, whose sound spread is multiplicative. ``floor``: the least
     margin (in the score's own units, or in natural-log units for "log") between the most extreme
     sound calibration series and the limit, so that a score that never varied on the 12 training
@@ -115,13 +116,13 @@ CHECKS: tuple[Check, ...] = (
     Check("density", "mask_mean_hu", "above", "anatomy", 50.0,
           "the mask's mean density of {value:.0f} HU is too high for aerated lung (at most {limit:.0f} "
           "HU): it includes soft tissue?", fail_margins=4.0),
-    Check("strays", "stray_share", "above", "confidence", 0.02,
+    Check("strays", "stray_share", "above", "anatomy", 0.02,
           "{value:.0%} of what the model marked as lung lay in stray parts that post-processing removed: "
           "the model is confused by this image", fail_margins=4.0),
     Check("uncertain", "uncertain_share", "above", "confidence", 0.05,
           "the model is unsure of {value:.0%} as many voxels as it calls lung (at most {limit:.0%} on "
           "sound scans)", fail_margins=4.0),
-    Check("flip", "flip_dice", "below", "confidence", 0.01,
+    Check("flip", "flip_dice", "below", "flip", 0.01,
           "the mask changes when the image is mirrored (agreement {value:.3f}, at least {limit:.3f} on "
           "sound scans): the model is unsure", fail_margins=4.0),
 )
@@ -307,7 +308,7 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray, raw: n
     lap("anatomy_s")
     s = (slice(None, None, SUBSAMPLE),) * 3
     scores["uncertain_share"] = uncertain_share(logits, int(np.count_nonzero(mask[s])))
-    lap("uncertain_s")
+    lap("confidence_s")
     if logits_of is not None:
         p = float(threshold)
         scores["flip_dice"] = flip_dice(hu, raw, logits_of, math.log(p / (1 - p)))
@@ -398,10 +399,14 @@ def fit_check(check: Check, sound: Sequence[float]) -> dict:
 def fit(sound_rows: Sequence[Mapping], checks: Sequence[Check] = CHECKS,
         dropped: Sequence[str] = ()) -> dict:
     """Limits of every check from the sound calibration series' scores (rows of score name → value);
-    the checks named in ``dropped`` are recorded with ``"kept": false`` (assess skips them)."""
+    the checks named in ``dropped`` are recorded with ``"kept": false`` (assess skips them), checks
+    without any sound score are left out."""
     out = {}
     for check in checks:
-        rule = fit_check(check, [r.get(check.score) for r in sound_rows])
+        values = [r.get(check.score) for r in sound_rows]
+        if not any(v is not None and math.isfinite(v) for v in values):
+            continue  # nothing to set a limit on (e.g. no sound series): the check stays unset
+        rule = fit_check(check, values)
         rule["kept"] = check.name not in dropped
         out[check.name] = rule
     return {"checks": out}

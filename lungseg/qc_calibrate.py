@@ -165,13 +165,14 @@ def apply_rule(rows: Sequence[dict], thresholds: dict) -> list[dict]:
 
 
 def heldout(rows: Sequence[dict]) -> list[dict]:
-    """Each fold's rows judged by limits set on the other folds' patients' rows only."""
+    """Each fold's rows judged by limits set on the other folds' patients' rows only (each judged
+    row records how many sound series its limits came from: none leaves every limit unset)."""
     out = []
     for f in sorted({r["fold"] for r in rows}):
         calibration = [r for r in rows if r["fold"] != f]
-        if not sound_scores(calibration):
-            raise ValueError(f"fold {f}: no sound series among the other folds to set limits on")
-        out += apply_rule([r for r in rows if r["fold"] == f], fit_rule(calibration))
+        n_sound = len(sound_scores(calibration))
+        out += [{**r, "calibration_sound_series": n_sound}
+                for r in apply_rule([r for r in rows if r["fold"] == f], fit_rule(calibration))]
     return out
 
 
@@ -210,7 +211,8 @@ def summary(judged: Sequence[dict]) -> dict:
                        "sound flagged": sum(1 for r in judged if r["group"] == "sound"
                                             and check.name in r["checks"])})
     return {"bad": count("bad"), "sound": count("sound"), "good_failure": count("good failure"),
-            "per_kind": kinds, "per_check": checks}
+            "per_kind": kinds, "per_check": checks,
+            "calibration_sound_series": sorted({r.get("calibration_sound_series", -1) for r in judged})}
 
 
 def costs(rows: Sequence[dict]) -> dict[str, float]:
@@ -219,6 +221,55 @@ def costs(rows: Sequence[dict]) -> dict[str, float]:
     out = {k: float(np.median([r["qc_timings_s"].get(k, 0.0) for r in rows])) for k in keys}
     out["inference_s"] = float(np.median([r["inference_s"] for r in rows]))
     return out
+
+
+def rate_rows(held: dict) -> list[dict]:
+    """The detection and false-alarm table of a :func:`summary`."""
+    rows = []
+    for key, group, meaning in (("bad", "bad", "detection rate"), ("sound", "sound", "false-alarm rate"),
+                                ("good_failure", "good failure", "flagged anyway: a warning, not an error")):
+        c = held[key]
+        rows.append({"series": GROUPS[group], "n": c["series"], "flagged": c["flagged"],
+                     "rate": "–" if c["rate"] is None else f"{c['rate']:.1%}", "meaning": meaning})
+    return rows
+
+
+def check_rows(ev: dict) -> list[dict]:
+    """Per check: what it flagged under the held-out protocol and the median time of its group."""
+    costs_s = ev["costs_s"]
+    by_name = {c.name: c for c in qc.CHECKS}
+    return [{**c, "group time ms": round(1000 * costs_s.get(f"{by_name[c['check']].group}_s", 0.0), 1)}
+            for c in ev["heldout"]["per_check"]]
+
+
+def rule_rows(thresholds: dict) -> list[dict]:
+    """The limits of a rule as a table: check, score, side, limit, sound range, severity."""
+    rows = []
+    for check in qc.CHECKS:
+        r = thresholds.get("checks", {}).get(check.name)
+        if r is None:
+            continue
+        lo, hi = r["sound_range"]
+        rows.append({"check": check.name, "score": check.score,
+                     "flags when": f"{'>' if check.bad_when == 'above' else '<'} {r['limit']:.4g}",
+                     "sound calibration range": f"{lo:.4g} – {hi:.4g}", "severity": check.severity
+                     + (f" (fail beyond {check.fail_margins:g} margins)" if check.fail_margins else ""),
+                     "kept": "yes" if r.get("kept", True) else "no"})
+    return rows
+
+
+def same_limits(a: dict, b: dict) -> bool:
+    """True when two rules hold the same limits for the same checks."""
+    def limits(t: dict) -> dict:
+        return {k: (v["limit"], v.get("kept", True)) for k, v in t.get("checks", {}).items()}
+
+    return limits(a) == limits(b)
+
+
+def write_evaluation(ev: dict, path: Path) -> Path:
+    """The evaluation as JSON (the README's QC block is generated from it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writing.atomic_write_text(path, json.dumps(ev, indent=1, ensure_ascii=False) + "\n")
 
 
 # ---- figures ------------------------------------------------------------------------------------
