@@ -11,13 +11,15 @@ centre by up to 25 pixels); ``smooth`` (a softer reconstruction kernel, Gaussian
 
 Failure kinds: ``truncate_top``/``truncate_bottom`` (the scan stops 10-40 % of the lung's height
 inside the apex / base); ``crop_fov`` (a square field of view of 45-65 % of the width, off centre, so
-that a lung is cut by the image edge); ``zoom_fov`` (the same square reconstructed onto the full matrix:
-smaller pixels); ``lost_intercept`` (RescaleIntercept -1024 lost: every value +1024);
-``wrong_slope`` (slope 0.4-0.7 or 1.5-2.5 instead of 1); ``consolidation`` (20-50 % of one lung, grown
-from its posterior, dependent part, at soft-tissue density 35 +- 20 HU; it is still lung in the truth);
-``noise`` (Gaussian, sigma 150-400 HU); ``metal`` (streaks radiating from a bright object in the
-mediastinum over a third of the lung's height); ``motion`` (a ghost copy shifted 8-20 pixels
-front-back, 30-50 % strong); ``no_lung`` (only the slices below or above the lungs: not a chest scan).
+that a lung is cut by the image edge); ``zoom_fov`` (the same square reconstructed onto the full
+matrix: smaller pixels); ``circle_fov`` (a reconstruction circle of radius 30-40 % of the width, off
+centre, cutting a lung: outside it padding, -3024 HU, or air); ``lost_intercept`` (RescaleIntercept
+-1024 lost: every value +1024); ``wrong_slope`` (slope 0.4-0.7 or 1.5-2.5 instead of 1);
+``consolidation`` (20-50 % of one lung, grown from its posterior, dependent part, at soft-tissue
+density 35 +- 20 HU; it is still lung in the truth); ``noise`` (Gaussian, sigma 150-400 HU);
+``metal`` (streaks radiating from a bright object in the mediastinum over a third of the lung's
+height); ``motion`` (a ghost copy shifted 8-20 pixels front-back, 30-50 % strong); ``no_lung`` (only
+the slices below or above the lungs: not a chest scan).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from . import runtime
 from .dicom import Volume
 
 SOUND_KINDS = ("original", "mild_noise", "trim", "shift", "smooth")
-FAILURE_KINDS = ("truncate_top", "truncate_bottom", "crop_fov", "zoom_fov", "lost_intercept", "wrong_slope",
-                 "consolidation", "noise", "metal", "motion", "no_lung")
+FAILURE_KINDS = ("truncate_top", "truncate_bottom", "crop_fov", "zoom_fov", "circle_fov", "lost_intercept",
+                 "wrong_slope", "consolidation", "noise", "metal", "motion", "no_lung")
 KINDS = SOUND_KINDS + FAILURE_KINDS
 AIR_HU = -1000
 HU_RANGE = (-1024, 3071)
@@ -49,6 +51,13 @@ class Variant:
     truth: np.ndarray
     kind: str
     detail: str
+    cut: bool | None = None
+    """Whether the scan cuts the lungs, when the truth alone cannot tell (a reconstruction circle);
+    None: :func:`lungs_cut` of the truth."""
+
+    @property
+    def lungs_cut(self) -> bool:
+        return lungs_cut(self.truth) if self.cut is None else self.cut
 
 
 def _hu(values: np.ndarray) -> np.ndarray:
@@ -190,6 +199,18 @@ def make_failure(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Ge
         scale = side / nx
         sp = (volume.spacing[0], volume.spacing[1] * scale, volume.spacing[2] * scale)
         return Variant(replace(v, hu=hu, spacing=sp), t, kind, f"{side} px window on {nx} px")
+    if kind == "circle_fov":
+        radius = rng.uniform(0.3, 0.4) * nx
+        ys, xs = np.flatnonzero(truth.any(axis=(0, 2))), np.flatnonzero(truth.any(axis=(0, 1)))
+        cy = (ys[0] + ys[-1]) / 2
+        cx = (xs[0] + xs[-1]) / 2 + rng.choice([-1, 1]) * rng.uniform(0.05, 0.15) * nx
+        yy, xx = np.mgrid[0:ny, 0:nx]
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        fill = int(rng.choice([-3024, AIR_HU]))
+        hu = np.where(inside[None], np.asarray(volume.hu), np.int16(fill)).astype(np.int16)
+        return Variant(replace(volume, hu=hu), truth & inside[None], kind,
+                       f"circle of radius {radius:.0f} px, {fill} HU outside",
+                       cut=bool((truth & ~inside[None]).any()))
     if kind == "lost_intercept":
         return made((np.asarray(volume.hu, dtype=np.int16) + 1024).astype(np.int16), "+1024 HU")
     if kind == "wrong_slope":

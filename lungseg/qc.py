@@ -11,7 +11,7 @@ cross-validation predictions of the training patients and failures made from the
 The checks (:data:`CHECKS`), each a score with the side on which it is bad:
 
 * coverage: lung on the bottom or top slice of the scan (a cut base or apex), lung on the in-plane
-  image edge (a field of view too small);
+  image edge or running into the air outside the body (a field of view too small);
 * input: the HU of air and of soft tissue (a lost rescale intercept shifts both by ~1024 HU, a wrong
   slope scales them), image noise;
 * anatomy: total lung volume (mL), the smaller lung's volume as a share of the larger's, the mean HU
@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
+SCORES_VERSION = 1
+"""Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.qc calibrate`` writes them; see the README)."""
 
@@ -92,6 +94,9 @@ CHECKS: tuple[Check, ...] = (
           "{value:.0%} of the widest lung slice's area"),
     Check("fov", "edge_slice_share", "above", "coverage", 0.01,
           "a lung touches the edge of the image on {value:.0%} of its slices (field of view too small?)"),
+    Check("open", "open_slice_share", "above", "coverage", 0.01,
+          "on {value:.0%} of the lung's slices the lung runs into the air outside the body: the field of "
+          "view cuts through it (reconstruction too small?) or the mask leaks out of the chest"),
     Check("air", "air_hu", "above", "input", 150.0,
           "air measures {value:.0f} HU instead of about -1000 HU: the image is not in Hounsfield units "
           "(rescale intercept lost?)", severity="fail"),
@@ -167,23 +172,63 @@ def qc_columns(stats: Mapping) -> dict[str, str]:
 
 # ---- scores ---------------------------------------------------------------------------------------
 
-def coverage_scores(mask: np.ndarray) -> dict[str, float]:
+def coverage_scores(mask: np.ndarray, hu: np.ndarray | None = None) -> dict[str, float]:
     """Where a bool (z, y, x) canonical mask meets the scan's limits.
 
     ``bottom_cut_share``/``top_cut_share``: lung area on the first (most inferior) / last (most
     superior) slice as a share of the largest lung slice's area (0 when the scan extends beyond the
     lung). ``edge_slice_share``: share of the slices holding lung in which it comes within
-    :data:`BORDER_PX` pixels of the in-plane image edge.
+    :data:`BORDER_PX` pixels of the in-plane image edge. With ``hu`` (z, y, x, HU):
+    ``open_slice_share``, the share of the slices holding lung in which lung lies in air (or padding)
+    that reaches the image edge in that slice: a lung cut by the field of view, whether by the image
+    edge or by a reconstruction circle (a lung is enclosed by the chest wall on every axial slice).
     """
     area = mask.sum(axis=(1, 2))
+    out = {"bottom_cut_share": 0.0, "top_cut_share": 0.0, "edge_slice_share": 0.0}
+    if hu is not None:
+        out["open_slice_share"] = 0.0
     widest = float(area.max()) if area.size else 0.0
     if widest == 0:
-        return {"bottom_cut_share": 0.0, "top_cut_share": 0.0, "edge_slice_share": 0.0}
+        return out
+    with_lung = float(np.count_nonzero(area))
     b = min(BORDER_PX, mask.shape[1] // 4, mask.shape[2] // 4) or 1
     edge = (mask[:, :b, :].any(axis=(1, 2)) | mask[:, -b:, :].any(axis=(1, 2))
             | mask[:, :, :b].any(axis=(1, 2)) | mask[:, :, -b:].any(axis=(1, 2)))
-    return {"bottom_cut_share": float(area[0]) / widest, "top_cut_share": float(area[-1]) / widest,
-            "edge_slice_share": float(edge.sum()) / float(np.count_nonzero(area))}
+    out.update({"bottom_cut_share": float(area[0]) / widest, "top_cut_share": float(area[-1]) / widest,
+                "edge_slice_share": float(edge.sum()) / with_lung})
+    if hu is not None:
+        out["open_slice_share"] = float(np.count_nonzero(open_slices(mask, hu))) / with_lung
+    return out
+
+
+OPEN_STEP = 4
+"""In-plane step (pixels) of the grid on which :func:`open_slices` follows the air (about 4 mm)."""
+AIR_BELOW_HU = -500.0
+
+
+def open_slices(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """(z,) bool: slices in which a lung voxel of ``mask`` lies in air connected, within the slice, to
+    the image edge (on every :data:`OPEN_STEP`-th pixel; air = below :data:`AIR_BELOW_HU` HU, padding
+    included). Only the slices holding lung are examined."""
+    from scipy import ndimage
+
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    out = np.zeros(mask.shape[0], dtype=bool)
+    if zs.size == 0:
+        return out
+    step = OPEN_STEP if min(mask.shape[1:]) >= 8 * OPEN_STEP else 1
+    air = np.asarray(hu[zs, ::step, ::step]) < AIR_BELOW_HU
+    lung = mask[zs, ::step, ::step]
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)  # connected within a slice only
+    labels, _ = ndimage.label(air, in_plane)
+    rim = np.zeros(air.shape[1:], dtype=bool)
+    rim[0, :] = rim[-1, :] = rim[:, 0] = rim[:, -1] = True
+    outside = np.zeros(labels.max() + 1, dtype=bool)
+    outside[np.unique(labels[:, rim])] = True
+    outside[0] = False
+    out[zs] = (outside[labels] & lung).any(axis=(1, 2))
+    return out
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -300,7 +345,7 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray, raw: n
         t = now
 
     mask = labels > 0
-    scores: dict[str, float | None] = dict(coverage_scores(mask))
+    scores: dict[str, float | None] = dict(coverage_scores(mask, hu))
     lap("coverage_s")
     scores.update(input_scores(hu))
     lap("input_s")

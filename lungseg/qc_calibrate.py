@@ -40,8 +40,10 @@ BAD_DICE = 0.90
 """A mask with a lower Dice against its truth is wrong (the issue's external check)."""
 CACHE = paths.BUILD / "qc"
 TABLE_VERSION = 1
-_CODE = ("qc.py", "failures.py", "qc_calibrate.py", "postprocess.py", "sides.py", "inference.py",
-         "runtime.py")
+"""Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
+_CODE = ("failures.py", "postprocess.py", "sides.py", "inference.py", "runtime.py")
+"""The code whose change changes a row; :data:`lungseg.qc.SCORES_VERSION` stands for qc.py's scores
+(the rule's sentences and limits may change without recomputing the table)."""
 GROUPS = {"sound": "sound kind, mask good", "bad": "bad (Dice < 0.90, lungs cut or no lung)",
           "good failure": "failure kind, mask still good"}
 DROPPED: dict[str, str] = {}
@@ -71,7 +73,7 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
 
     scores = qc.measure(volume.hu, volume.spacing, logits, raw, labels, threshold, logits_of, timings)
     dice = metrics.volume_dice(final, truth)
-    cut, empty = failures.lungs_cut(truth), not truth.any()
+    cut, empty = variant.lungs_cut, not truth.any()
     why = [w for w, on in (("Dice < 0.90", dice < BAD_DICE), ("lungs cut", cut), ("no lung", empty)) if on]
     sound_kind = variant.kind in failures.SOUND_KINDS
     group = "bad" if why else ("sound" if sound_kind else "good failure")
@@ -84,16 +86,17 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
 
 # ---- the table ------------------------------------------------------------------------------------
 
-def _table_key(folds: Sequence[TrainResult], case_ids: Sequence[str], kinds: Sequence[str], per_kind: int,
-               seed: int) -> str:
-    h = hashlib.sha256(json.dumps({"v": TABLE_VERSION, "runs": [r.run_dir.name for r in folds],
-                                   "cases": [cache.case_key(paths.images_dir(paths.data_dir(), c),
-                                                            paths.mask_file(paths.data_dir(), c))
-                                             for c in case_ids],
-                                   "kinds": list(kinds), "per_kind": per_kind, "seed": seed}).encode())
+def _cache_file(run: TrainResult) -> Path:
+    """Where the rows of one fold run are cached: by the run and the code that scores them."""
+    h = hashlib.sha256(f"v{TABLE_VERSION}-{qc.SCORES_VERSION}".encode())
     for name in _CODE:
         h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
+    return CACHE / f"{run.run_dir.name}-{h.hexdigest()[:12]}.jsonl"
+
+
+def _case_key(case_id: str, data: str | None) -> str:
+    root = paths.data_dir(data)
+    return cache.case_key(paths.images_dir(root, case_id), paths.mask_file(root, case_id))
 
 
 def fold_of(folds: Sequence[TrainResult], case_id: str) -> int:
@@ -108,21 +111,34 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
                 seed: int = 0, data: str | None = None, case_ids: Sequence[str] | None = None,
                 use_cache: bool = True) -> list[dict]:
     """One row per series: every test patient of every fold run (or ``case_ids``), each variant kind
-    ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached in
-    ``build/qc/`` by the runs, the cases' data, the kinds and the code, row by row (an interrupted
-    run resumes)."""
+    ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached per fold run in
+    ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed), one
+    line per finished series, so an interrupted table resumes and other selections reuse it."""
     case_ids = sorted(case_ids or {c for r in folds for c in r.config.test_cases})
-    key = _table_key(folds, case_ids, kinds, per_kind, seed)
-    path = CACHE / f"table-{key}.jsonl"
     rows: list[dict] = []
-    if use_cache and path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    done = {(r["case"], r["kind"], r["repeat"]) for r in rows}
-    todo = [(c, k, i) for c in case_ids for k in kinds for i in range(per_kind) if (c, k, i) not in done]
+    known: dict[tuple, dict] = {}
+    if use_cache:
+        for run in folds:
+            f = _cache_file(run)
+            if f.is_file():
+                for line in f.read_text().splitlines():
+                    if line.strip():
+                        r = json.loads(line)
+                        known[(r["run"], r["case"], r["data_key"], r["kind"], r["repeat"], r["seed"])] = r
     loaded: dict[str, cache.Case] = {}
-    for case_id, kind, rep in tqdm(todo, desc="QC series", unit="series", disable=not todo):
-        case = loaded.setdefault(case_id, cache.load_case(case_id, data))
+    todo = []
+    for case_id in case_ids:
         f = fold_of(folds, case_id)
+        data_key = _case_key(case_id, data)
+        for kind in kinds:
+            for rep in range(per_kind):
+                hit = known.get((folds[f].run_dir.name, case_id, data_key, kind, rep, seed))
+                if hit is not None:
+                    rows.append({**hit, "fold": f})
+                else:
+                    todo.append((case_id, f, data_key, kind, rep))
+    for case_id, f, data_key, kind, rep in tqdm(todo, desc="QC series", unit="series", disable=not todo):
+        case = loaded.setdefault(case_id, cache.load_case(case_id, data))
         threshold, clean = run_settings(folds[f])
         rng = np.random.default_rng([seed, int(case_id.split("_")[-1]), failures.KINDS.index(kind), rep])
         try:
@@ -130,13 +146,13 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
         except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
             print(f"{case_id} {kind}: skipped ({exc})", file=sys.stderr)
             continue
-        row = {"case": case_id, "fold": f, "run": folds[f].run_dir.name, "repeat": rep,
-               "threshold": threshold, "postprocess": clean,
+        row = {"case": case_id, "fold": f, "run": folds[f].run_dir.name, "data_key": data_key,
+               "repeat": rep, "seed": seed, "threshold": threshold, "postprocess": clean,
                **score_series(folds[f], variant, threshold, clean)}
         rows.append(row)
         if use_cache:
             CACHE.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as fh:  # one line per finished series
+            with open(_cache_file(folds[f]), "a") as fh:  # one line per finished series
                 fh.write(json.dumps(row) + "\n")
     order = {k: i for i, k in enumerate(kinds)}
     return sorted(rows, key=lambda r: (r["case"], order.get(r["kind"], 99), r["repeat"]))

@@ -59,7 +59,8 @@ def rule() -> dict:
 def test_scores_of_a_plausible_phantom() -> None:
     hu, mask = phantom()
     s = scores_of(hu, mask)
-    assert s["bottom_cut_share"] == s["top_cut_share"] == s["edge_slice_share"] == 0.0
+    assert s["bottom_cut_share"] == s["top_cut_share"] == 0.0
+    assert s["edge_slice_share"] == s["open_slice_share"] == 0.0
     assert s["air_hu"] == pytest.approx(-1000, abs=40)
     assert s["tissue_hu"] == pytest.approx(40, abs=10)
     assert s["noise_hu"] == pytest.approx(15, rel=0.2)
@@ -75,9 +76,22 @@ def test_coverage_of_a_mask_cut_by_the_first_slice_and_by_the_image_edge() -> No
     mask = np.zeros((4, 10, 10), dtype=bool)
     mask[0:3, 3:7, 3:7] = True  # widest slice 16 pixels; slice 0 holds all 16
     mask[1, 4, 0:2] = True  # slice 1 reaches the left image edge
-    s = qc.coverage_scores(mask)
+    hu = np.where(mask, -850, 40).astype(np.int16)
+    hu[:, 0, :] = hu[:, -1, :] = hu[:, :, 0] = hu[:, :, -1] = -1000  # air all round the body
+    s = qc.coverage_scores(mask, hu)
     assert s["bottom_cut_share"] == pytest.approx(16 / 18) and s["top_cut_share"] == 0.0
     assert s["edge_slice_share"] == pytest.approx(1 / 3)
+    assert s["open_slice_share"] == pytest.approx(1 / 3)  # only slice 1's lung reaches the outside air
+
+
+def test_a_lung_cut_by_a_reconstruction_circle_runs_into_the_padding() -> None:
+    hu, mask = phantom()
+    yy, xx = np.mgrid[0:SHAPE[1], 0:SHAPE[2]]
+    inside = (yy - 64) ** 2 + (xx - 80) ** 2 <= 45 ** 2  # cuts the lung on the image's left
+    for fill in (-3024, -1000):
+        cut = np.where(inside, hu, fill).astype(np.int16)
+        s = qc.coverage_scores(mask & inside, cut)
+        assert s["edge_slice_share"] == 0.0 and s["open_slice_share"] > 0.5, fill
 
 
 def test_otsu_splits_two_clusters() -> None:
@@ -199,11 +213,11 @@ def test_every_kind_leaves_its_input_unchanged_and_has_the_expected_truth() -> N
         v = failures.make_failure(vol, mask, kind, np.random.default_rng(i))
         assert v.kind == kind and v.volume.hu.shape == v.truth.shape
         assert v.volume.shape[1] == v.volume.shape[2], kind  # square slices, as predict needs
-        cut = failures.lungs_cut(v.truth)
-        assert cut == (kind in ("truncate_top", "truncate_bottom", "crop_fov", "zoom_fov")), kind
+        cut = ("truncate_top", "truncate_bottom", "crop_fov", "zoom_fov", "circle_fov")
+        assert v.lungs_cut == (kind in cut), kind
         if kind == "no_lung":
             assert not v.truth.any()
-        elif kind not in ("crop_fov", "zoom_fov", "truncate_top", "truncate_bottom", "trim", "shift"):
+        elif kind not in (*cut, "trim", "shift"):
             assert np.array_equal(v.truth, mask), kind  # same grid, same anatomy
     assert hashlib.sha256(hu.tobytes()).hexdigest() == before
     lost = failures.make_failure(vol, mask, "lost_intercept", np.random.default_rng(0))
