@@ -14,8 +14,9 @@ The checks (:data:`CHECKS`), each a score with the side on which it is bad:
   image edge or running into the air outside the body (a field of view too small);
 * input: the HU of air and of soft tissue (a lost rescale intercept shifts both by ~1024 HU, a wrong
   slope scales them), image noise;
-* anatomy: total lung volume (mL), the smaller lung's volume as a share of the larger's, the mean HU
-  inside the mask, the share of the raw mask that post-processing removed as stray parts;
+* anatomy: total lung volume (mL), the smaller lung's volume as a share of the larger's, how convex
+  one lung is against the other (a bite of consolidation left out), the mean HU inside the mask, the
+  share of the raw mask that post-processing removed as stray parts;
 * model confidence: the share of voxels whose probability lies between 0.1 and 0.9 per lung voxel,
   and the agreement of the mask with the network's answer on the mirrored image.
 
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
-SCORES_VERSION = 1
+SCORES_VERSION = 2
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.qc calibrate`` writes them; see the README)."""
@@ -118,6 +119,10 @@ CHECKS: tuple[Check, ...] = (
     Check("balance", "side_balance", "below", "anatomy", 0.2,
           "one lung has only {value:.0%} of the other's volume (expected at least {limit:.0%}): a lung "
           "partly missed, collapsed or consolidated?", scale="log", fail_margins=4.0),
+    Check("shape", "solidity_balance", "below", "anatomy", 0.05,
+          "one lung's outline has a large dent that the other lacks (solidity ratio {value:.2f}, at least "
+          "{limit:.2f} on sound scans): dense lung (consolidation, effusion, collapse) left out of the mask?",
+          scale="log", fail_margins=4.0),
     Check("density", "mask_mean_hu", "above", "anatomy", 50.0,
           "the mask's mean density of {value:.0f} HU is too high for aerated lung (at most {limit:.0f} "
           "HU): it includes soft tissue?", fail_margins=4.0),
@@ -280,7 +285,8 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     final labels (1 = right, 2 = left lung); ``spacing`` (dz, dy, dx) mm. ``lung_ml``, ``right_ml``,
     ``left_ml`` (mL); ``side_balance``: smaller lung / larger lung (0 when one is missing);
     ``mask_mean_hu``: mean HU inside the mask (aerated lung about -850 to -700); ``stray_share``:
-    voxels of ``raw`` outside the final mask per final mask voxel.
+    voxels of ``raw`` outside the final mask per final mask voxel; ``solidity_balance``: the less
+    solid lung's :func:`solidity` over the other's (a bite out of one lung lowers it).
     """
     voxel_ml = float(np.prod(spacing)) / 1000.0
     right = int(np.count_nonzero(labels == 1))
@@ -293,7 +299,34 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     n = int(np.count_nonzero(final))
     out["mask_mean_hu"] = float(np.asarray(hu[s])[final].mean(dtype=np.float64)) if n else None
     out["stray_share"] = float(np.count_nonzero(raw[s] & ~final)) / n if n else None
+    solid = [v for v in (solidity(labels == side, spacing) for side in (1, 2)) if v]
+    out["solidity_balance"] = min(solid) / max(solid) if len(solid) == 2 else None
     return out
+
+
+SOLIDITY_STEP = (2, 4, 4)
+"""Grid (every n-th voxel along z, y, x) on which :func:`solidity` takes a lung's outline."""
+
+
+def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
+    """Volume of one lung (bool z, y, x) over the volume of its 3D convex hull, on a
+    :data:`SOLIDITY_STEP` grid: about 0.6-0.8 for a healthy lung (the diaphragm's dome and the heart
+    dent it); dense lung left out of the mask (consolidation, effusion, collapse) bites a piece out of
+    it and lowers it. None for fewer than 50 voxels on the grid or a flat lung."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+
+    sub = mask[tuple(slice(None, None, k) for k in SOLIDITY_STEP)]
+    n = int(np.count_nonzero(sub))
+    if n < 50:
+        return None
+    step = np.asarray(spacing, dtype=float) * SOLIDITY_STEP
+    outline = np.argwhere(sub & ~ndimage.binary_erosion(sub)) * step
+    try:
+        hull = ConvexHull(outline)
+    except QhullError:  # all on one plane (a single slice)
+        return None
+    return n * float(np.prod(step)) / hull.volume if hull.volume > 0 else None
 
 
 def uncertain_share(logits: np.ndarray, lung_voxels: int) -> float | None:

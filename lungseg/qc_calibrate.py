@@ -95,8 +95,14 @@ def _cache_file(run: TrainResult) -> Path:
 
 
 def _case_key(case_id: str, data: str | None) -> str:
+    """The case's data by content (file names and sizes, the mask's bytes), not by modification
+    times: a fresh unpack of the same files keeps its cached rows."""
     root = paths.data_dir(data)
-    return cache.case_key(paths.images_dir(root, case_id), paths.mask_file(root, case_id))
+    h = hashlib.sha256()
+    for f in sorted(p for p in paths.images_dir(root, case_id).iterdir() if p.is_file()):
+        h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+    h.update(paths.mask_file(root, case_id).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def fold_of(folds: Sequence[TrainResult], case_id: str) -> int:
