@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
-SCORES_VERSION = 2
+SCORES_VERSION = 3
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.qc calibrate`` writes them; see the README)."""
@@ -306,17 +306,27 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
 
 SOLIDITY_STEP = (2, 4, 4)
 """Grid (every n-th voxel along z, y, x) on which :func:`solidity` takes a lung's outline."""
+SOLIDITY_MIN_AREA = 0.1
 
 
 def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     """Volume of one lung (bool z, y, x) over the volume of its 3D convex hull, on a
     :data:`SOLIDITY_STEP` grid: about 0.6-0.8 for a healthy lung (the diaphragm's dome and the heart
     dent it); dense lung left out of the mask (consolidation, effusion, collapse) bites a piece out of
-    it and lowers it. None for fewer than 50 voxels on the grid or a flat lung."""
+    it and lowers it. Only the lung's largest part on the slices where it holds at least
+    :data:`SOLIDITY_MIN_AREA` of its widest slice's area counts: a stretch of trachea or a stray
+    fragment would otherwise inflate the hull. None for fewer than 50 voxels or a flat lung."""
     from scipy import ndimage
     from scipy.spatial import ConvexHull, QhullError
 
     sub = mask[tuple(slice(None, None, k) for k in SOLIDITY_STEP)]
+    area = sub.sum(axis=(1, 2))
+    if area.size == 0 or area.max() == 0:
+        return None
+    sub = sub & (area >= SOLIDITY_MIN_AREA * area.max())[:, None, None]
+    parts, count = ndimage.label(sub)
+    if count > 1:
+        sub = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
     n = int(np.count_nonzero(sub))
     if n < 50:
         return None
