@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
-SCORES_VERSION = 3
+SCORES_VERSION = 4
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.qc calibrate`` writes them; see the README)."""
@@ -87,10 +87,10 @@ class Check:
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("cut_bottom", "bottom_cut_share", "above", "coverage", 0.01,
+    Check("cut_bottom", "bottom_cut_share", "above", "coverage", 0.03,
           "the lungs are cut by the bottom slice of the scan (lung base missing?): the bottom slice holds "
           "{value:.0%} of the widest lung slice's area"),
-    Check("cut_top", "top_cut_share", "above", "coverage", 0.01,
+    Check("cut_top", "top_cut_share", "above", "coverage", 0.03,
           "the lungs are cut by the top slice of the scan (lung apex missing?): the top slice holds "
           "{value:.0%} of the widest lung slice's area"),
     Check("fov", "edge_slice_share", "above", "coverage", 0.01,
@@ -186,7 +186,8 @@ def coverage_scores(mask: np.ndarray, hu: np.ndarray | None = None) -> dict[str,
     :data:`BORDER_PX` pixels of the in-plane image edge. With ``hu`` (z, y, x, HU):
     ``open_slice_share``, the share of the slices holding lung in which lung lies in air (or padding)
     that reaches the image edge in that slice: a lung cut by the field of view, whether by the image
-    edge or by a reconstruction circle (a lung is enclosed by the chest wall on every axial slice).
+    edge or by a reconstruction circle (a lung is enclosed by the chest wall on every axial slice;
+    see :func:`open_slices`).
     """
     area = mask.sum(axis=(1, 2))
     out = {"bottom_cut_share": 0.0, "top_cut_share": 0.0, "edge_slice_share": 0.0}
@@ -209,18 +210,24 @@ def coverage_scores(mask: np.ndarray, hu: np.ndarray | None = None) -> dict[str,
 OPEN_STEP = 4
 """In-plane step (pixels) of the grid on which :func:`open_slices` follows the air (about 4 mm)."""
 AIR_BELOW_HU = -500.0
+WIDE_SLICE = 0.1
+"""Share of the widest lung slice's area from which a slice counts for :func:`open_slices` and
+:func:`solidity` (the ends of the lungs and a stretch of trachea do not)."""
 
 
 def open_slices(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """(z,) bool: slices in which a lung voxel of ``mask`` lies in air connected, within the slice, to
     the image edge (on every :data:`OPEN_STEP`-th pixel; air = below :data:`AIR_BELOW_HU` HU, padding
-    included). Only the slices holding lung are examined."""
+    included). Only slices holding at least :data:`WIDE_SLICE` of the widest lung slice's area are
+    examined: above the apex a few pixels of airway near the neck's open air are no lung cut by the
+    field of view."""
     from scipy import ndimage
 
-    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    area = mask.sum(axis=(1, 2))
     out = np.zeros(mask.shape[0], dtype=bool)
-    if zs.size == 0:
+    if area.size == 0 or area.max() == 0:
         return out
+    zs = np.flatnonzero(area >= WIDE_SLICE * area.max())
     step = OPEN_STEP if min(mask.shape[1:]) >= 8 * OPEN_STEP else 1
     air = np.asarray(hu[zs, ::step, ::step]) < AIR_BELOW_HU
     lung = mask[zs, ::step, ::step]
@@ -306,7 +313,6 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
 
 SOLIDITY_STEP = (2, 4, 4)
 """Grid (every n-th voxel along z, y, x) on which :func:`solidity` takes a lung's outline."""
-SOLIDITY_MIN_AREA = 0.1
 
 
 def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
@@ -314,7 +320,7 @@ def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     :data:`SOLIDITY_STEP` grid: about 0.6-0.8 for a healthy lung (the diaphragm's dome and the heart
     dent it); dense lung left out of the mask (consolidation, effusion, collapse) bites a piece out of
     it and lowers it. Only the lung's largest part on the slices where it holds at least
-    :data:`SOLIDITY_MIN_AREA` of its widest slice's area counts: a stretch of trachea or a stray
+    :data:`WIDE_SLICE` of its widest slice's area counts: a stretch of trachea or a stray
     fragment would otherwise inflate the hull. None for fewer than 50 voxels or a flat lung."""
     from scipy import ndimage
     from scipy.spatial import ConvexHull, QhullError
@@ -323,7 +329,7 @@ def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     area = sub.sum(axis=(1, 2))
     if area.size == 0 or area.max() == 0:
         return None
-    sub = sub & (area >= SOLIDITY_MIN_AREA * area.max())[:, None, None]
+    sub = sub & (area >= WIDE_SLICE * area.max())[:, None, None]
     parts, count = ndimage.label(sub)
     if count > 1:
         sub = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
@@ -435,15 +441,17 @@ def assess(scores: Mapping[str, float | None], thresholds: Mapping | None = None
     """The verdict for ``scores`` (:func:`measure`) under ``thresholds`` (:func:`load_thresholds`
     when None): every check whose score lies beyond its limit adds its sentence; the status is the
     worst severity among them (a "review" check fails beyond ``fail_margins`` margins past its limit).
-    No lung at all fails. A check with no limit in ``thresholds`` (not calibrated, or dropped by the
-    calibration) or no score (e.g. no flip test) is skipped."""
+    No lung at all fails (the input checks still say why, when they can). A check with no limit in
+    ``thresholds`` (not calibrated, or dropped by the calibration) or no score (e.g. no flip test)
+    is skipped."""
     thresholds = load_thresholds() if thresholds is None else thresholds
     limits = thresholds.get("checks", {})
     scores = dict(scores)
-    if not scores.get("lung_ml"):
-        return QCResult("fail", [NO_LUNG], scores, ["no_lung"])
-    found: list[tuple[int, str, str]] = []
+    no_lung = not scores.get("lung_ml")
+    found: list[tuple[int, str, str]] = [(STATUSES.index("fail"), "no_lung", NO_LUNG)] if no_lung else []
     for check in checks:
+        if no_lung and check.group != "input":  # nothing else to judge without a mask
+            continue
         rule, value = limits.get(check.name), scores.get(check.score)
         if rule is None or not rule.get("kept", True) or value is None or not math.isfinite(value):
             continue
