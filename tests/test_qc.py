@@ -317,3 +317,7 @@ def test_a_real_case_passes_and_its_cut_and_shifted_variants_are_flagged(real_ca
         verdict = _judge(v.volume, v.truth)
         assert check in verdict.flagged and verdict.status in (status, "fail"), (kind, verdict)
         assert math.isfinite(verdict.scores["lung_ml"])
+
+
+def test_qc_module_entry_point_names_its_one_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert qc.main([]) == 2 and "calibrate" in capsys.readouterr().err
