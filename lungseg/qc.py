@@ -15,8 +15,9 @@ The checks (:data:`CHECKS`), each a score with the side on which it is bad:
 * input: the HU of air and of soft tissue (a lost rescale intercept shifts both by ~1024 HU, a wrong
   slope scales them), image noise;
 * anatomy: total lung volume (mL), the smaller lung's volume as a share of the larger's, how convex
-  one lung is against the other (a bite of consolidation left out), the mean HU inside the mask, the
-  share of the raw mask that post-processing removed as stray parts;
+  one lung is against the other and how far one stops short of the other at the back (consolidation
+  left out), the mean HU inside the mask, the share of the raw mask that post-processing removed as
+  stray parts;
 * model confidence: the share of voxels whose probability lies between 0.1 and 0.9 per lung voxel,
   and the agreement of the mask with the network's answer on the mirrored image.
 
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
-SCORES_VERSION = 4
+SCORES_VERSION = 5
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.qc calibrate`` writes them; see the README)."""
@@ -123,6 +124,10 @@ CHECKS: tuple[Check, ...] = (
           "one lung's outline has a large dent that the other lacks (solidity ratio {value:.2f}, at least "
           "{limit:.2f} on sound scans): dense lung (consolidation, effusion, collapse) left out of the mask?",
           scale="log", fail_margins=4.0),
+    Check("posterior", "posterior_gap_mm", "above", "anatomy", 10.0,
+          "one lung stops {value:.0f} mm short of the other at the back (at most {limit:.0f} mm on sound "
+          "scans): dense dependent lung (consolidation, effusion, collapse) left out of the mask?",
+          fail_margins=4.0),
     Check("density", "mask_mean_hu", "above", "anatomy", 50.0,
           "the mask's mean density of {value:.0f} HU is too high for aerated lung (at most {limit:.0f} "
           "HU): it includes soft tissue?", fail_margins=4.0),
@@ -293,7 +298,8 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     ``left_ml`` (mL); ``side_balance``: smaller lung / larger lung (0 when one is missing);
     ``mask_mean_hu``: mean HU inside the mask (aerated lung about -850 to -700); ``stray_share``:
     voxels of ``raw`` outside the final mask per final mask voxel; ``solidity_balance``: the less
-    solid lung's :func:`solidity` over the other's (a bite out of one lung lowers it).
+    solid lung's :func:`solidity` over the other's (a bite out of one lung lowers it);
+    ``posterior_gap_mm``: :func:`posterior_gap`.
     """
     voxel_ml = float(np.prod(spacing)) / 1000.0
     right = int(np.count_nonzero(labels == 1))
@@ -308,7 +314,27 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     out["stray_share"] = float(np.count_nonzero(raw[s] & ~final)) / n if n else None
     solid = [v for v in (solidity(labels == side, spacing) for side in (1, 2)) if v]
     out["solidity_balance"] = min(solid) / max(solid) if len(solid) == 2 else None
+    out["posterior_gap_mm"] = posterior_gap(labels, spacing)
     return out
+
+
+def posterior_gap(labels: np.ndarray, spacing: Sequence[float], percentile: float = 75.0) -> float | None:
+    """How far (mm) one lung stops short of the other at the back: per slice where both lungs hold at
+    least :data:`WIDE_SLICE` of their widest area, the difference between the two lungs' most
+    posterior rows, then its ``percentile`` over those slices. Both lungs reach the paravertebral
+    gutters about equally (a few mm apart); dense dependent lung left out of one mask (consolidation,
+    effusion, collapse) leaves a gap of centimetres. ``labels``: canonical (z, y, x), rows running
+    towards the patient's back, 1 = right, 2 = left lung."""
+    lungs = [labels == side for side in (1, 2)]
+    areas = [m.sum(axis=(1, 2)) for m in lungs]
+    if min(a.max() for a in areas) == 0:
+        return None
+    zs = np.flatnonzero((areas[0] >= WIDE_SLICE * areas[0].max()) & (areas[1] >= WIDE_SLICE * areas[1].max()))
+    if zs.size == 0:
+        return None
+    ny = labels.shape[1]
+    back = [ny - 1 - np.argmax(m[zs].any(axis=2)[:, ::-1], axis=1) for m in lungs]
+    return float(np.percentile(np.abs(back[0] - back[1]), percentile)) * float(spacing[1])
 
 
 SOLIDITY_STEP = (2, 4, 4)

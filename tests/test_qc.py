@@ -94,6 +94,20 @@ def test_a_lung_cut_by_a_reconstruction_circle_runs_into_the_padding() -> None:
         assert s["edge_slice_share"] == 0.0 and s["open_slice_share"] > 0.5, fill
 
 
+def test_a_bite_out_of_one_lungs_back_shows_in_the_gap_and_the_solidity() -> None:
+    _, mask = phantom()
+    labels = labels_of(mask)
+    assert qc.posterior_gap(labels, SPACING) == 0.0  # mirror-image lungs
+    solid = qc.anatomy_scores(np.zeros(SHAPE, np.int16), mask, labels, SPACING)["solidity_balance"]
+    assert solid == pytest.approx(1.0, abs=0.02)
+    zyx = np.moveaxis(np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]], 0, -1)
+    ball = (((zyx - (24, 80, 40)) * SPACING) ** 2).sum(axis=-1) <= 40 ** 2
+    bitten = np.where(ball, 0, labels).astype(np.uint8)  # a ball out of the back of one lung, mid-height
+    assert qc.posterior_gap(bitten, SPACING) > 20
+    scores = qc.anatomy_scores(np.zeros(SHAPE, np.int16), bitten > 0, bitten, SPACING)
+    assert scores["solidity_balance"] < solid - 0.02 and scores["posterior_gap_mm"] > 20
+
+
 def test_otsu_splits_two_clusters() -> None:
     values = np.concatenate([np.full(500, -1000.0), np.full(300, 40.0)])
     assert -1000 < qc.otsu(values) < 40
