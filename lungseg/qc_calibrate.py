@@ -171,9 +171,10 @@ def sound_scores(rows: Sequence[dict]) -> list[dict]:
     return [r["scores"] for r in rows if r["group"] == "sound"]
 
 
-def fit_rule(rows: Sequence[dict]) -> dict:
-    """The limits of every check from ``rows``' sound series (:func:`lungseg.qc.fit`)."""
-    return qc.fit(sound_scores(rows), dropped=list(DROPPED))
+def fit_rule(rows: Sequence[dict], dropped: Sequence[str] = tuple(DROPPED)) -> dict:
+    """The limits of every check from ``rows``' sound series (:func:`lungseg.qc.fit`); the checks in
+    ``dropped`` are recorded but not applied."""
+    return qc.fit(sound_scores(rows), dropped=list(dropped))
 
 
 def apply_rule(rows: Sequence[dict], thresholds: dict) -> list[dict]:
@@ -186,15 +187,16 @@ def apply_rule(rows: Sequence[dict], thresholds: dict) -> list[dict]:
     return out
 
 
-def heldout(rows: Sequence[dict]) -> list[dict]:
+def heldout(rows: Sequence[dict], dropped: Sequence[str] = tuple(DROPPED)) -> list[dict]:
     """Each fold's rows judged by limits set on the other folds' patients' rows only (each judged
-    row records how many sound series its limits came from: none leaves every limit unset)."""
+    row records how many sound series its limits came from: none leaves every limit unset); the
+    checks in ``dropped`` are not applied."""
     out = []
     for f in sorted({r["fold"] for r in rows}):
         calibration = [r for r in rows if r["fold"] != f]
         n_sound = len(sound_scores(calibration))
         out += [{**r, "calibration_sound_series": n_sound}
-                for r in apply_rule([r for r in rows if r["fold"] == f], fit_rule(calibration))]
+                for r in apply_rule([r for r in rows if r["fold"] == f], fit_rule(calibration, dropped))]
     return out
 
 
@@ -257,11 +259,13 @@ def rate_rows(held: dict) -> list[dict]:
 
 
 def check_rows(ev: dict) -> list[dict]:
-    """Per check: what it flagged under the held-out protocol and the median time of its group."""
+    """Per check, all of them applied (dropped ones too): what it flagged under the held-out protocol,
+    the median time of its group, and whether it is shipped."""
     costs_s = ev["costs_s"]
     by_name = {c.name: c for c in qc.CHECKS}
-    return [{**c, "group time ms": round(1000 * costs_s.get(f"{by_name[c['check']].group}_s", 0.0), 1)}
-            for c in ev["heldout"]["per_check"]]
+    return [{**c, "group time ms": round(1000 * costs_s.get(f"{by_name[c['check']].group}_s", 0.0), 1),
+             "shipped": "no: " + ev["dropped"][c["check"]] if c["check"] in ev["dropped"] else "yes"}
+            for c in ev["every_check"]]
 
 
 def rule_rows(thresholds: dict) -> list[dict]:
@@ -359,10 +363,11 @@ def write_thresholds(thresholds: dict, path: Path = qc.THRESHOLDS_FILE) -> Path:
 def evaluation(rows: Sequence[dict], deployed: dict) -> dict:
     """The held-out evaluation (what the report and the README quote) and the deployed rule's view."""
     judged = heldout(rows)
+    every_check = summary(heldout(rows, dropped=()))["per_check"]  # what each check adds, dropped ones too
     return {"bad_dice": BAD_DICE, "folds": len({r["fold"] for r in rows}),
             "cases": sorted({r["case"] for r in rows}), "series": len(rows),
-            "heldout": summary(judged), "costs_s": costs(rows),
-            "deployed_on_calibration": summary(apply_rule(rows, deployed))["bad"]}
+            "heldout": summary(judged), "every_check": every_check, "dropped": dict(DROPPED),
+            "costs_s": costs(rows), "deployed_on_calibration": summary(apply_rule(rows, deployed))["bad"]}
 
 
 def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResult]:

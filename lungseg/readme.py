@@ -217,10 +217,10 @@ def qc_block(figures_dir: str | Path = paths.FIGURES, thresholds: Path = qc.THRE
     costs = ev["costs_s"]
     by_name = {c.name: c for c in qc.CHECKS}
     rows = []
-    for c in h["per_check"]:
+    for c in ev["every_check"]:
         check, rule = by_name[c["check"]], shipped["checks"].get(c["check"])
         limit = "–" if rule is None else (f"{'>' if check.bad_when == 'above' else '<'} {rule['limit']:.4g}"
-                                          + ("" if rule.get("kept", True) else " (dropped)"))
+                                          + ("" if rule.get("kept", True) else " (not shipped)"))
         sound_range = "–" if rule is None else "{:.4g} – {:.4g}".format(*rule["sound_range"])
         rows.append({"check": c["check"], "score": c["score"], "flags when (shipped)": limit,
                      "sound range (all patients)": sound_range,
@@ -230,6 +230,9 @@ def qc_block(figures_dir: str | Path = paths.FIGURES, thresholds: Path = qc.THRE
                      "sound flagged": c["sound flagged"],
                      "time of its group": f"{1000 * costs.get(check.group + '_s', 0.0):.0f} ms"})
     out += tables.markdown(rows) + "\n"
+    if ev.get("dropped"):
+        out += ("\nMeasured but not shipped (the rates above are without them; the table applies every "
+                "check): " + "; ".join(f"`{k}`: {v}" for k, v in ev["dropped"].items()) + ".\n")
     cal = shipped.get("calibration")
     if cal:
         out += (f"\nShipped limits: set on {cal['sound_series']} sound series of {len(cal['cases'])} "
