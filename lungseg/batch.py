@@ -47,13 +47,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from . import dicom, predict, runs, runtime, writing
+from . import dicom, predict, qc, runs, runtime, writing
 
 COHORT = "cohort.csv"
 COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "right_lung_ml", "left_lung_ml",
            "lung_volume_ml", "lungs_touching", "qc_status", "qc_reasons", "seconds", "model", "modality",
            "plane", "slice_mm")
-"""The cohort table's columns; ``qc_*`` stay empty until a QC step fills them."""
+"""The cohort table's columns; ``qc_*``: the verdict of :mod:`lungseg.qc` (empty unless done)."""
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 STAGE_LABEL = "batch-"
 """Temporary series folders are ``.NAME.batch-partial-PID-HEX`` (and ``-old-``): batch's own."""
@@ -640,7 +640,8 @@ def row(entry: Entry, status: str, message: str = "", stats: dict | None = None,
         r.update(slices=_fmt(stats.get("slices")), right_lung_ml=_fmt(stats.get("right_lung_ml"), 1),
                  left_lung_ml=_fmt(stats.get("left_lung_ml"), 1),
                  lung_volume_ml=_fmt(stats.get("lung_volume_ml"), 1),
-                 lungs_touching=_fmt(stats.get("lungs_touching")), model=model_name(stats))
+                 lungs_touching=_fmt(stats.get("lungs_touching")), model=model_name(stats),
+                 **qc.qc_columns(stats))
     if seconds is not None:
         r["seconds"] = _fmt(seconds, 1)
     return r

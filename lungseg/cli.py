@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths, predict, writing
+from . import paths, predict, qc, writing
 from .dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
@@ -38,7 +38,8 @@ outputs (in OUT_DIR, written to a temporary folder beside it and renamed when co
   {predict.SEG_NAME:<22} DICOM Segmentation, segments "Right lung" and "Left lung" (SNOMED CT)
   {predict.RTSTRUCT_NAME:<22} RT Structure Set, ROIs Lung_R and Lung_L, contours on every slice
   {predict.OVERVIEW_NAME:<22} middle axial and coronal slices with both lungs, physical aspect
-  {predict.STATS_NAME:<22} volumes (mL, per lung), slices, spacing, threshold, checkpoint, timings
+  {predict.STATS_NAME:<22} volumes (mL, per lung), slices, spacing, threshold, checkpoint, timings,
+  {'':<22} and the quality control's verdict ("qc": pass, review or fail, reasons, scores)
 
 The side of each lung comes from the DICOM geometry (ImageOrientationPatient/ImagePositionPatient),
 never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
@@ -78,6 +79,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                         "keep the 2 largest 3D components and fill enclosed holes)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an OUT_DIR holding an earlier predict output (nothing else)")
+    p.add_argument("--no-qc", action="store_false", dest="qc",
+                   help="skip the quality control of the mask (only to time predict without it)")
     _add_series_options(p)
     p.set_defaults(func=_run_predict)
 
@@ -98,10 +101,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
     stats = predict.predict(args.dicom_dir, args.out, choice, args.device, args.batch_size,
                             args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
-                            args.runtime)
+                            args.runtime, args.qc)
     t = stats["timings_s"]
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
+    if "qc" in stats:
+        print(qc.verdict_line(stats["qc"]))
     return 0
 
 
@@ -165,6 +170,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", choices=predict.RUNTIMES, default="auto",
                    help="what runs the network, as predict (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None, help="slices per inference batch (as predict)")
+    p.add_argument("--report", action="store_true",
+                   help="then render the cohort report OUT/report.html (notebooks/04_cohort.ipynb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_batch)
 
@@ -187,6 +194,10 @@ def _run_batch(args: argparse.Namespace) -> int:
                         runtime_name=args.runtime, batch_size=args.batch_size, progress=not args.quiet)
     for line in summary.lines():
         print(line)
+    if args.report:
+        from . import cohort_report
+
+        print(f"report: {cohort_report.render_report(args.out)}")
     return 0 if summary.failed + summary.failed_before == 0 else EXIT_ERROR
 
 

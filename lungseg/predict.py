@@ -26,6 +26,7 @@ from . import (
     export,
     orient,
     postprocess,
+    qc,
     rtstruct,
     runs,
     runtime,
@@ -223,6 +224,14 @@ class Network:
         return self.session.logits(volume.hu, volume.case_id, progress=self.progress,
                                    batch_size=self.batch_size, spacing=volume.spacing[1:])
 
+    def logits_of(self, hu: np.ndarray) -> np.ndarray:
+        """Logits (n, y, x) of a few square HU slices (n, y, x), quietly: QC's test-time change."""
+        if self.runtime == "torch":
+            from . import inference
+
+            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, engine="torch")
+        return self.session.logits(hu, batch_size=self.batch_size)
+
 
 _Network = Network  # the name before batch used it
 
@@ -324,11 +333,20 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
             clean if clean is not None else bool(saved.get("postprocess", True)))
 
 
+def quality(canon: dicom.Volume, logits: np.ndarray, raw: np.ndarray, labels: np.ndarray,
+            threshold: float, network: _Network | None) -> qc.QCResult:
+    """The QC verdict of a prediction (:mod:`lungseg.qc`), all arrays on the canonical grid; with
+    ``network``, the flip agreement runs it on a few mirrored slices."""
+    scores = qc.measure(canon.hu, canon.spacing, logits, raw, labels, threshold,
+                        network.logits_of if network is not None else None)
+    return qc.assess(scores)
+
+
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
-            recursive: bool | None = None, runtime_name: str = "auto") -> dict:
+            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True) -> dict:
     """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``checkpoint``: a run folder or weights file, or a :func:`choose_model` choice;
@@ -337,7 +355,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.orient`) and
     its mask back to the acquisition grid for the outputs; oblique series are refused.
-    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default."""
+    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
+    ``check``: judge the mask (:mod:`lungseg.qc`; ``stats["qc"]``); False only to time predict without it."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     if not dicom_dir.is_dir():
         raise PredictError(f"DICOM folder not found: {dicom_dir}")
@@ -353,25 +372,26 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     volume = dicom.load_series(dicom_dir, series_uid, recursive)
     clock.lap("read_dicom_s")
     return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
-                          sources=[dicom_dir])
+                          sources=[dicom_dir], check=check)
 
 
 def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
                    threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
-                   sources: list[Path] = (), extra: dict | None = None, stage_label: str = "") -> dict:
+                   sources: list[Path] = (), extra: dict | None = None, stage_label: str = "",
+                   check: bool = True) -> dict:
     """Segment a loaded ``volume`` with ``network`` and write predict's five outputs into ``out_dir``
     (built in a temporary sibling named with ``stage_label``, renamed into place when complete: see
     :func:`lungseg.writing.staged_folder`, which also refuses ``sources`` overlapping ``out_dir``);
     return the stats. ``extra`` is added to stats.json and to the folder's marker (``batch`` records
     the model and settings there). ``choice``: the model, as stats.json records it. ``clock`` has
-    timed the stages before; this adds inference, post-processing and each export."""
+    timed the stages before; this adds inference, post-processing, QC (``check``) and each export."""
     canon, reo = orient.canonical(volume)
     logits = network.logits(canon)
     clock.lap("inference_s")
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
-    canon_labels, split = sides.split_lungs_with_info(segment(logits, threshold, clean), canon)
-    del logits
+    raw = postprocess.binarize(logits, threshold)
+    canon_labels, split = sides.split_lungs_with_info(postprocess.clean(raw) if clean else raw, canon)
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"
         warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
@@ -379,9 +399,14 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
+    verdict = quality(canon, logits, raw, canon_labels, threshold, network) if check else None
+    clock.lap("qc_s")
     stats = _stats(volume, labels, split, network, choice, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
+    del logits, raw
     stats.update(extra or {})
+    if verdict is not None:
+        stats["qc"] = verdict.to_dict()
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=sources, extra=extra,
                                label=stage_label) as tmp:
         _write_outputs(tmp, volume, labels, reo, clock)

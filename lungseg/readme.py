@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from . import crossval, paths, tables, writing
+from . import crossval, paths, qc, tables, writing
 
 README = paths.ROOT / "README.md"
 _BLOCK = re.compile(r"(<!-- BEGIN lungseg:(\w+) -->\n)(.*?)(<!-- END lungseg:\2 -->)", re.S)
@@ -92,7 +92,8 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
     return {"results": results_block(summary), "crossval": crossval_block(summary),
             "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
             "bench": bench_block(folder), "twoclass": two_class_block(folder),
-            "predict": predict_block(folder), "batch": batch_block(folder)}
+            "predict": predict_block(folder), "batch": batch_block(folder), "qc": qc_block(folder),
+            "qctime": qc_timing_block(folder)}
 
 
 def render(text: str, new: dict[str, str]) -> str:
@@ -262,3 +263,78 @@ def batch_block(figures_dir: str | Path = paths.FIGURES) -> str:
                      "storage that keeps up:\n\n")
     return (intro + tables.markdown(rows) + "\n\n" + beside + extrapolation + tables.markdown(cohort)
             + "\n")
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k}/{n} ({k / n:.0%})" if n else f"{k}/{n}"
+
+
+def qc_block(figures_dir: str | Path = paths.FIGURES, thresholds: Path = qc.THRESHOLDS_FILE) -> str:
+    """The quality control's held-out rates, per kind and per check, and the shipped rule, from
+    ``qc_evaluation.json`` (written by 05_qc) and ``lungseg/qc_thresholds.json`` (written by
+    ``python -m lungseg.qc calibrate``)."""
+    f = paths.resolve(figures_dir) / "qc_evaluation.json"
+    if not f.is_file():
+        return "(not measured: run 05_qc, `./run_all.sh --only 05_qc`)\n"
+    ev = json.loads(f.read_text())
+    shipped = json.loads(thresholds.read_text()) if thresholds.is_file() else {"checks": {}}
+    h = ev["heldout"]
+    bad, sound, good = h["bad"], h["sound"], h["good_failure"]
+    out = (f"Held-out ({ev['folds']} folds over {len(ev['cases'])} patients; each fold's series judged by "
+           f"limits set on the other folds' patients): **detection {_share(bad['flagged'], bad['series'])}** "
+           f"of the bad series (Dice < {ev['bad_dice']}, lungs cut or no lung), **false alarms "
+           f"{_share(sound['flagged'], sound['series'])}** of the sound series; failure-kind series whose "
+           f"mask stayed good were flagged {_share(good['flagged'], good['series'])}.")
+    if bad["missed"]:
+        out += " Missed: " + "; ".join(bad["missed"]) + "."
+    if sound["flagged_series"]:
+        out += " False alarms: " + "; ".join(sound["flagged_series"]) + "."
+    kinds = [{"kind": k["kind"], "series": k["series"], "bad": k["bad"],
+              "bad flagged": k["bad flagged"], "other flagged": f"{k['not bad flagged']}/{k['not bad']}",
+              "median Dice": f"{k['Dice median']:.3f}", "fail / review": f"{k['fail']} / {k['review']}"}
+             for k in h["per_kind"]]
+    out += "\n\n" + tables.markdown(kinds) + "\n\n"
+    costs = ev["costs_s"]
+    by_name = {c.name: c for c in qc.CHECKS}
+    rows = []
+    for c in ev["every_check"]:
+        check, rule = by_name[c["check"]], shipped["checks"].get(c["check"])
+        limit = "–" if rule is None else (f"{'>' if check.bad_when == 'above' else '<'} {rule['limit']:.4g}"
+                                          + ("" if rule.get("kept", True) else " (not shipped)"))
+        sound_range = "–" if rule is None else "{:.4g} – {:.4g}".format(*rule["sound_range"])
+        rows.append({"check": c["check"], "score": c["score"], "flags when (shipped)": limit,
+                     "sound range (all patients)": sound_range,
+                     "status": check.severity + (f", fail past {check.fail_margins:g} margins"
+                                                 if check.fail_margins else ""),
+                     "bad flagged (alone)": f"{c['bad flagged']} ({c['bad flagged by it alone']})",
+                     "sound flagged": c["sound flagged"],
+                     "time of its group": f"{1000 * costs.get(check.group + '_s', 0.0):.0f} ms"})
+    out += tables.markdown(rows) + "\n"
+    if ev.get("dropped"):
+        out += ("\nMeasured but not shipped (the rates above are without them; the table applies every "
+                "check): " + "; ".join(f"`{k}`: {v}" for k, v in ev["dropped"].items()) + ".\n")
+    cal = shipped.get("calibration")
+    if cal:
+        out += (f"\nShipped limits: set on {cal['sound_series']} sound series of {len(cal['cases'])} "
+                "patients "
+                f"({cal['series']} series in all, fold runs {', '.join(cal['fold_runs'])}), "
+                f"{cal['date']}; rule: {cal['rule']}.\n")
+    return out
+
+
+def qc_timing_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """``predict`` with and without QC per case, from ``qc_timing.json`` (written by
+    ``benchmarks/qc_timing.py RUN_DIR --save figures``)."""
+    f = paths.resolve(figures_dir) / "qc_timing.json"
+    if not f.is_file():
+        return "(not measured: `python benchmarks/qc_timing.py RUN_DIR --save figures`)\n"
+    d = json.loads(f.read_text())
+    rows = [{"case": c["case"], "slices": c["slices"], "QC": c["qc_status"],
+             "wall with QC": f"{c['wall_s']['qc']:.1f} s", "wall without": f"{c['wall_s']['no_qc']:.1f} s",
+             "difference": f"{c['wall_overhead']:+.1%}", "QC stage": f"{c['qc_stage_s']:.2f} s",
+             "QC stage / wall without": f"{c['qc_stage_share_of_no_qc_wall']:.1%}"} for c in d["cases"]]
+    worst = max(c["qc_stage_share_of_no_qc_wall"] for c in d["cases"])
+    return (f"`python -m lungseg predict` with and without `--no-qc` (fresh processes, alternating, median "
+            f"of {d['repeat']} each, {d['cpu_capability']}, {d['cores']} cores, run {d['run']}); the QC "
+            f"stage took at most {worst:.1%} of predict's time without it (goal: at most 25 %).\n\n"
+            + tables.markdown(rows) + "\n")

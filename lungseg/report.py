@@ -23,10 +23,13 @@ from .config import ProfileError, load_profile
 
 NOTEBOOKS = paths.ROOT / "notebooks"
 KERNEL = "lungseg"
-TAKES_PROFILE = ("02_train", "03_eval")
+TAKES_PROFILE = ("02_train", "03_eval", "05_qc")
 """Notebooks told which profile they run under (02_train records its runs under that name)."""
 TRAIN_NOTEBOOK_PARAMS = ("profile", "figures_dir")
 """What 02_train is given; its config, protocols and folds come from :func:`lungseg.config.training_plan`."""
+NOT_IN_REPORT = ("04_cohort",)
+"""Numbered notebooks that are no part of the report: 04_cohort reports on a batch output folder
+(``lungseg.cohort_report.render_report``)."""
 
 
 def default_profile() -> str:
@@ -40,8 +43,9 @@ def default_profile() -> str:
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:
-    """The numbered notebooks in order, or those whose stem starts with one of ``only``."""
-    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """The report's numbered notebooks in order (not :data:`NOT_IN_REPORT`), or those whose stem starts
+    with one of ``only``."""
+    found = [nb for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) if nb.stem not in NOT_IN_REPORT]
     if only:
         found = [nb for nb in found if any(nb.stem.startswith(o) for o in only)]
         if not found:

@@ -246,7 +246,8 @@ def _wait_for_done(out: Path, proc: subprocess.Popen, at_least: int = 1) -> int:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"batch ended before it could be interrupted (rc {proc.returncode})")
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            pytest.fail(f"batch ended before it could be interrupted (rc {proc.returncode}): {err}")
         try:
             done = sum(r["status"] == "done" for r in csv.DictReader((out / batch.COHORT).open()))
         except (OSError, KeyError):

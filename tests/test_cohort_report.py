@@ -1,0 +1,74 @@
+"""The cohort report of a batch folder (lungseg.cohort_report, notebooks/04_cohort.ipynb)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from lungseg import cohort_report, plots
+
+
+def fake_batch(out: Path) -> Path:
+    """A batch folder as the batch command writes it: three done series (QC pass, review, fail), one
+    failed, one skipped."""
+    rows = []
+    done = (("s_pass", "pass", [], 2100.0, 1900.0),
+            ("s_review", "review", ["the lungs are cut by the top slice"], 1500.0, 1400.0),
+            ("s_fail", "fail", ["air measures 24 HU instead of about -1000 HU"], 900.0, 5000.0))
+    for name, status, reasons, right, left in done:
+        folder = out / name
+        folder.mkdir(parents=True)
+        (folder / "stats.json").write_text(json.dumps({"qc": {"status": status, "reasons": reasons}}))
+        fig = Figure(figsize=(1, 1))
+        fig.subplots().plot([0, 1])
+        plots.save_figure(fig, folder / "overview.png")
+        rows.append({"source": f"/in/{name}", "series_uid": "1.2", "status": "done", "message": "",
+                     "output": name, "slices": "100", "right_lung_ml": str(right), "left_lung_ml": str(left),
+                     "lung_volume_ml": str(right + left), "lungs_touching": "False", "qc_status": status,
+                     "qc_reasons": "; ".join(reasons), "seconds": "8.5", "model": "m"})
+    rows.append({**{c: "" for c in cohort_report.COLUMNS}, "source": "/in/broken", "status": "failed",
+                 "message": "no DICOM files in /in/broken", "seconds": "0.4"})
+    rows.append({**{c: "" for c in cohort_report.COLUMNS}, "source": "/in/scout", "status": "skipped",
+                 "message": "a localizer series"})
+    with open(out / cohort_report.COHORT_CSV, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(cohort_report.COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def test_tables_put_flagged_series_first_and_list_failures(tmp_path: Path) -> None:
+    cohort = cohort_report.load(fake_batch(tmp_path / "out"))
+    assert cohort_report.counts(cohort) == {"series": 5, "done": 3, "failed": 1, "skipped": 1, "QC pass": 1,
+                                            "QC review": 1, "QC fail": 1}
+    assert [r["series"] for r in cohort_report.qc_table(cohort)] == ["s_fail", "s_review", "s_pass"]
+    assert [s.name for s in cohort_report.flagged(cohort)] == ["s_fail", "s_review"]
+    assert all(s.overview is not None for s in cohort_report.flagged(cohort))
+    assert cohort_report.failures_table(cohort) == [
+        {"series": "/in/broken", "status": "failed", "message": "no DICOM files in /in/broken"},
+        {"series": "/in/scout", "status": "skipped", "message": "a localizer series"}]
+    volumes = {(r["series"], r["structure"]): r for r in cohort_report.volume_table(cohort)}
+    assert volumes[("all done series", "right lung")]["median mL"] == "1500"
+    assert volumes[("QC pass only", "both lungs")]["range mL"] == "4000–4000"
+    times = {r["status"]: r for r in cohort_report.time_table(cohort)}
+    assert times["done"]["total s"] == "25.5" and times["failed"]["series"] == 1 and "skipped" not in times
+    assert isinstance(cohort_report.volume_figure(cohort), Figure)
+
+
+def test_a_folder_without_cohort_csv_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cohort.csv"):
+        cohort_report.load(tmp_path)
+
+
+def test_render_report_writes_self_contained_html(tmp_path: Path) -> None:
+    out = fake_batch(tmp_path / "out")
+    html = cohort_report.render_report(out).read_text()
+    assert (out / "report.html").is_file()
+    assert html.index("s_fail") < html.index("s_pass")  # flagged series first
+    assert "air measures 24 HU" in html and "no DICOM files in /in/broken" in html
+    assert "data:image/png;base64" in html  # overviews and the figure embedded
+    assert "cohort_report.load(" not in html  # inputs hidden
