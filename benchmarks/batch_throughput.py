@@ -21,7 +21,7 @@ Measured, one after the other on the same machine:
 Masks are compared (NIfTI arrays of every output against the loop's). Peak memory is the high-water
 mark (``VmHWM``) of each worker process, polled every 0.1 s, and of each ``predict`` process (its
 rusage). Prints the JSON; ``--save DIR`` writes ``DIR/batch_timing.json``, from which the README's
-table is generated (``lungseg.readme``).
+table is generated (``lungseg.report.readme``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ import nibabel as nib
 import numpy as np
 import psutil
 
-from lungseg import batch, paths, predict, runs, runtime, writing
+from lungseg import paths
+from lungseg.inference import batch, predict, runtime
+from lungseg.io import writing
+from lungseg.network import runs
 
 ALL_CASES = [f"Case_{i:03d}" for i in range(12)]
 SUMMARY = re.compile(r"(\d+) series found \((\d+) files read in ([\d.]+) s\)")

@@ -19,8 +19,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lungseg import dicom, metrics, paths
-from lungseg.data import DEFAULT_TEST_CASES
+from lungseg import paths
+from lungseg.evaluation import metrics
+from lungseg.io import dicom
+from lungseg.network.data import DEFAULT_TEST_CASES
 
 
 def scores_through_geometry(nifti: Path, case: str) -> dict:
@@ -29,7 +31,7 @@ def scores_through_geometry(nifti: Path, case: str) -> dict:
     volume = dicom.load_series(paths.images_dir(paths.data_dir(), case))
     truth = dicom.load_mask(paths.mask_file(paths.data_dir(), case), volume)
     img = nib.load(nifti)
-    from lungseg.export import nifti_affine
+    from lungseg.io.export import nifti_affine
 
     # voxel (i, j, k) of the NIfTI -> world -> voxel of the volume's own grid
     to_volume = np.linalg.inv(nifti_affine(volume)) @ img.affine

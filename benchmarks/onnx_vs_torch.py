@@ -2,10 +2,10 @@
 
     python benchmarks/onnx_vs_torch.py RUN_DIR [--case Case_002] [--repeat 3]
 
-Takes the run's UNet exported as ``predict`` uses it (lungseg.runtime), then times the network part
+Takes the run's UNet exported as ``predict`` uses it (lungseg.inference.runtime), then times the network part
 of inference (the run's input size, batch 4, every slice of the case, preprocessing and upsampling
 excluded, median of ``--repeat``)
-with PyTorch (the layout lungseg.speed measured fastest) and with ONNX Runtime (CPU provider, same
+with PyTorch (the layout lungseg.network.speed measured fastest) and with ONNX Runtime (CPU provider, same
 thread count), and compares the masks at 512² (Dice, must be ≥ 0.999 to be usable). Prints JSON.
 Needs ``onnxruntime`` and ``onnx`` (both in requirements.txt).
 """
@@ -18,7 +18,11 @@ import json
 import numpy as np
 import torch
 
-from lungseg import bench, cache, data, inference, metrics, model, runs, runtime, speed
+from lungseg.evaluation import metrics
+from lungseg.inference import inference, runtime
+from lungseg.io import cache
+from lungseg.network import data, model, runs, speed
+from lungseg.report import bench
 
 
 def main() -> int:
@@ -42,7 +46,7 @@ def main() -> int:
             return np.concatenate([tnet(b.contiguous(memory_format=torch.channels_last) if cl else b).numpy()
                                    for b in batches])
 
-    # The export and session predict uses (lungseg.runtime), fed the same preprocessed batches.
+    # The export and session predict uses (lungseg.inference.runtime), fed the same preprocessed batches.
     prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
     sess = runtime.session_of(net, prep, threads=torch.get_num_threads()).session
 

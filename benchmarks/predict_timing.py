@@ -8,7 +8,7 @@ Each case is predicted ``--repeat`` times per runtime after one warm-up run (whi
 one-off ONNX export); the median wall time is reported with the stage timings of that run
 (``stats.json``). Agreement: Dice of each label (1 = right, 2 = left lung) between the two runtimes'
 NIfTI outputs. Prints the JSON; ``--save DIR`` also writes ``DIR/predict_timing.json``, from which
-the README's table is generated (``lungseg.readme``).
+the README's table is generated (``lungseg.report.readme``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 import lungseg
-from lungseg import metrics, paths, runtime, writing
-from lungseg.data import DEFAULT_TEST_CASES
+from lungseg import paths
+from lungseg.evaluation import metrics
+from lungseg.inference import runtime
+from lungseg.io import writing
+from lungseg.network.data import DEFAULT_TEST_CASES
 
 RUNTIMES = ("onnxruntime", "torch")
 EXPORTS = ("nifti_s", "seg_s", "rtstruct_s", "overview_s")

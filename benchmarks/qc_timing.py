@@ -7,7 +7,7 @@ Each case is predicted in fresh processes, with QC and with ``--no-qc``, alterna
 machine slows both alike), ``--repeat`` times each after one warm-up run; the medians of the wall
 times are compared, and so are the in-process totals of stats.json (``total_s``, which leave out the
 interpreter's start-up) with the QC stage (``qc_s``). Prints the JSON; ``--save DIR`` also writes
-``DIR/qc_timing.json``, from which the README's table is generated (``lungseg.readme``).
+``DIR/qc_timing.json``, from which the README's table is generated (``lungseg.report.readme``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg import paths, runtime, writing
-from lungseg.data import DEFAULT_TEST_CASES
+from lungseg import paths
+from lungseg.inference import runtime
+from lungseg.io import writing
+from lungseg.network.data import DEFAULT_TEST_CASES
 
 
 def run_predict(case: str, out: Path, run_dir: str, check: bool) -> tuple[float, dict]:

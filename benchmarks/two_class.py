@@ -4,7 +4,7 @@
 
 RUN_DIR: a finished held-out-patient run (e.g. the ``cpu`` profile's main run). The same recipe
 (config of RUN_DIR: size, epochs, schedule, empty-slice sampling, seed) is trained once more with
-two output channels (right lung, left lung; targets from :func:`lungseg.sides.split_lungs` of the
+two output channels (right lung, left lung; targets from :func:`lungseg.inference.sides.split_lungs` of the
 course masks) on the same training patients. Both are scored per lung on the held-out patients at
 threshold 0.5 with post-processing (binary: two largest components + holes, then the side rule;
 two-class: largest component + holes per channel, a voxel claimed by both goes to the higher
@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lungseg import cache, crossval, data, inference, metrics, postprocess, runs, sides, speed, train
+from lungseg.evaluation import crossval, metrics
+from lungseg.inference import inference, postprocess, sides
+from lungseg.io import cache
+from lungseg.network import data, runs, speed
+from lungseg.train import train
 
 
 def _targets(case: cache.Case, size: int) -> torch.Tensor:

@@ -1,15 +1,18 @@
 """lungseg: lung segmentation in chest CT with a 2D UNet (LCTSC 2017, 12 cases).
 
-The modules follow the pipeline (README, "How the code is organised"):
+The subpackages follow the pipeline, each importing only those below it (the import contract in
+pyproject.toml, checked by tests/test_layers.py; README, "How the code is organised"):
 
-- read and write: ``dicom``, ``orient``, ``cache``, ``anonymise``, ``writing``, ``export``, ``rtstruct``;
-- train: ``config``, ``data``, ``model``, ``losses``, ``train``, ``distributed``, ``speed``, ``runs``,
-  ``release``;
-- infer: ``inference``, ``runtime``, ``postprocess``, ``sides``, ``predict``;
-- evaluate: ``metrics``, ``evaluate``, ``crossval``;
-- report: ``report`` (the papermill runner), ``render`` (HTML), ``plots``, ``tables``, ``readme``,
-  ``viewer``, ``bench``, ``bench_train``;
-- the command line: ``cli``, ``paths``.
+- ``io``: DICOM → HU volumes, the cache, de-identification, safe writing, NIfTI/SEG/RTSTRUCT exports;
+- ``network``: the UNet, the training config and profiles, preprocessing, the run registry;
+- ``inference``: logits (PyTorch or ONNX Runtime), post-processing, right/left split, quality control,
+  ``predict`` and ``batch``;
+- ``train``: the training loop (``python -m lungseg.train``) and data parallelism;
+- ``evaluation``: metrics in mm, evaluation, the tuning rule, cross-validation, QC calibration;
+- ``report``: the papermill runner (``python -m lungseg.report``), figures, tables, README blocks,
+  the viewer, the cohort report, the released model, benchmarks.
+
+Top level: ``cli`` (``python -m lungseg``) and ``paths``.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """Command line: ``python -m lungseg COMMAND`` (predict, batch, convert, anonymise, train, evaluate).
 
-``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.batch`);
-the others are thin wrappers over the package (:mod:`lungseg.cache`/:mod:`lungseg.dicom`,
-:mod:`lungseg.anonymise`, and the 02/03 notebooks run by :func:`lungseg.report.run`).
+``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.inference.batch`);
+the others are thin wrappers over the package (:mod:`lungseg.io.cache`/:mod:`lungseg.io.dicom`,
+:mod:`lungseg.io.anonymise`, and the 02/03 notebooks run by :func:`lungseg.report.report.run`).
 Every subcommand has ``--help``.
 """
 
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths, predict, qc, writing
-from .dicom import DicomSeriesError, DicomWarning, MaskError, Volume
+from lungseg import paths
+from lungseg.inference import predict, qc
+from lungseg.io import writing
+from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
 EXIT_ERROR = 1
@@ -177,7 +179,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from . import batch
+    from lungseg.inference import batch
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -195,7 +197,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line)
     if args.report:
-        from . import cohort_report
+        from lungseg.report import cohort_report
 
         print(f"report: {cohort_report.render_report(args.out)}")
     return 0 if summary.failed + summary.failed_before == 0 else EXIT_ERROR
@@ -240,7 +242,7 @@ def _check_convert_out(out: Path, source: Path, overwrite: bool) -> None:
 
 def _save_npy(volume: Volume, out: Path) -> None:
     """Write HU and geometry, each to a temporary name first, so no half file is left."""
-    from .cache import volume_meta  # the cache's own record, so both formats agree
+    from lungseg.io.cache import volume_meta  # the cache's own record, so both formats agree
 
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {**volume_meta(volume), "files": list(volume.files), "written_by": CONVERT_MARK}
@@ -249,7 +251,7 @@ def _save_npy(volume: Volume, out: Path) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from . import cache, dicom
+    from lungseg.io import cache, dicom
 
     if (args.dicom_dir is None) == (args.cases is None):
         raise ValueError("give either DICOM_DIR --out FILE.npy, or --cases IDS")
@@ -287,7 +289,7 @@ def _add_anonymise(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_anonymise(args: argparse.Namespace) -> int:
-    from . import anonymise
+    from lungseg.io import anonymise
 
     rep = anonymise.anonymise(args.src, args.dst, args.pseudonym, overwrite=args.overwrite,
                               recursive=args.recursive)
@@ -303,7 +305,7 @@ def _run_anonymise(args: argparse.Namespace) -> int:
 def _add_notebook(sub: argparse._SubParsersAction, name: str, notebook: str, what: str) -> None:
     p = sub.add_parser(name, help=f"{what} (runs notebooks/{notebook}.ipynb)",
                        description=f"{what}: executes notebooks/{notebook}.ipynb headless with the "
-                                   "parameters of params/NAME.yaml (lungseg.report.run); the executed "
+                                   "parameters of params/NAME.yaml (lungseg.report.report.run); the executed "
                                    "copy goes to build/executed/NAME/.")
     p.add_argument("--profile", default=None, help="params/NAME.yaml: quick, cpu or paper "
                                                    "(default: paper with CUDA, else cpu)")
@@ -312,7 +314,7 @@ def _add_notebook(sub: argparse._SubParsersAction, name: str, notebook: str, wha
 
 
 def _run_notebook(args: argparse.Namespace, notebook: str) -> int:
-    from . import report
+    from lungseg.report import report
 
     paths.data_dir(args.data)  # fails early with the expected layout
     return report.run(args.profile or report.default_profile(), args.data, only=[notebook])

@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungseg import cache, cli, dicom, model, paths, train
+from lungseg import cli, paths
+from lungseg.io import cache, dicom
+from lungseg.network import model
+from lungseg.train import train
 
 TINY_CHANNELS = 4
 REAL_CASE = paths.ROOT / "data" / "Images" / "Case_000"
@@ -28,7 +31,7 @@ def volume_of(hu: np.ndarray, spacing: tuple[float, float, float] = (3.0, 1.0, 1
 
 def case_of(hu: np.ndarray, mask: np.ndarray | None = None,
             spacing: tuple[float, float, float] = (3.0, 1.0, 1.0), case_id: str = "Case_X") -> cache.Case:
-    """A :class:`lungseg.cache.Case` of ``hu`` and ``mask`` (empty when None)."""
+    """A :class:`lungseg.io.cache.Case` of ``hu`` and ``mask`` (empty when None)."""
     return cache.Case(volume_of(hu, spacing, case_id),
                       np.zeros(hu.shape, dtype=bool) if mask is None else mask)
 

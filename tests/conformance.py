@@ -1,7 +1,7 @@
 """IOD conformance of a file lungseg wrote, against the file it came from.
 
 Two checkers: ``dciodvfy`` (dicom3tools; ``.ci/run`` installs it) when it is on the PATH, and always
-the structural rules of :mod:`lungseg.iod` (every Type 1/2 attribute of a module in use present,
+the structural rules of :mod:`lungseg.io.iod` (every Type 1/2 attribute of a module in use present,
 Type 1 not empty). A written file may show no error of either that its source did not have.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pydicom
 
-from lungseg import iod
+from lungseg.io import iod
 
 DCIODVFY = shutil.which("dciodvfy")
-CHECKER = ("dciodvfy (dicom3tools) and lungseg.iod's structural rules" if DCIODVFY else
-           "lungseg.iod's structural rules only: dciodvfy is not installed (apt-get install dicom3tools)")
+CHECKER = ("dciodvfy (dicom3tools) and lungseg.io.iod's structural rules" if DCIODVFY else
+           "lungseg.io.iod's structural rules only: dciodvfy is not installed (apt-get install dicom3tools)")
 """Which checkers ran, for the test report."""
 # dciodvfy quotes values in its messages ("value <ZEBEDEE> for", "= <Doe^Jane>"): a message about
 # the same attribute is the same error whatever the value.
@@ -37,7 +37,7 @@ def dciodvfy_errors(path: Path) -> set[str]:
 
 def errors(path: Path) -> set[str]:
     """Every IOD error found in ``path`` by the checkers available (see :data:`CHECKER`)."""
-    found = {f"lungseg.iod: {e}" for e in iod.structural_errors(pydicom.dcmread(path))}
+    found = {f"lungseg.io.iod: {e}" for e in iod.structural_errors(pydicom.dcmread(path))}
     if DCIODVFY:
         found |= {f"dciodvfy: {e}" for e in dciodvfy_errors(path)}
     return found

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from builders import REAL_CASE, REFERENCE_WEIGHTS, case_of, write_checkpoint
 
-from lungseg import cache
+from lungseg.io import cache
 
 
 @pytest.fixture

@@ -15,8 +15,9 @@ import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from lungseg import orient, paths
-from lungseg.dicom import Volume, load_series
+from lungseg import paths
+from lungseg.io import orient
+from lungseg.io.dicom import Volume, load_series
 
 CROP = (slice(60, 72), slice(176, 336), slice(176, 336))  # 12 slices of 160 x 160 through both lungs
 ORIENTATIONS: dict[str, tuple[float, ...]] = {

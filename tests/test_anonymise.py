@@ -1,4 +1,4 @@
-"""lungseg.anonymise: the whole PS3.15 E.1-1 basic profile at any depth, the allowlist, the
+"""lungseg.io.anonymise: the whole PS3.15 E.1-1 basic profile at any depth, the allowlist, the
 verification pass, generated names and pseudonyms; sources never change."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from synthetic import PHI, PRIVATE_GROUP, edit, write_case, write_series
 
-from lungseg import anonymise, writing
-from lungseg.dicom import DicomSeriesError, load_series
+from lungseg.io import anonymise, writing
+from lungseg.io.dicom import DicomSeriesError, load_series
 
 N = 3
 CASE = "Case_1"

@@ -32,7 +32,9 @@ from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
 from synthetic import edit, write_series
 
-from lungseg import batch, cli, paths, predict, writing
+from lungseg import cli, paths
+from lungseg.inference import batch, predict
+from lungseg.io import writing
 
 TIMEOUT_S = 120
 
@@ -175,13 +177,19 @@ def test_a_hospital_tree_is_segmented_series_by_series(tree: tuple[Path, dict[st
         assert sorted(p.name for p in (out / r["output"]).iterdir()) == sorted(
             p.name for p in lone.iterdir())  # exactly predict's files
         assert r["model"] and float(r["seconds"]) > 0 and int(r["slices"]) > 0
+        verdict = json.loads((out / r["output"] / "stats.json").read_text())["qc"]
+        assert r["qc_status"] == verdict["status"] in ("pass", "review", "fail")
+        assert r["qc_reasons"] == "; ".join(verdict["reasons"])
     assert set(tree_checksums(root).items()) == set(before.items()) and tree_checksums(root) == before
     assert leftovers(out) == []
 
     # A rerun recomputes nothing; the failure stays failed (and the exit status says so) ...
     written = stats_mtimes(out)
-    assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0") == 1
-    assert "5 already done" in capsys.readouterr().out and stats_mtimes(out) == written
+    assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0", "--report") == 1
+    printed = capsys.readouterr().out
+    assert "5 already done" in printed and stats_mtimes(out) == written
+    html = (out / "report.html").read_text()  # the cohort report (04_cohort) of this folder
+    assert f"report: {out / 'report.html'}" in printed and "P005/broken" in html
     assert cohort(out) == rows
     # ... until the series is repaired and --retry-failed given.
     broken = root / "P005" / "broken"

@@ -1,4 +1,4 @@
-"""lungseg.bench on a synthetic case: the table comes out and the variants agree."""
+"""lungseg.report.bench on a synthetic case: the table comes out and the variants agree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from synthetic import write_case
 
-from lungseg import bench, paths
+from lungseg import paths
+from lungseg.report import bench
 
 CASE = "Case_900"
 

@@ -20,19 +20,12 @@ import pytest
 from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
 
-from lungseg import (
-    cli,
-    dicom,
-    export,
-    paths,
-    postprocess,
-    predict,
-    report,
-    rtstruct,
-    runs,
-    train,
-    writing,
-)
+from lungseg import cli, paths
+from lungseg.inference import postprocess, predict
+from lungseg.io import dicom, export, overlay, rtstruct, writing
+from lungseg.network import runs
+from lungseg.report import report
+from lungseg.train import train
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 N_SLICES = 6
@@ -201,13 +194,13 @@ def test_missing_checkpoint_leaves_no_output_and_input_unchanged(
     assert sha256_tree(series) == before
 
 
-@pytest.mark.filterwarnings("ignore::lungseg.predict.SideWarning")  # a synthetic blob: one part
+@pytest.mark.filterwarnings("ignore::lungseg.inference.predict.SideWarning")  # a synthetic blob: one part
 def test_failed_export_leaves_no_partial_output(tmp_path: Path, series: Path, ckpt: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "write_overview", boom)
+    monkeypatch.setattr(overlay, "write_overview", boom)
     with pytest.raises(OSError, match="disk full"):
         predict.predict(series, tmp_path / "out", ckpt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "run"]

@@ -1,4 +1,4 @@
-"""The cohort report of a batch folder (lungseg.cohort_report, notebooks/04_cohort.ipynb)."""
+"""The cohort report of a batch folder (lungseg.report.cohort_report, notebooks/04_cohort.ipynb)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from lungseg import cohort_report, plots
+from lungseg.report import cohort_report, plots
 
 
 def fake_batch(out: Path) -> Path:

@@ -1,6 +1,6 @@
 """Every DICOM file lungseg writes stays valid (issue 21): de-identified copies, SEG and RTSTRUCT show
 no IOD error that their source did not have, by ``dciodvfy`` when installed and always by the
-structural rules of :mod:`lungseg.iod` (the summary line says which ran; see ``conformance.py``)."""
+structural rules of :mod:`lungseg.io.iod` (the summary line says which ran; see ``conformance.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from test_anonymise import SECRET, _plant, _table_dataset
 from test_cli import median_threshold, run_cli, write_checkpoint
 from test_realdata import case_dir
 
-from lungseg import anonymise, dicom, export, iod, paths, predict, rtstruct, sides
+from lungseg import paths
+from lungseg.inference import predict, sides
+from lungseg.io import anonymise, dicom, export, iod, rtstruct
 
 PHI_CASES = ("Case_003", "Case_006", "Case_007")
 SEG_CASES = ("Case_003", "Case_007")
@@ -58,7 +60,7 @@ def test_the_checkers_see_a_removed_type2_and_an_emptied_type1_attribute(tmp_pat
         edit(path, PositionReferenceIndicator="")
     edit(broken, PositionReferenceIndicator=None, Modality="")
     found = new_errors(source, broken)
-    structural = {e for e in found if e.startswith("lungseg.iod")}
+    structural = {e for e in found if e.startswith("lungseg.io.iod")}
     assert any("Type 2" in e and "PositionReferenceIndicator" in e for e in structural), found
     assert any("Type 1" in e and "Modality" in e for e in structural), found
     if DCIODVFY:

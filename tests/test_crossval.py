@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lungseg import crossval
+from lungseg.evaluation import crossval
 
 
 def _row(case: str, structure: str, dice: float, hd95: float, msd: float) -> dict:

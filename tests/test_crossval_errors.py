@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from builders import case_of
 
-from lungseg import cache, crossval, plots
+from lungseg.evaluation import crossval
+from lungseg.io import cache
+from lungseg.report import plots
 
 
 def _case() -> cache.Case:

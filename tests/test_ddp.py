@@ -21,7 +21,7 @@ import torch
 from lungseg import paths
 
 TOLERANCE = 0.02
-ARGS = ["-m", "lungseg.train", "--profile", "quick", "--set", "dropout=0", "epochs=2",
+ARGS = ["-m", "lungseg.train.train", "--profile", "quick", "--set", "dropout=0", "epochs=2",
         "max_steps_per_epoch=3", "image_size=32", "threads=1"]
 
 
@@ -54,7 +54,7 @@ def test_two_processes_follow_one_process(tmp_path) -> None:
 
 
 def test_a_batch_that_cannot_be_shared_equally_is_dropped() -> None:
-    from lungseg import train
+    from lungseg.train import train
 
     cfg = train.TrainConfig(batch_size=4, seed=42)
     alone = train._epoch_batches(list(range(9)), cfg, 0, 1)

@@ -1,4 +1,4 @@
-"""lungseg.dicom, lungseg.paths and lungseg.cache on small synthetic series (see synthetic.py)."""
+"""lungseg.io.dicom, lungseg.paths and lungseg.io.cache on small synthetic series (see synthetic.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from synthetic import (
     write_series,
 )
 
-from lungseg import cache, paths
-from lungseg.dicom import DicomSeriesError, DicomWarning, MaskError, load_mask, load_series
+from lungseg import paths
+from lungseg.io import cache
+from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, load_mask, load_series
 
 N = 5
 DZ = 3.0

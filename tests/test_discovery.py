@@ -13,8 +13,9 @@ import pytest
 from pydicom.uid import generate_uid
 from synthetic import edit, write_series
 
-from lungseg import anonymise, cli
-from lungseg.dicom import DicomWarning, find_dicom_files, is_dicom, load_series
+from lungseg import cli
+from lungseg.io import anonymise
+from lungseg.io.dicom import DicomWarning, find_dicom_files, is_dicom, load_series
 
 
 def _bare(path: Path, out: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Any axis-aligned series segments, whatever its slice shape (lungseg.fov): slices that are not
+"""Any axis-aligned series segments, whatever its slice shape (lungseg.inference.fov): slices that are not
 square in pixels or in mm reach the model through a square field of view in mm and come back on
 their own grid; square slices keep the path they always had, bit for bit."""
 
@@ -12,7 +12,11 @@ import pytest
 from builders import run_cli, write_checkpoint
 from corpus import ORIENTATIONS, write_oriented
 
-from lungseg import dicom, fov, inference, metrics, orient, paths, predict, runs, runtime
+from lungseg import paths
+from lungseg.evaluation import metrics
+from lungseg.inference import fov, inference, predict, runtime
+from lungseg.io import dicom, orient
+from lungseg.network import runs
 
 needs_onnx = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is not installed")
 REAL_CASE = paths.DEFAULT_DATA / "Images" / "Case_000"

@@ -19,8 +19,10 @@ import pytest
 from corpus import ORIENTATIONS, base_volume, write_oriented
 from synthetic import write_series
 
-from lungseg import cli, orient, predict
-from lungseg.dicom import DicomSeriesError, load_series, plane_name
+from lungseg import cli
+from lungseg.inference import predict
+from lungseg.io import orient
+from lungseg.io.dicom import DicomSeriesError, load_series, plane_name
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lungseg.losses import (
+from lungseg.network.losses import (
     BCE_WEIGHT,
     DICE_EPS,
     DICE_WEIGHT,

@@ -1,4 +1,4 @@
-"""Known-answer tests for lungseg.metrics (hand-computed, brute force, and MONAI cross-check)."""
+"""Known-answer tests for lungseg.evaluation.metrics (hand-computed, brute force, and MONAI cross-check)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungseg import metrics as m
+from lungseg.evaluation import metrics as m
 
 ANISO = (3.0, 0.5, 0.5)  # (dz, dy, dx) mm: thick CT slices, fine in-plane pixels
 

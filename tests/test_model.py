@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lungseg import paths
-from lungseg.model import (
+from lungseg.network.model import (
     REFERENCE_INPUT_OFFSET_HU,
     UNet,
     count_parameters,
@@ -147,7 +147,7 @@ def test_matches_functional_forward(reference: UNet) -> None:
 def _real_case():
     """Case_000 via the cache, or skip when the data set is not unpacked here."""
     try:
-        from lungseg.cache import load_case
+        from lungseg.io.cache import load_case
 
         return load_case(REAL_CASE)
     except FileNotFoundError as err:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from synthetic import write_series
 
-from lungseg import cli, writing
+from lungseg import cli
+from lungseg.io import writing
 
 CASE = "Case_Z"
 

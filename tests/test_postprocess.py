@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungseg import postprocess
+from lungseg.evaluation import tuning
+from lungseg.inference import postprocess
 
 
 def _two_lungs_and_noise() -> np.ndarray:
@@ -48,9 +49,9 @@ def test_threshold_study_and_choice() -> None:
     lg = np.full(gt.shape, -5.0)
     lg[1:3, 1:7, 1:7] = -0.6
     lg[gt] = 1.0
-    study = postprocess.threshold_study([Case(gt)], [lg], (0.3, 0.5))
+    study = tuning.threshold_study([Case(gt)], [lg], (0.3, 0.5))
     assert study[0]["mean volume Dice"] < study[1]["mean volume Dice"] == 1.0
-    assert postprocess.best_threshold(study) == 0.5
+    assert tuning.best_threshold(study) == 0.5
 
 
 def _reference_keep_largest(mask: np.ndarray, n: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Quality control of masks (lungseg.qc), the failures made from cases (lungseg.failures) and the
-calibration's protocol (lungseg.qc_calibrate): known answers on a phantom, then on a real case."""
+"""Quality control of masks (lungseg.inference.qc), the failures made from cases
+(lungseg.evaluation.failures) and the
+calibration's protocol (lungseg.evaluation.qc_calibrate): known answers on a phantom, then on a real case."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 from synthetic import write_series
 from test_cli import run_cli, write_checkpoint
 
-from lungseg import dicom, failures, paths, qc, qc_calibrate, sides
+from lungseg import paths
+from lungseg.evaluation import failures, qc_calibrate
+from lungseg.inference import qc, sides
+from lungseg.io import dicom
 
 SPACING = (5.0, 3.9, 3.9)  # (dz, dy, dx) mm: a 500 mm field of view on 128 pixels
 SHAPE = (48, 128, 128)
@@ -199,7 +203,7 @@ def test_qc_columns_and_the_verdict_line() -> None:
 def test_the_shipped_thresholds_name_known_checks() -> None:
     shipped = qc.load_thresholds()
     if not shipped:
-        pytest.skip("no shipped thresholds (python -m lungseg.qc calibrate writes them)")
+        pytest.skip("no shipped thresholds (python -m lungseg.evaluation.qc_calibrate writes them)")
     names = {c.name for c in qc.CHECKS}
     assert set(shipped["checks"]) <= names
     for name, r in shipped["checks"].items():
@@ -282,7 +286,7 @@ def test_a_fold_without_sound_series_is_judged_without_limits() -> None:
 
 # ---- predict records the verdict -------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore::lungseg.predict.SideWarning")
+@pytest.mark.filterwarnings("ignore::lungseg.inference.predict.SideWarning")
 def test_predict_records_and_prints_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     series = tmp_path / "in" / "Case_900"
     write_series(series, n=6, dz=2.5)
@@ -306,7 +310,7 @@ REAL = paths.ROOT / "data" / "Images" / "Case_000"
 def real_case():
     if not REAL.is_dir():
         pytest.skip(f"needs {REAL}")
-    from lungseg import cache
+    from lungseg.io import cache
 
     return cache.load_case("Case_000")
 
@@ -333,5 +337,7 @@ def test_a_real_case_passes_and_its_cut_and_shifted_variants_are_flagged(real_ca
         assert math.isfinite(verdict.scores["lung_ml"])
 
 
-def test_qc_module_entry_point_names_its_one_command(capsys: pytest.CaptureFixture[str]) -> None:
-    assert qc.main([]) == 2 and "calibrate" in capsys.readouterr().err
+def test_calibration_entry_point_describes_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        qc_calibrate.main(["--help"])
+    assert exit_.value.code == 0 and "--profile" in capsys.readouterr().out

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lungseg import paths, readme
+from lungseg import paths
+from lungseg.report import readme
 
 
 def test_readme_blocks_agree_with_the_committed_outputs() -> None:

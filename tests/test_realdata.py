@@ -16,8 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from lungseg import anonymise, cache, paths
-from lungseg.dicom import Volume, load_mask, load_series
+from lungseg import paths
+from lungseg.io import anonymise, cache
+from lungseg.io.dicom import Volume, load_mask, load_series
 
 pytestmark = pytest.mark.realdata
 

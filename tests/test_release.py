@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg import cache, cli, metrics, paths, predict, release, runs, sides
+from lungseg import cli, paths
+from lungseg.evaluation import metrics
+from lungseg.inference import predict, sides
+from lungseg.io import cache
+from lungseg.network import runs
+from lungseg.report import release
 
 RELEASED = runs.RELEASED
 needs_release = pytest.mark.skipif(not (RELEASED / runs.WEIGHTS).is_file(),

@@ -7,7 +7,8 @@ import dataclasses
 import papermill as pm
 import pytest
 
-from lungseg import config, report
+from lungseg.network import config
+from lungseg.report import report
 
 
 def test_every_profile_parameter_exists_in_its_notebook() -> None:

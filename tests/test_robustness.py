@@ -42,8 +42,11 @@ from synthetic import (
     write_series,
 )
 
-from lungseg import anonymise, cache, data, model, paths, runs, train, writing
-from lungseg.dicom import DicomSeriesError, DicomWarning, MaskError
+from lungseg import paths
+from lungseg.io import anonymise, cache, writing
+from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError
+from lungseg.network import data, model, runs
+from lungseg.train import train
 
 CASE = "Case_900"
 N = 5
@@ -732,7 +735,7 @@ def test_checkpoint_write_failure_keeps_the_last_checkpoint(
             buf = io.BytesIO()
             real_torch_save(obj, buf)
             half = buf.getvalue()[: len(buf.getvalue()) // 2]
-            if hasattr(f, "write"):  # an open file (lungseg.writing's temporary sibling)
+            if hasattr(f, "write"):  # an open file (lungseg.io.writing's temporary sibling)
                 f.write(half)
             else:
                 Path(str(f)).write_bytes(half)

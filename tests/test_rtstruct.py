@@ -1,4 +1,4 @@
-"""RTSTRUCT export and import (lungseg.rtstruct) on synthetic CT series and one real case."""
+"""RTSTRUCT export and import (lungseg.io.rtstruct) on synthetic CT series and one real case."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pydicom.dataset import FileDataset
 from pydicom.uid import CTImageStorage, RTStructureSetStorage
 from scipy import ndimage
 
-from lungseg import paths, rtstruct, sides
-from lungseg.dicom import Volume, load_mask, load_series
-from lungseg.export import voxel_to_lps
+from lungseg import paths
+from lungseg.inference import sides
+from lungseg.io import rtstruct
+from lungseg.io.dicom import Volume, load_mask, load_series
+from lungseg.io.orient import voxel_to_lps
 
 N, ROWS, COLS = 6, 40, 48
 COS30, SIN30 = math.cos(math.radians(30)), math.sin(math.radians(30))
@@ -301,7 +303,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyte
     target.write_bytes(b"previous")
 
     def half_then_fail(self: FileDataset, filename: object, **kwargs: object) -> None:
-        if hasattr(filename, "write"):  # an open file: lungseg.writing's temporary sibling
+        if hasattr(filename, "write"):  # an open file: lungseg.io.writing's temporary sibling
             filename.write(b"DICM partial")
         else:
             Path(str(filename)).write_bytes(b"DICM partial")

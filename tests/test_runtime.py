@@ -1,4 +1,5 @@
-"""ONNX Runtime inference (lungseg.runtime): resampling matrices equal to torch's interpolate, logits
+"""ONNX Runtime inference (lungseg.inference.runtime): resampling matrices equal to torch's interpolate,
+logits
 and masks equal to PyTorch's, on synthetic volumes and a real series; predict's runtime choice."""
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import torch.nn.functional as F
 from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import write_series
 
-from lungseg import dicom, inference, metrics, predict, runs, runtime, train
+from lungseg.evaluation import metrics
+from lungseg.inference import inference, predict, runtime
+from lungseg.io import dicom
+from lungseg.network import runs
+from lungseg.train import train
 
 pytestmark = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is not installed")
 
@@ -107,7 +112,7 @@ def test_onnxruntime_on_a_gpu_or_when_absent_is_a_clear_error(monkeypatch: pytes
 
 def test_the_command_line_starts_without_importing_torch() -> None:
     """predict on a CPU never needs torch once the export is cached (~2 s of start-up)."""
-    code = "import sys, lungseg.cli, lungseg.predict; print('torch' in sys.modules)"
+    code = "import sys, lungseg.cli, lungseg.inference.predict; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

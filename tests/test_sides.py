@@ -1,4 +1,4 @@
-"""Right/left lung labels from a one-label mask, sided by the DICOM geometry (lungseg.sides).
+"""Right/left lung labels from a one-label mask, sided by the DICOM geometry (lungseg.inference.sides).
 
 Synthetic "patients" are defined in patient LPS mm and sampled onto grids of several orientations, so
 the expected side of every voxel is known whatever the array layout.
@@ -14,9 +14,10 @@ import pytest
 import synthetic
 from scipy import ndimage
 
-from lungseg import paths, sides
-from lungseg.dicom import load_mask, load_series
-from lungseg.export import voxel_to_lps
+from lungseg import paths
+from lungseg.inference import sides
+from lungseg.io.dicom import load_mask, load_series
+from lungseg.io.orient import voxel_to_lps
 
 STANDARD = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # head-first supine
 MIRRORED = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # columns run to the patient's right (also feet-first supine)
@@ -33,7 +34,7 @@ World = Callable[[np.ndarray], np.ndarray]
 
 def affine_for(orientation: tuple[float, ...], shape: tuple[int, int, int] = SHAPE,
                spacing: tuple[float, float, float] = SPACING, feet_first: bool = False) -> np.ndarray:
-    """(4, 4) voxel (i, j, k) -> LPS mm affine as lungseg.export.voxel_to_lps builds it, with the grid
+    """(4, 4) voxel (i, j, k) -> LPS mm affine as lungseg.io.orient.voxel_to_lps builds it, with the grid
     centred on the LPS origin. ``feet_first``: slices stacked towards the feet."""
     row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
     normal = np.cross(row, col) * (-1.0 if feet_first else 1.0)

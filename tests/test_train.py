@@ -7,7 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from lungseg import config, crossval, data, losses, model, paths, runs, train
+from lungseg import paths
+from lungseg.evaluation import crossval
+from lungseg.network import config, data, losses, model, runs
+from lungseg.train import train
 
 TINY = 32  # px: real slices downsampled 16x, enough to exercise the loop in seconds
 REAL_CASES = ["Case_000", "Case_005"]
@@ -72,7 +75,7 @@ def test_one_fold_rule_for_the_config_the_run_key_and_the_cross_validation() -> 
     is the held-out run itself (test patients 002, 005, 008, 011): one key, one folder."""
     ids = [f"Case_{i:03d}" for i in range(12)]
     base = train.TrainConfig(cases=ids, split="cases", profile="cpu")
-    folds = [c.resolved() for c in crossval.fold_configs(base, 3)]
+    folds = [c.resolved() for c in config.fold_configs(base, 3)]
     by_set = config.config_from_profile("quick", {"cases": "Case_000,Case_005", "kfold": "2", "fold": "1"})
     assert by_set.kfold == 2 and by_set.fold == 1
     assert [c.test_cases for c in folds] == crossval.folds(ids, 3)

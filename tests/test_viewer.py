@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from builders import case_of
 
-from lungseg import cache, viewer
+from lungseg.io import cache
+from lungseg.report import viewer
 
 
 def _case() -> cache.Case:
@@ -30,7 +31,7 @@ def test_viewer_widget_controls() -> None:
 
 
 def test_right_and_left_labels_get_the_overview_colours() -> None:
-    from lungseg.plots import LABEL_COLOURS
+    from lungseg.report.plots import LABEL_COLOURS
 
     case = _case()
     labels = np.zeros(case.mask.shape, dtype=np.uint8)

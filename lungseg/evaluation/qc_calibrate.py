@@ -1,0 +1,417 @@
+"""Calibrate the quality control's limits and measure it on held-out patients.
+
+``python -m lungseg.evaluation.qc_calibrate [--profile cpu]`` writes
+``lungseg/inference/qc_thresholds.json`` (the limits
+``predict`` uses); ``notebooks/05_qc.ipynb`` shows the held-out evaluation. Both start from one table
+(:func:`score_table`): every case of the report is predicted by the cross-validation fold model that
+never saw it, as it is and as each variant of :mod:`lungseg.evaluation.failures` (sound ones and failures),
+exactly as ``predict`` does it (same inference, threshold, post-processing, side split and
+:func:`lungseg.inference.qc.measure`); each row holds the QC scores, the true Dice of the final mask and
+whether the series is *bad*: Dice < :data:`BAD_DICE` against its truth, or lungs cut by the scan's
+limits (the truth reaches the first or last slice or the image edge), or no lung in the scan.
+
+The rule (:func:`lungseg.inference.qc.fit`) sets each check's limit from the *sound* series (the sound kinds,
+whose mask is not bad) only: the most extreme sound value, pushed outwards by a margin. The failures
+measure what the checks catch. Held-out protocol (:func:`heldout`): for each cross-validation fold,
+the limits are set on the series of the other folds' patients and applied to this fold's patients'
+series; detection rate = flagged bad series / bad series, false-alarm rate = flagged sound series /
+sound series, pooled over the folds. The shipped limits are set on every patient (the deployed rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from lungseg import paths
+from lungseg.evaluation import failures, metrics
+from lungseg.inference import inference, postprocess, predict, qc, sides
+from lungseg.io import cache, writing
+from lungseg.network import runs
+from lungseg.network.runs import TrainResult
+
+BAD_DICE = 0.90
+"""A mask with a lower Dice against its truth is wrong (the issue's external check)."""
+CACHE = paths.BUILD / "qc"
+TABLE_VERSION = 1
+"""Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
+_CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/inference.py",
+         "inference/runtime.py")
+"""The code whose change changes a row; :data:`lungseg.inference.qc.SCORES_VERSION` stands for qc.py's scores
+(the rule's sentences and limits may change without recomputing the table)."""
+GROUPS = {"sound": "sound kind, mask good", "bad": "bad (Dice < 0.90, lungs cut or no lung)",
+          "good failure": "failure kind, mask still good"}
+DROPPED: dict[str, str] = {}
+"""Checks measured but not shipped, with the measured reason (see the README's QC section)."""
+
+
+# ---- one series, as predict sees it --------------------------------------------------------------
+
+def run_settings(run: TrainResult) -> tuple[float, bool]:
+    """Threshold and post-processing ``predict --checkpoint RUN`` uses for a fold run."""
+    return predict.inference_settings(run.run_dir, None, None)
+
+
+def score_series(run: TrainResult, variant: failures.Variant, threshold: float, clean: bool) -> dict:
+    """QC scores, true Dice and the bad/sound label of one series, predicted as ``predict`` does."""
+    volume, truth = variant.volume, variant.truth
+    t0 = time.perf_counter()
+    logits = inference.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
+    inference_s = time.perf_counter() - t0
+    raw = postprocess.binarize(logits, threshold)
+    final = postprocess.clean(raw) if clean else raw
+    labels, _ = sides.split_lungs_with_info(final, volume)
+    timings: dict[str, float] = {}
+
+    def logits_of(hu: np.ndarray) -> np.ndarray:
+        return inference.run_logits(run.model, run.config, hu, "cpu")
+
+    scores = qc.measure(volume.hu, volume.spacing, logits, raw, labels, threshold, logits_of, timings)
+    dice = metrics.volume_dice(final, truth)
+    cut, empty = variant.lungs_cut, not truth.any()
+    why = [w for w, on in (("Dice < 0.90", dice < BAD_DICE), ("lungs cut", cut), ("no lung", empty)) if on]
+    sound_kind = variant.kind in failures.SOUND_KINDS
+    group = "bad" if why else ("sound" if sound_kind else "good failure")
+    return {"kind": variant.kind, "detail": variant.detail, "sound_kind": sound_kind, "group": group,
+            "why_bad": ", ".join(why), "dice": dice,
+            "truth_ml": float(truth.sum() * np.prod(volume.spacing) / 1e3),
+            "slices": volume.shape[0], "matrix": volume.shape[2], "inference_s": round(inference_s, 3),
+            "qc_timings_s": timings, "scores": scores}
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+def _cache_file(run: TrainResult) -> Path:
+    """Where the rows of one fold run are cached: by the run and the code that scores them."""
+    h = hashlib.sha256(f"v{TABLE_VERSION}-{qc.SCORES_VERSION}".encode())
+    for name in _CODE:
+        h.update((Path(__file__).parents[1] / name).read_bytes())
+    return CACHE / f"{run.run_dir.name}-{h.hexdigest()[:12]}.jsonl"
+
+
+def _case_key(case_id: str, data: str | None) -> str:
+    """The case's data by content (file names and sizes, the mask's bytes), not by modification
+    times: a fresh unpack of the same files keeps its cached rows."""
+    root = paths.data_dir(data)
+    h = hashlib.sha256()
+    for f in sorted(p for p in paths.images_dir(root, case_id).iterdir() if p.is_file()):
+        h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+    h.update(paths.mask_file(root, case_id).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fold_of(folds: Sequence[TrainResult], case_id: str) -> int:
+    """Index of the fold run whose test patients include ``case_id`` (the model that never saw it)."""
+    for i, run in enumerate(folds):
+        if case_id in run.config.test_cases:
+            return i
+    raise ValueError(f"{case_id} is a test patient of no fold run")
+
+
+def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KINDS, per_kind: int = 1,
+                seed: int = 0, data: str | None = None, case_ids: Sequence[str] | None = None,
+                use_cache: bool = True) -> list[dict]:
+    """One row per series: every test patient of every fold run (or ``case_ids``), each variant kind
+    ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached per fold run in
+    ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed), one
+    line per finished series, so an interrupted table resumes and other selections reuse it."""
+    case_ids = sorted(case_ids or {c for r in folds for c in r.config.test_cases})
+    rows: list[dict] = []
+    known: dict[tuple, dict] = {}
+    if use_cache:
+        for run in folds:
+            f = _cache_file(run)
+            if f.is_file():
+                for line in f.read_text().splitlines():
+                    if line.strip():
+                        r = json.loads(line)
+                        known[(r["run"], r["case"], r["data_key"], r["kind"], r["repeat"], r["seed"])] = r
+    loaded: dict[str, cache.Case] = {}
+    todo = []
+    for case_id in case_ids:
+        f = fold_of(folds, case_id)
+        data_key = _case_key(case_id, data)
+        for kind in kinds:
+            for rep in range(per_kind):
+                hit = known.get((folds[f].run_dir.name, case_id, data_key, kind, rep, seed))
+                if hit is not None:
+                    rows.append({**hit, "fold": f})
+                else:
+                    todo.append((case_id, f, data_key, kind, rep))
+    for case_id, f, data_key, kind, rep in tqdm(todo, desc="QC series", unit="series", disable=not todo):
+        case = loaded.setdefault(case_id, cache.load_case(case_id, data))
+        threshold, clean = run_settings(folds[f])
+        rng = np.random.default_rng([seed, int(case_id.split("_")[-1]), failures.KINDS.index(kind), rep])
+        try:
+            variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, rng)
+        except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
+            print(f"{case_id} {kind}: skipped ({exc})", file=sys.stderr)
+            continue
+        row = {"case": case_id, "fold": f, "run": folds[f].run_dir.name, "data_key": data_key,
+               "repeat": rep, "seed": seed, "threshold": threshold, "postprocess": clean,
+               **score_series(folds[f], variant, threshold, clean)}
+        rows.append(row)
+        if use_cache:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            with open(_cache_file(folds[f]), "a") as fh:  # one line per finished series
+                fh.write(json.dumps(row) + "\n")
+    order = {k: i for i, k in enumerate(kinds)}
+    return sorted(rows, key=lambda r: (r["case"], order.get(r["kind"], 99), r["repeat"]))
+
+
+# ---- the rule and the held-out protocol -----------------------------------------------------------
+
+def sound_scores(rows: Sequence[dict]) -> list[dict]:
+    """The scores of the sound series (sound kind and a good mask): what the limits are set on."""
+    return [r["scores"] for r in rows if r["group"] == "sound"]
+
+
+def fit_rule(rows: Sequence[dict], dropped: Sequence[str] = tuple(DROPPED)) -> dict:
+    """The limits of every check from ``rows``' sound series (:func:`lungseg.inference.qc.fit`); the checks in
+    ``dropped`` are recorded but not applied."""
+    return qc.fit(sound_scores(rows), dropped=list(dropped))
+
+
+def apply_rule(rows: Sequence[dict], thresholds: dict) -> list[dict]:
+    """``rows`` with the verdict of ``thresholds``: status, reasons, flagged checks."""
+    out = []
+    for r in rows:
+        verdict = qc.assess(r["scores"], thresholds)
+        out.append({**r, "status": verdict.status, "reasons": verdict.reasons, "checks": verdict.flagged,
+                    "flagged": verdict.status != "pass"})
+    return out
+
+
+def heldout(rows: Sequence[dict], dropped: Sequence[str] = tuple(DROPPED)) -> list[dict]:
+    """Each fold's rows judged by limits set on the other folds' patients' rows only (each judged
+    row records how many sound series its limits came from: none leaves every limit unset); the
+    checks in ``dropped`` are not applied."""
+    out = []
+    for f in sorted({r["fold"] for r in rows}):
+        calibration = [r for r in rows if r["fold"] != f]
+        n_sound = len(sound_scores(calibration))
+        out += [{**r, "calibration_sound_series": n_sound}
+                for r in apply_rule([r for r in rows if r["fold"] == f], fit_rule(calibration, dropped))]
+    return out
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def summary(judged: Sequence[dict]) -> dict:
+    """Detection and false-alarm rates, per group, per kind and per check, of judged rows."""
+    def count(group: str) -> dict:
+        sel = [r for r in judged if r["group"] == group]
+        k = sum(r["flagged"] for r in sel)
+        return {"series": len(sel), "flagged": k, "rate": _rate(k, len(sel)),
+                "missed": [f"{r['case']} {r['kind']} ({r['detail']}, Dice {r['dice']:.3f})"
+                           for r in sel if group == "bad" and not r["flagged"]],
+                "flagged_series": [f"{r['case']} {r['kind']} ({'; '.join(r['checks'])})"
+                                   for r in sel if group == "sound" and r["flagged"]]}
+
+    kinds = []
+    for kind in dict.fromkeys(r["kind"] for r in judged):
+        sel = [r for r in judged if r["kind"] == kind]
+        bad = [r for r in sel if r["group"] == "bad"]
+        kinds.append({"kind": kind, "series": len(sel), "bad": len(bad),
+                      "bad flagged": sum(r["flagged"] for r in bad),
+                      "not bad flagged": sum(r["flagged"] for r in sel if r["group"] != "bad"),
+                      "not bad": len(sel) - len(bad),
+                      "Dice median": float(np.median([r["dice"] for r in sel])),
+                      "fail": sum(r["status"] == "fail" for r in sel),
+                      "review": sum(r["status"] == "review" for r in sel)})
+    checks = []
+    for check in qc.CHECKS:
+        hit_bad = [r for r in judged if r["group"] == "bad" and check.name in r["checks"]]
+        alone = [r for r in hit_bad if r["checks"] == [check.name]]
+        checks.append({"check": check.name, "score": check.score, "group": check.group,
+                       "bad flagged": len(hit_bad), "bad flagged by it alone": len(alone),
+                       "sound flagged": sum(1 for r in judged if r["group"] == "sound"
+                                            and check.name in r["checks"])})
+    return {"bad": count("bad"), "sound": count("sound"), "good_failure": count("good failure"),
+            "per_kind": kinds, "per_check": checks,
+            "calibration_sound_series": sorted({r.get("calibration_sound_series", -1) for r in judged})}
+
+
+def costs(rows: Sequence[dict]) -> dict[str, float]:
+    """Median seconds per series of each group of QC scores and of the network's inference."""
+    keys = sorted({k for r in rows for k in r["qc_timings_s"]})
+    out = {k: float(np.median([r["qc_timings_s"].get(k, 0.0) for r in rows])) for k in keys}
+    out["inference_s"] = float(np.median([r["inference_s"] for r in rows]))
+    return out
+
+
+def rate_rows(held: dict) -> list[dict]:
+    """The detection and false-alarm table of a :func:`summary`."""
+    rows = []
+    for key, group, meaning in (("bad", "bad", "detection rate"), ("sound", "sound", "false-alarm rate"),
+                                ("good_failure", "good failure", "flagged anyway: a warning, not an error")):
+        c = held[key]
+        rows.append({"series": GROUPS[group], "n": c["series"], "flagged": c["flagged"],
+                     "rate": "–" if c["rate"] is None else f"{c['rate']:.1%}", "meaning": meaning})
+    return rows
+
+
+def check_rows(ev: dict) -> list[dict]:
+    """Per check, all of them applied (dropped ones too): what it flagged under the held-out protocol,
+    the median time of its group, and whether it is shipped."""
+    costs_s = ev["costs_s"]
+    by_name = {c.name: c for c in qc.CHECKS}
+    return [{**c, "group time ms": round(1000 * costs_s.get(f"{by_name[c['check']].group}_s", 0.0), 1),
+             "shipped": "no: " + ev["dropped"][c["check"]] if c["check"] in ev["dropped"] else "yes"}
+            for c in ev["every_check"]]
+
+
+def rule_rows(thresholds: dict) -> list[dict]:
+    """The limits of a rule as a table: check, score, side, limit, sound range, severity."""
+    rows = []
+    for check in qc.CHECKS:
+        r = thresholds.get("checks", {}).get(check.name)
+        if r is None:
+            continue
+        lo, hi = r["sound_range"]
+        rows.append({"check": check.name, "score": check.score,
+                     "flags when": f"{'>' if check.bad_when == 'above' else '<'} {r['limit']:.4g}",
+                     "sound calibration range": f"{lo:.4g} – {hi:.4g}", "severity": check.severity
+                     + (f" (fail beyond {check.fail_margins:g} margins)" if check.fail_margins else ""),
+                     "kept": "yes" if r.get("kept", True) else "no"})
+    return rows
+
+
+def same_limits(a: dict, b: dict) -> bool:
+    """True when two rules hold the same limits for the same checks."""
+    def limits(t: dict) -> dict:
+        return {k: (v["limit"], v.get("kept", True)) for k, v in t.get("checks", {}).items()}
+
+    return limits(a) == limits(b)
+
+
+def write_evaluation(ev: dict, path: Path) -> Path:
+    """The evaluation as JSON (the README's QC block is generated from it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return writing.atomic_write_text(path, json.dumps(ev, indent=1, ensure_ascii=False) + "\n")
+
+
+# ---- figures ------------------------------------------------------------------------------------
+
+COLOURS = {"sound": "tab:green", "good failure": "tab:blue", "bad": "tab:red"}
+
+
+def score_figure(judged: Sequence[dict], thresholds: dict, title: str = "") -> Figure:
+    """One panel per QC score: the score (x) against the true Dice of the mask (y) for every series,
+    coloured by group; hollow markers were not flagged by the held-out rule; the deployed limit is
+    the dashed line."""
+    names = list(dict.fromkeys(c.score for c in qc.CHECKS))
+    ncols = 4
+    nrows = math.ceil(len(names) / ncols)
+    fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    limits = thresholds.get("checks", {})
+    for ax, name in zip(axes, names, strict=False):
+        checks = [c for c in qc.CHECKS if c.score == name]
+        log = checks[0].scale == "log"
+        for group, colour in COLOURS.items():
+            for flagged in (True, False):
+                sel = [r for r in judged if r["group"] == group and r["flagged"] == flagged
+                       and r["scores"].get(name) is not None]
+                x = [max(r["scores"][name], 1e-3) if log else r["scores"][name] for r in sel]
+                y = [r["dice"] for r in sel]
+                ax.scatter(x, y, s=18, edgecolors=colour, facecolors=colour if flagged else "none",
+                           linewidths=1.0, label=f"{group}, {'flagged' if flagged else 'passed'}")
+        for c in checks:
+            rule = limits.get(c.name)
+            if rule and rule.get("kept", True):
+                ax.axvline(rule["limit"], color="k", ls="--", lw=1)
+        if log:
+            ax.set_xscale("log")
+        ax.axhline(BAD_DICE, color="grey", lw=0.6)
+        ax.set_xlabel(name)
+        ax.set_ylabel("Dice against the truth")
+        ax.set_ylim(-0.03, 1.03)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=6, frameon=False, fontsize="small")
+    fig.suptitle(title or "QC scores against the true Dice (filled: flagged by the held-out rule)")
+    return fig
+
+
+# ---- shipping the limits ------------------------------------------------------------------------
+
+def calibration_record(folds: Sequence[TrainResult], rows: Sequence[dict], kinds: Sequence[str],
+                       per_kind: int, seed: int) -> dict:
+    """Where the shipped limits come from (kept in the thresholds file)."""
+    return {"date": dt.date.today().isoformat(), "git_commit": paths.git_commit("lungseg"),
+            "fold_runs": [r.run_dir.name for r in folds],
+            "cases": sorted({r["case"] for r in rows}), "kinds": list(kinds), "per_kind": per_kind,
+            "seed": seed, "series": len(rows), "sound_series": len(sound_scores(rows)),
+            "rule": f"limit = most extreme sound series pushed outwards by max(floor, "
+                    f"{qc.MARGIN_OF_SPREAD} x the sound spread) (log scale for volumes and ratios)",
+            "dropped": DROPPED}
+
+
+def write_thresholds(thresholds: dict, path: Path = qc.THRESHOLDS_FILE) -> Path:
+    return writing.atomic_write_text(path, json.dumps(thresholds, indent=1, ensure_ascii=False) + "\n")
+
+
+def evaluation(rows: Sequence[dict], deployed: dict) -> dict:
+    """The held-out evaluation (what the report and the README quote) and the deployed rule's view."""
+    judged = heldout(rows)
+    every_check = summary(heldout(rows, dropped=()))["per_check"]  # what each check adds, dropped ones too
+    return {"bad_dice": BAD_DICE, "folds": len({r["fold"] for r in rows}),
+            "cases": sorted({r["case"] for r in rows}), "series": len(rows),
+            "heldout": summary(judged), "every_check": every_check, "dropped": dict(DROPPED),
+            "costs_s": costs(rows), "deployed_on_calibration": summary(apply_rule(rows, deployed))["bad"]}
+
+
+def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResult]:
+    """The cross-validation fold runs: named folders, else those the profile's report recorded."""
+    if run_dirs:
+        return [runs.load_run(d) for d in run_dirs]
+    report = runs.report_runs(profile)
+    if not report.fold_dirs:
+        raise runs.RunNotFoundError(f"the {report.profile!r} report trained no cross-validation folds")
+    return report.folds()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lungseg.evaluation.qc_calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu", help="whose cross-validation folds (default %(default)s)")
+    ap.add_argument("--runs", nargs="+", default=(), metavar="RUN_DIR", help="fold run folders instead")
+    ap.add_argument("--kinds", default=",".join(failures.KINDS))
+    ap.add_argument("--per-kind", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=str(qc.THRESHOLDS_FILE),
+                    help="thresholds file (default: the shipped one)")
+    args = ap.parse_args(argv)
+    folds = fold_runs(args.profile, args.runs)
+    kinds = [k for k in args.kinds.split(",") if k]
+    rows = score_table(folds, kinds, args.per_kind, args.seed, args.data)
+    deployed = fit_rule(rows)
+    deployed["calibration"] = calibration_record(folds, rows, kinds, args.per_kind, args.seed)
+    out = write_thresholds(deployed, Path(args.out))
+    ev = evaluation(rows, deployed)
+    h = ev["heldout"]
+    print(json.dumps({"thresholds": str(out), "heldout_detection": h["bad"]["rate"],
+                      "heldout_false_alarms": h["sound"]["rate"], "bad": h["bad"]["series"],
+                      "sound": h["sound"]["series"], "missed": h["bad"]["missed"],
+                      "false_alarms": h["sound"]["flagged_series"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

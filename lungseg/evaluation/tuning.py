@@ -1,0 +1,63 @@
+"""The one tuning rule behind ``predict``'s defaults: the probability threshold of best mean Dice, then
+post-processing kept when it helps, chosen on a model's training patients only (03_eval, the
+cross-validation and the released model all call :func:`tune`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lungseg.evaluation import metrics
+from lungseg.inference.postprocess import binarize, clean
+from lungseg.io.cache import Case
+
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Probabilities tried by the threshold study (0.5 is the report's)."""
+
+
+def threshold_study(cases: Sequence[Case], logits: Sequence[np.ndarray],
+                    thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
+    """Mean volume Dice over ``cases`` (training patients!) for each probability threshold."""
+    rows = []
+    for p in thresholds:
+        dice = [metrics.volume_dice(binarize(lg, p), np.asarray(c.mask))
+                for c, lg in zip(cases, logits, strict=True)]
+        rows.append({"threshold": p, "mean volume Dice": float(np.mean(dice)),
+                     "min volume Dice": float(np.min(dice))})
+    return rows
+
+
+def best_threshold(study: Sequence[dict]) -> float:
+    """The threshold with the highest mean Dice (the first, i.e. lowest, on a tie)."""
+    return max(study, key=lambda r: r["mean volume Dice"])["threshold"]
+
+
+def postprocess_study(cases: Sequence[Case], logits: Sequence[np.ndarray], p: float) -> list[dict]:
+    """Mean Dice and HD95 (mm) over ``cases`` at threshold ``p``, without and with :func:`clean`."""
+    rows = []
+    for name, fn in (("none", lambda m: m), ("2 largest components + fill holes", clean)):
+        scores = [metrics.per_patient_metrics(fn(binarize(lg, p)), np.asarray(c.mask), c.volume.spacing)
+                  for c, lg in zip(cases, logits, strict=True)]
+        rows.append({"post-processing": name,
+                     "mean volume Dice": float(np.mean([s["dice"] for s in scores])),
+                     "mean HD95 mm": float(np.mean([s["hd95_mm"] for s in scores])),
+                     "mean MSD mm": float(np.mean([s["msd_mm"] for s in scores]))})
+    return rows
+
+
+def tune(cases: Sequence[Case], logits: Sequence[np.ndarray]) -> tuple[float, bool, list[dict], list[dict]]:
+    """The one tuning rule behind ``predict``'s defaults, applied to ``cases`` (a model's training
+    patients, never the ones it is scored on): the threshold of best mean Dice, then post-processing
+    kept when it :func:`helps`. Returns (threshold, post-processing, both studies)."""
+    study = threshold_study(cases, logits)
+    threshold = best_threshold(study)
+    pp_study = postprocess_study(cases, logits, threshold)
+    return threshold, helps(pp_study), study, pp_study
+
+
+def helps(study: Sequence[dict]) -> bool:
+    """Keep post-processing when it lowers mean HD95 without lowering mean Dice."""
+    none, cleaned = study
+    return (cleaned["mean HD95 mm"] < none["mean HD95 mm"]
+            and cleaned["mean volume Dice"] >= none["mean volume Dice"])

@@ -1,0 +1,413 @@
+"""Segment the lungs of a new CT series with a trained run: ``python -m lungseg predict``.
+
+The series is read with :func:`lungseg.io.dicom.load_series` (any folder; the cache is for the data
+set's cases), preprocessed as the checkpoint's training config says (``image_size``, ``input_mode``),
+and the logits are upsampled to the full slice size by :mod:`lungseg.inference.inference`. The threshold and
+post-processing are those the run's manifest records (chosen by 03_eval on training patients).
+Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lungseg import __version__
+from lungseg.inference import postprocess, qc, runtime, sides
+from lungseg.io import dicom, export, orient, overlay, rtstruct, writing
+from lungseg.network import runs
+
+if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or exports it once)
+    from lungseg.network import model
+    from lungseg.network.config import TrainConfig
+
+DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
+NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
+RUNTIMES = ("auto", "onnxruntime", "torch")
+"""``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.inference.runtime`), else
+PyTorch."""
+TORCH_BATCH = 4  # measured fastest at 512² on 2 cores (lungseg.inference.inference.INFER_BATCH)
+
+NIFTI_NAME = "lung_mask.nii.gz"
+SEG_NAME = "lung_mask.seg.dcm"
+RTSTRUCT_NAME = "lung_mask.rtstruct.dcm"
+OVERVIEW_NAME = "overview.png"
+STATS_NAME = "stats.json"
+OUTPUT_NAMES = (NIFTI_NAME, SEG_NAME, RTSTRUCT_NAME, OVERVIEW_NAME, STATS_NAME)
+
+
+class SideWarning(UserWarning):
+    """The right/left split of a prediction could only be guessed (shown as a note by the CLI)."""
+
+
+class PredictError(RuntimeError):
+    """A predict run that cannot start or finish; the message says why and what to do."""
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def choose_model(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None) -> runs.ModelChoice:
+    """The model to use and why: ``checkpoint`` when given, else :func:`lungseg.network.runs.default_model`
+    (the latest local report that is not a smoke test, else the released model)."""
+    if isinstance(checkpoint, runs.ModelChoice):
+        return checkpoint
+    if checkpoint:
+        return runs.given_model(checkpoint)
+    try:
+        return runs.default_model()
+    except runs.RunNotFoundError as exc:
+        raise PredictError(f"{exc} ({NO_RUN_HINT})") from None
+
+
+def default_checkpoint() -> Path:
+    """The run folder of :func:`choose_model` without ``--checkpoint``."""
+    return choose_model().path
+
+
+def weights_file(path: str | os.PathLike[str]) -> Path:
+    """The ``model.pt`` of a run folder, or the file itself; PredictError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / runs.WEIGHTS
+    if not path.is_file():
+        raise PredictError(f"checkpoint not found: {path} ({NO_RUN_HINT})")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConfig]:
+    """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder).
+
+    Loaded with ``weights_only=True`` (no pickled code runs). A bare state dict (the course's
+    reference weights) is taken as the reference model: 512² input, raw stored values.
+    """
+    import torch
+
+    from lungseg.network import data, model
+    from lungseg.network.config import TrainConfig
+
+    path = weights_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not checkpoints
+        raise PredictError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        try:
+            cfg = TrainConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as exc:
+            raise PredictError(f"{path}: checkpoint config not understood ({exc})") from None
+        weights = state["model"]
+    elif isinstance(state, dict) and "conv1.0.weight" in state:
+        cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
+        weights = state
+    else:
+        raise PredictError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
+                           "'config', as train.fit writes)")
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net.load_state_dict(weights, strict=True)
+    return net.eval(), cfg
+
+
+# ---- inference ---------------------------------------------------------------------------------
+
+def _torch_is_cpu_only() -> bool:
+    """True when the installed torch is a CPU-only build (a ``+cpu`` wheel) on a system without
+    Apple MPS: then ``auto`` is the CPU, known without importing torch (~2 s)."""
+    try:
+        return importlib.metadata.version("torch").endswith("+cpu") and sys.platform != "darwin"
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → cuda, mps or cpu (:func:`lungseg.network.speed.pick_device`); a named device must be
+    usable here."""
+    if name == "cpu" or (name == "auto" and _torch_is_cpu_only()):
+        return "cpu"
+    import torch
+
+    from lungseg.network import speed
+
+    try:
+        dev = speed.pick_device(name)
+    except RuntimeError as exc:
+        raise PredictError(f"unknown device {name!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return str(dev)
+
+
+def resolve_runtime(name: str, device: str) -> str:
+    """``onnxruntime`` or ``torch`` for ``--runtime name`` on ``device`` (see :data:`RUNTIMES`)."""
+    if name not in RUNTIMES:
+        raise PredictError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    if name == "torch" or (name == "auto" and (device != "cpu" or not runtime.available())):
+        return "torch"
+    if device != "cpu":
+        raise PredictError(f"--runtime onnxruntime runs on the CPU only, not on {device!r}")
+    if not runtime.available():
+        raise PredictError("--runtime onnxruntime: ONNX Runtime is not installed (pip install onnxruntime)")
+    return "onnxruntime"
+
+
+def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Session:
+    """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash),
+    running ``threads`` threads (None: every core this process may use)."""
+    return runtime.Session(onnx_export(checkpoint), threads)
+
+
+def onnx_export(checkpoint: Path) -> Path:
+    """The cached ONNX export of a checkpoint's weights (``build/onnx/``), made on first use."""
+    weights = weights_file(checkpoint)
+    cached = runtime.cached_model(weights)
+    if not cached.is_file():
+        from lungseg.network.model import REFERENCE_INPUT_OFFSET_HU
+
+        net, cfg = load_checkpoint(weights)
+        runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
+    return cached
+
+
+def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
+                   batch_size: int = TORCH_BATCH, device: str = "cpu") -> np.ndarray:
+    """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.inference.run_logits`,
+    with a progress bar). Slices that are not square in pixels or in mm go through a square field of
+    view (:mod:`lungseg.inference.fov`)."""
+    from lungseg.inference import inference
+
+    return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
+                                engine="torch", spacing=volume.spacing[1:])
+
+
+class Network:
+    """The network of a checkpoint on one runtime, loaded once: :meth:`logits` of a volume, and what
+    stats.json records of it. ``threads``: ONNX Runtime's threads (None: every core)."""
+
+    def __init__(self, checkpoint: Path, device: str, runtime_name: str, batch_size: int | None,
+                 threads: int | None = None, progress: bool = True) -> None:
+        self.device, self.runtime, self.checkpoint, self.progress = device, runtime_name, checkpoint, progress
+        if runtime_name == "onnxruntime":
+            self.session = onnx_session(checkpoint, threads)
+            self.preprocessing = self.session.preprocessing
+            self.batch_size = batch_size or runtime.BATCH
+            self.threads, self.version = self.session.threads, self.session.version
+        else:
+            import torch
+
+            self.net, self.cfg = load_checkpoint(checkpoint)
+            self.preprocessing = {"image_size": self.cfg.image_size, "input_mode": self.cfg.input_mode}
+            self.batch_size = batch_size or TORCH_BATCH
+            self.threads, self.version = torch.get_num_threads(), f"torch {torch.__version__}"
+
+    def logits(self, volume: dicom.Volume) -> np.ndarray:
+        """Logits (z, y, x) float32 on ``volume``'s grid (slices of any shape and pixel spacing)."""
+        if self.runtime == "torch":
+            from lungseg.inference import inference
+
+            return inference.run_logits(self.net, self.cfg, volume.hu, self.device, self.batch_size,
+                                        name=volume.case_id, progress=self.progress, engine="torch",
+                                        spacing=volume.spacing[1:])
+        return self.session.logits(volume.hu, volume.case_id, progress=self.progress,
+                                   batch_size=self.batch_size, spacing=volume.spacing[1:])
+
+    def logits_of(self, hu: np.ndarray) -> np.ndarray:
+        """Logits (n, y, x) of a few square HU slices (n, y, x), quietly: QC's test-time change."""
+        if self.runtime == "torch":
+            from lungseg.inference import inference
+
+            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, engine="torch")
+        return self.session.logits(hu, batch_size=self.batch_size)
+
+
+_Network = Network  # the name before batch used it
+
+
+def load_network(checkpoint: Path, device: str = "auto", runtime_name: str = "auto",
+                 batch_size: int | None = None, threads: int | None = None,
+                 progress: bool = True) -> Network:
+    """The :class:`Network` of ``checkpoint`` (a run folder or weights file) for ``device`` and
+    ``runtime_name`` (:data:`RUNTIMES`), as ``predict`` loads it."""
+    dev = resolve_device(device)
+    return Network(checkpoint, dev, resolve_runtime(runtime_name, dev), batch_size, threads, progress)
+
+
+segment = postprocess.segment
+
+
+# ---- output folder -----------------------------------------------------------------------------
+
+TOOL = "predict"
+
+
+def check_out_dir(out_dir: Path, dicom_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is, lies inside or contains the input, and one that holds files
+    unless ``overwrite`` and they are exactly an earlier predict output (:mod:`lungseg.io.writing`)."""
+    try:
+        writing.check_not_overlapping(out_dir, [dicom_dir], "output folder")
+        writing.check_replaceable(out_dir, overwrite, TOOL)
+    except writing.UnsafeOutputError as exc:
+        raise PredictError(str(exc)) from None
+
+
+class _Clock:
+    """Seconds per named stage, in call order."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._t, 3)
+        self._t = now
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: Network,
+           model_choice: runs.ModelChoice, threshold: float, clean: bool) -> dict:
+    """What stats.json records (timings are added when the outputs are written). ``volume`` and
+    ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
+    return {
+        "lungseg_version": __version__,
+        "input": str(Path(volume.files[0]).parent),
+        "series_uid": volume.series_uid,
+        "acquisition_plane": dicom.plane_name(volume.orientation),
+        "image_orientation_patient": list(volume.orientation),
+        "slices": volume.shape[0],
+        "shape_zyx": list(volume.shape),
+        "spacing_mm_zyx": list(volume.spacing),
+        "labels": {"1": "right lung", "2": "left lung"},
+        "lung_voxels": int(np.count_nonzero(labels)),
+        "lung_volume_ml": export.lung_volume_ml(labels, volume.spacing),
+        "right_lung_ml": export.lung_volume_ml(labels, volume.spacing, sides.RIGHT),
+        "left_lung_ml": export.lung_volume_ml(labels, volume.spacing, sides.LEFT),
+        "lungs_touching": split.touched,
+        "side_split_method": split.method,
+        "threshold": threshold,
+        "postprocess": clean,
+        "checkpoint": str(model_choice.path),
+        "model": model_choice.record(),
+        "image_size": network.preprocessing["image_size"],
+        "input_mode": network.preprocessing["input_mode"],
+        "device": network.device,
+        "runtime": network.version,
+    }
+
+
+def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: orient.Reorientation,
+                   clock: _Clock) -> None:
+    """NIfTI, SEG and RTSTRUCT on the acquisition grid (``volume``, ``labels``); the overview in the
+    canonical axial orientation, whatever the acquisition plane."""
+    export.write_nifti(labels, volume, tmp / NIFTI_NAME)
+    clock.lap("nifti_s")
+    sources = export.read_sources(volume)  # the slices' headers, for both DICOM outputs
+    export.write_seg(labels, volume, tmp / SEG_NAME, sources)
+    clock.lap("seg_s")
+    rtstruct.write_rtstruct(labels, volume, tmp / RTSTRUCT_NAME, sources=sources)
+    clock.lap("rtstruct_s")
+    canon, _ = orient.canonical(volume)
+    overlay.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
+    clock.lap("overview_s")
+
+
+def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) -> tuple[float, bool]:
+    """Threshold and post-processing: as given, else the run's manifest (chosen by 03_eval on the
+    training patients), else ``DEFAULT_THRESHOLD`` with post-processing."""
+    saved = runs.inference_settings(ckpt if ckpt.is_dir() else ckpt.parent)
+    return (threshold if threshold is not None else float(saved.get("threshold", DEFAULT_THRESHOLD)),
+            clean if clean is not None else bool(saved.get("postprocess", True)))
+
+
+def quality(canon: dicom.Volume, logits: np.ndarray, raw: np.ndarray, labels: np.ndarray,
+            threshold: float, network: _Network | None) -> qc.QCResult:
+    """The QC verdict of a prediction (:mod:`lungseg.inference.qc`), all arrays on the canonical grid; with
+    ``network``, the flip agreement runs it on a few mirrored slices."""
+    scores = qc.measure(canon.hu, canon.spacing, logits, raw, labels, threshold,
+                        network.logits_of if network is not None else None)
+    return qc.assess(scores)
+
+
+def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+            checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
+            batch_size: int | None = None, threshold: float | None = None,
+            clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
+            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True) -> dict:
+    """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
+    ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
+    current directory. ``checkpoint``: a run folder or weights file, or a :func:`choose_model` choice;
+    None = the default model (recorded with the reason in ``stats["model"]``). ``threshold``/``clean``
+    default to what 03_eval chose for the run (its
+    manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
+    feet first...) is brought to the training orientation for inference (:mod:`lungseg.io.orient`) and
+    its mask back to the acquisition grid for the outputs; oblique series are refused.
+    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
+    ``check``: judge the mask (:mod:`lungseg.inference.qc`; ``stats["qc"]``); False only to time predict
+    without it."""
+    dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
+    if not dicom_dir.is_dir():
+        raise PredictError(f"DICOM folder not found: {dicom_dir}")
+    check_out_dir(out_dir, dicom_dir, overwrite)
+    clock = _Clock()
+    choice = choose_model(checkpoint)
+    ckpt = choice.path
+    threshold, clean = inference_settings(ckpt, threshold, clean)
+    if not 0.0 < threshold < 1.0:
+        raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
+    network = load_network(ckpt, device, runtime_name, batch_size)
+    clock.lap("load_model_s")
+    volume = dicom.load_series(dicom_dir, series_uid, recursive)
+    clock.lap("read_dicom_s")
+    return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
+                          sources=[dicom_dir], check=check)
+
+
+def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
+                   threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
+                   sources: list[Path] = (), extra: dict | None = None, stage_label: str = "",
+                   check: bool = True) -> dict:
+    """Segment a loaded ``volume`` with ``network`` and write predict's five outputs into ``out_dir``
+    (built in a temporary sibling named with ``stage_label``, renamed into place when complete: see
+    :func:`lungseg.io.writing.staged_folder`, which also refuses ``sources`` overlapping ``out_dir``);
+    return the stats. ``extra`` is added to stats.json and to the folder's marker (``batch`` records
+    the model and settings there). ``choice``: the model, as stats.json records it. ``clock`` has
+    timed the stages before; this adds inference, post-processing, QC (``check``) and each export."""
+    canon, reo = orient.canonical(volume)
+    logits = network.logits(canon)
+    clock.lap("inference_s")
+    # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
+    # same anatomy gets the very same labels (ties in the split are broken in one array order).
+    raw = postprocess.binarize(logits, threshold)
+    canon_labels, split = sides.split_lungs_with_info(postprocess.clean(raw) if clean else raw, canon)
+    if split.method == "single":  # sided by position only: say so, the user must check it
+        side = "right" if split.right_ml else "left"
+        warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
+                      f"all of it is labelled {side} lung by its position in the image: check the labels",
+                      SideWarning, stacklevel=2)
+    labels = reo.to_native(canon_labels)
+    clock.lap("postprocess_s")
+    verdict = quality(canon, logits, raw, canon_labels, threshold, network) if check else None
+    clock.lap("qc_s")
+    stats = _stats(volume, labels, split, network, choice, threshold, clean)
+    stats["reoriented_for_inference"] = not reo.is_identity
+    del logits, raw
+    stats.update(extra or {})
+    if verdict is not None:
+        stats["qc"] = verdict.to_dict()
+    with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=sources, extra=extra,
+                               label=stage_label) as tmp:
+        _write_outputs(tmp, volume, labels, reo, clock)
+        stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
+        # Per slice and per core, so machines of different sizes compare (threads = cores used).
+        per_slice = clock.stages["inference_s"] / max(1, canon.shape[0])
+        stats["inference_per_slice"] = {"ms": round(1000 * per_slice, 2), "threads": network.threads,
+                                        "core_ms": round(1000 * per_slice * network.threads, 2)}
+        writing.atomic_write_text(tmp / STATS_NAME, json.dumps(stats, indent=1) + "\n")
+    return stats

@@ -1,0 +1,6 @@
+"""Read and write: DICOM series to HU volumes (``dicom``, ``orient``), the memory-mapped volume cache
+(``cache``), de-identification (``anonymise``, keeping what the IOD requires: ``iod``), safe writing
+(``writing``), the exports (NIfTI and DICOM SEG: ``export``; RTSTRUCT: ``rtstruct``) and the one
+overlay helper with ``predict``'s overview image (``overlay``). Imports nothing of lungseg above it
+and no torch (the import contract in pyproject.toml).
+"""

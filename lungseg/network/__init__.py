@@ -1,0 +1,5 @@
+"""The model and its recipe: the UNet (``model``), the training config and profiles (``config``), the
+data preprocessing and slice sampling (``data``), the loss (``losses``), the layout/precision probe
+(``speed``) and the run registry with the one checkpoint loader (``runs``). Below both training and
+inference: ``predict`` needs this, never ``lungseg.train``.
+"""

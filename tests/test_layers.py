@@ -1,0 +1,29 @@
+"""The tree shows the pipeline: subpackages along it, few top-level modules, and the import contract
+of pyproject.toml (import-linter) kept."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lungseg import paths
+
+PACKAGE = paths.ROOT / "lungseg"
+
+
+def test_the_package_is_cut_into_subpackages_along_the_pipeline() -> None:
+    subpackages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    top_modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert subpackages == ["evaluation", "inference", "io", "network", "report", "train"]
+    assert len(top_modules) <= 6, top_modules
+    for pkg in subpackages:
+        doc = (PACKAGE / pkg / "__init__.py").read_text()
+        for module in sorted((PACKAGE / pkg).glob("*.py")):
+            if module.stem not in ("__init__", "__main__"):
+                assert f"``{module.stem}``" in doc, f"lungseg.{pkg}'s docstring does not name {module.stem}"
+
+
+def test_import_contract_is_kept() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=paths.ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout and "kept" in out.stdout
