@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from builders import SECRET, plant_secret, table_dataset
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -24,7 +25,6 @@ GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "
 RETAINED_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 PRIVATE_ELEMENTS_PER_FILE = 2  # the private creator and one value
 REMOVED = ("PatientBirthTime", "OtherPatientIDs", "PatientAddress")
-SECRET = "Zebedee"  # planted wherever an identifier could hide; must vanish from every output byte
 
 
 def _digests(folder: Path) -> dict[str, tuple[str, int]]:
@@ -90,38 +90,6 @@ def test_anonymise_removes_phi_and_keeps_pixels_and_geometry(
 
 # ---- the standard's table, every row, at every depth ------------------------------------------
 
-def _value_for(vr: str) -> object:
-    """A non-empty value of ``vr`` that carries :data:`SECRET` where the VR can hold text."""
-    text = {"AE": "ZEBEDEE", "CS": "ZEBEDEE", "SH": SECRET, "LO": SECRET, "LT": SECRET, "ST": SECRET,
-            "UT": SECRET, "UC": SECRET, "PN": f"{SECRET}^Jo", "UR": f"http://{SECRET}.org", "AS": "042Y",
-            "DA": "20010203", "TM": "101010", "DT": "20010203101010", "DS": "1.5", "IS": "7",
-            "UI": "1.2.3.4.5"}
-    if vr in text:
-        return text[vr]
-    if vr in ("US", "SS", "UL", "SL", "UV", "SV"):
-        return 1
-    if vr in ("FL", "FD"):
-        return 1.5
-    if vr == "AT":
-        return Tag(0x0010, 0x0010)
-    if vr == "SQ":
-        item = Dataset()
-        item.PatientName = f"{SECRET}^Jo"
-        return Sequence([item])
-    return SECRET.encode() + b"\0"  # OB, OW, UN, ...
-
-
-def _table_dataset() -> Dataset:
-    """A data set holding every exact row of the table, each with a value."""
-    ds = Dataset()
-    for tag in anonymise.TABLE:
-        try:
-            vr = pydicom.datadict.dictionary_VR(tag).split(" ")[0]
-        except KeyError:  # rows newer than pydicom's dictionary
-            vr = "LO"
-        ds.add_new(tag, vr, _value_for(vr))
-    return ds
-
 
 def _expect(tag: Tag, before: object, ds: Dataset, top_level: bool) -> None:
     keyword = pydicom.datadict.keyword_for_tag(tag)
@@ -141,7 +109,7 @@ def _expect(tag: Tag, before: object, ds: Dataset, top_level: bool) -> None:
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_every_row_of_table_e11_gets_its_action(depth: int) -> None:
-    rows = _table_dataset()
+    rows = table_dataset()
     before = {el.tag: el.value for el in rows}
     ds = rows
     for _ in range(depth):  # nest inside kept sequences (Retain UIDs: references are kept)
@@ -167,42 +135,10 @@ def test_repeating_groups_of_curves_and_overlays_are_removed() -> None:
     assert not any(el.tag.group in (0x5000, 0x6000, 0x6002) for el in ds)
 
 
-ISSUE_ATTRIBUTES = ("ImageComments", "StudyDescription", "SeriesDescription", "PhysiciansOfRecord",
-                    "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers", "InstitutionAddress",
-                    "CurrentPatientLocation", "AdmissionID", "MedicalAlerts", "Allergies",
-                    "PerformingPhysicianName", "OperatorsName", "ProtocolName", "RequestingPhysician",
-                    "AdditionalPatientHistory", "PatientComments")
-
-
-def _plant(path: Path) -> None:
-    """Put SECRET into free text, staff fields and nested sequences of one file."""
-    ds = pydicom.dcmread(path)
-    for keyword in ISSUE_ATTRIBUTES:
-        vr = pydicom.datadict.dictionary_VR(keyword)
-        setattr(ds, keyword, _value_for(vr) if vr != "LO" else f"{SECRET} ward")
-    ds.PatientTelecomInformation = f"{SECRET}@example.org"
-    person = Dataset()
-    person.PatientName, person.PatientID = f"{SECRET}^Jo", "MRN-77-31"
-    modified = Dataset()
-    modified.ModifiedAttributesSequence = Sequence([person])
-    modified.ModifyingSystem = SECRET
-    ds.OriginalAttributesSequence = Sequence([modified])
-    ds.RequestAttributesSequence = Sequence([person])
-    ds.ReferencedPatientSequence = Sequence([person])
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-    ref.ReferencedFrameNumber = "1"
-    ref.PatientName = f"{SECRET}^Jo"  # not allowed inside a kept reference either
-    ds.ReferencedImageSequence = Sequence([ref])
-    ds.ConvolutionKernel = f"B31f {SECRET}"  # a kept attribute quoting the patient's name
-    ds.PatientName = f"{SECRET}^Jo"
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_identifiers_planted_anywhere_do_not_survive(tmp_path: Path) -> None:
     files = write_series(tmp_path / CASE, n=2)
     for path in files:
-        _plant(path)
+        plant_secret(path)
     report = anonymise.anonymise(tmp_path / CASE, tmp_path / "out")
     out = _all_output(tmp_path / "out")
     for needle in (SECRET, SECRET.upper(), "MRN-77-31"):

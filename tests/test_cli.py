@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import subprocess
 import sys
 import time
@@ -17,8 +16,16 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
-from synthetic import DEFAULT_PIXEL_SPACING, DEFAULT_Z0, PHI, write_case, write_series
+from builders import (
+    DZ,
+    REAL_CASE,
+    REFERENCE_WEIGHTS,
+    median_threshold,
+    run_cli,
+    tilt_series,
+    write_checkpoint,
+)
+from synthetic import DEFAULT_PIXEL_SPACING, PHI, write_case, write_series
 
 from lungseg import cli, paths
 from lungseg.inference import postprocess, predict
@@ -29,7 +36,6 @@ from lungseg.train import train
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 N_SLICES = 6
-DZ = 2.5
 SUBCOMMANDS = ("predict", "batch", "convert", "anonymise", "train", "evaluate")
 
 
@@ -49,19 +55,6 @@ def sha256_tree(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-
-
-def median_threshold(series: Path, ckpt: Path) -> tuple[float, np.ndarray]:
-    """A probability between the two middle logits (so the mask is neither empty nor full), and
-    the logits (z, y, x)."""
-    net, cfg = predict.load_checkpoint(ckpt)
-    logits = predict.predict_volume(net, cfg, dicom.load_series(series))
-    values = np.unique(logits)
-    mid = len(values) // 2
-    t = float(values[mid - 1] + values[mid]) / 2
-    return 1.0 / (1.0 + math.exp(-t)), logits
-
-
 def seg_pixels(path: Path, volume: dicom.Volume) -> np.ndarray:
     """The SEG as (z, y, x): bool for one segment, else labels (segment number per voxel), frames
     matched to the volume's slices by SOPInstanceUID."""
@@ -76,24 +69,10 @@ def seg_pixels(path: Path, volume: dicom.Volume) -> np.ndarray:
 
 # ---- NIfTI geometry ---------------------------------------------------------------------------
 
-def _tilt(files: list[Path], angle_deg: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rewrite a series (paths in slice-index order) as oblique: columns tilted about x, slices
-    along the new normal. Returns the row and column cosines."""
-    a = math.radians(angle_deg)
-    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, math.cos(a), -math.sin(a)])
-    normal = np.cross(row, col)
-    for i, f in enumerate(files):
-        ds = pydicom.dcmread(f)
-        ds.ImageOrientationPatient = [*row.round(6), *col.round(6)]
-        ds.ImagePositionPatient = list((np.array([-100.0, -90.0, 0.0])
-                                        + (DEFAULT_Z0 + i * DZ) * normal).round(6))
-        ds.save_as(f, enforce_file_format=True)
-    return row, col
-
 
 def test_nifti_affine_maps_voxel_to_image_position_in_ras(tmp_path: Path) -> None:
     files = write_series(tmp_path / "s", n=N_SLICES, dz=DZ, shuffle=True)
-    row, col = _tilt(files)
+    row, col = tilt_series(files)
     vol = dicom.load_series(tmp_path / "s")
     affine = export.nifti_affine(vol)
     dy, dx = DEFAULT_PIXEL_SPACING

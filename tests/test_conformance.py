@@ -9,14 +9,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from builders import (
+    SECRET,
+    case_dir,
+    median_threshold,
+    plant_secret,
+    run_cli,
+    table_dataset,
+    write_checkpoint,
+)
 from conformance import CHECKER, DCIODVFY, new_errors
 from corpus import base_volume, write_oriented
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from synthetic import edit, lung_mask, write_series
-from test_anonymise import SECRET, _plant, _table_dataset
-from test_cli import median_threshold, run_cli, write_checkpoint
-from test_realdata import case_dir
 
 from lungseg import paths
 from lungseg.inference import predict, sides
@@ -118,7 +124,7 @@ def test_deidentified_phi_cases_add_no_iod_error(case_id: str, tmp_path: Path) -
 
 def _every_row(ds: Dataset) -> None:
     """Plant every exact row of Table E.1-1 into ``ds`` (its identity UIDs and meta aside)."""
-    for elem in _table_dataset():
+    for elem in table_dataset():
         if elem.keyword not in IDENTITY and elem.tag.group not in (0x0000, 0x0002):
             ds[elem.tag] = elem
 
@@ -140,7 +146,7 @@ def _hostile(kind: str, folder: Path) -> Path:
         labels[:, :, 8:] *= 2  # a right and a left "lung"
         rtstruct.write_rtstruct(labels, volume, folder / "rtstruct.dcm")
         if kind == "identifiers planted in free text and sequences":
-            _plant(path)
+            plant_secret(path)
         elif kind in ("every row of E.1-1", "every row of E.1-1, nested two deep", "implicit VR, planted"):
             ds = pydicom.dcmread(path)
             if kind == "every row of E.1-1":
@@ -156,7 +162,7 @@ def _hostile(kind: str, folder: Path) -> Path:
                 ds.ReferencedImageSequence = Sequence([ref])
             ds.save_as(path, enforce_file_format=True)
             if kind == "implicit VR, planted":
-                _plant(path)
+                plant_secret(path)
     return folder
 
 

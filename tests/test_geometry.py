@@ -46,9 +46,9 @@ def test_every_axis_aligned_export_reads_back_to_the_same_voxels(tmp_path: Path,
 
 
 def test_oblique_series_is_refused_with_its_orientation(tmp_path: Path) -> None:
-    from test_cli import DZ, _tilt
+    from builders import DZ, tilt_series
 
-    _tilt(write_series(tmp_path / "s", n=3, dz=DZ, shuffle=False), angle_deg=30)
+    tilt_series(write_series(tmp_path / "s", n=3, dz=DZ, shuffle=False), angle_deg=30)
     vol = load_series(tmp_path / "s")  # reading is fine: the affine is exact
     assert plane_name(vol.orientation) == "oblique"
     with pytest.raises(DicomSeriesError, match="oblique series .*reformat it axially"):
@@ -140,7 +140,7 @@ def _ras_labels(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_predict_gives_the_same_mask_in_the_world_for_every_orientation(tmp_path: Path,
                                                                         base: tuple) -> None:
-    from test_cli import write_checkpoint
+    from builders import write_checkpoint
 
     hu, spacing, origin, _ = base
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=32)
@@ -171,7 +171,7 @@ def test_predict_gives_the_same_mask_in_the_world_for_every_orientation(tmp_path
 
 def test_predict_refuses_an_oblique_series_without_output(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from test_cli import write_checkpoint
+    from builders import write_checkpoint
 
     files = write_series(tmp_path / "s", n=3)
     for f in files:

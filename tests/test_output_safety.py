@@ -32,7 +32,7 @@ def work(tmp_path: Path) -> Path:
 
 
 def _ckpt(tmp_path: Path) -> Path:
-    from test_cli import write_checkpoint
+    from builders import write_checkpoint
 
     return write_checkpoint(tmp_path / "run" / "model.pt")
 

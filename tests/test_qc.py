@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import run_cli, write_checkpoint
 from synthetic import write_series
-from test_cli import run_cli, write_checkpoint
 
 from lungseg import paths
 from lungseg.evaluation import failures, qc_calibrate

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from builders import case_dir
 
 from lungseg import paths
 from lungseg.io import anonymise, cache
@@ -42,18 +43,6 @@ LUNG_HU = -400
 MIN_LUNG_FRACTION = 0.9  # README: about 95 % of mask voxels below -400 HU, about 70 % flipped
 MIN_FLIP_MARGIN = 0.1
 SHARED_ENV = "LUNGSEG_SHARED"
-
-
-def case_dir(case_id: str) -> Path:
-    """The case's DICOM folder; skips the calling test when the data or the case is absent."""
-    try:
-        data = paths.data_dir()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc).splitlines()[0] + " (see ../shared/data/lctsc12/unpack.sh)")
-    folder = paths.images_dir(data, case_id)
-    if not folder.is_dir() or not paths.mask_file(data, case_id).is_file():
-        pytest.skip(f"{case_id} is not unpacked in {data}")
-    return folder
 
 
 @pytest.fixture
