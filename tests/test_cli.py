@@ -232,19 +232,19 @@ def test_default_model_is_the_latest_real_report_else_the_released_model(
     assert (choice.path, choice.source) == (released, "released")
     assert "no local report run" in choice.reason
     cpu = {"cases": _fake_run(tmp_path, "a"), "slices": _fake_run(tmp_path, "b")}
-    runs.record_report("cpu", cpu, [], "cases", "figures")
+    runs.record_profile_runs("cpu", cpu, [], "cases", "figures")
     assert predict.default_checkpoint() == tmp_path / "a"
     assert predict.choose_model().source == "report"
     time.sleep(0.01)
     paper = {"slices": _fake_run(tmp_path, "c"), "cases": _fake_run(tmp_path, "d")}
-    runs.record_report("paper", paper, [], "slices", "figures")
+    runs.record_profile_runs("paper", paper, [], "slices", "figures")
     assert predict.default_checkpoint() == tmp_path / "d"  # latest report, its held-out run
     assert runs.default_run("cpu") == tmp_path / "a"
     # A newer smoke-test report (capped epochs, as the quick profile and the tests train) is never
     # the default: the latest real report stays, and the reason names what was skipped.
     time.sleep(0.01)
     quick = {"cases": _fake_run(tmp_path, "e", steps=4), "slices": _fake_run(tmp_path, "f", steps=4)}
-    runs.record_report("quick", quick, [], "cases", "build/quick")
+    runs.record_profile_runs("quick", quick, [], "cases", "build/quick")
     choice = predict.choose_model()
     assert choice.path == tmp_path / "d" and "skipped: quick" in choice.reason
     # Only smoke reports: the released model, never the smoke run.
@@ -258,10 +258,10 @@ def test_default_model_is_the_latest_real_report_else_the_released_model(
     (tmp_path / "e" / "run.json").write_text(json.dumps({"config": {"max_steps_per_epoch": 4}}))
     assert runs.is_smoke(rec)
     # The latest report names a profile without a held-out run, or one not finished: clear errors.
-    runs.record_report("paper", {"slices": _fake_run(tmp_path, "g")}, [], "slices", "figures")
+    runs.record_profile_runs("paper", {"slices": _fake_run(tmp_path, "g")}, [], "slices", "figures")
     with pytest.raises(runs.RunNotFoundError, match="trained no cases-split run"):
         runs.default_run()
-    runs.record_report("cpu", cpu, [], "cases", "figures")
+    runs.record_profile_runs("cpu", cpu, [], "cases", "figures")
     (tmp_path / "a" / "model.pt").unlink()  # recorded but not finished
     with pytest.raises(runs.RunNotFoundError, match="not finished"):
         runs.default_run("cpu")

@@ -83,9 +83,9 @@ def test_summarise_and_results_rows() -> None:
 
 def test_report_runs_never_train_and_name_the_missing_record(tmp_path: Path) -> None:
     with pytest.raises(runs.RunNotFoundError, match="no trained runs recorded for profile 'cpu'.*run_all.sh"):
-        runs.report_runs("cpu", tmp_path)
+        runs.profile_runs("cpu", tmp_path)
     with pytest.raises(runs.RunNotFoundError, match="run ./run_all.sh"):
-        runs.report_runs("", tmp_path)
+        runs.profile_runs("", tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing was trained or created
 
 

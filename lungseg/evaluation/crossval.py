@@ -26,7 +26,7 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
 from lungseg.inference import inference, sides
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
-from lungseg.network.runs import ReportRuns, TrainResult
+from lungseg.network.runs import ProfileRuns, TrainResult
 
 STRUCTURES = dict(zip(STRUCTURE_NAMES, (sides.RIGHT, sides.LEFT), strict=True))
 METRICS = ("dice", "hd95_mm", "msd_mm")
@@ -101,7 +101,7 @@ def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
     return sorted(rows, key=lambda r: (r["case"], r["structure"]))
 
 
-def cross_validate_report(report: ReportRuns, cases: Sequence[Case], device: torch.device | str,
+def cross_validate_profile(report: ProfileRuns, cases: Sequence[Case], device: torch.device | str,
                           main_logits: dict[str, np.ndarray], main_tuning: tuple[float, bool]) -> list[dict]:
     """:func:`cross_validate` over a report's folds, reusing the held-out run's logits and tuning
     (that run is one of the folds: fold 2 of 3 holds the default test patients). [] without folds."""
@@ -111,7 +111,7 @@ def cross_validate_report(report: ReportRuns, cases: Sequence[Case], device: tor
     return cross_validate(report.folds(), cases, device, known)
 
 
-def worst_patient_errors(report: ReportRuns, rows: Sequence[dict], cases: Sequence[Case],
+def worst_patient_errors(report: ProfileRuns, rows: Sequence[dict], cases: Sequence[Case],
                          device: torch.device | str = "cpu") -> tuple[dict, Case, np.ndarray, dict]:
     """The weakest patient of the cross-validation (its row), its case, the prediction of the fold
     model that never saw it (that fold's threshold and post-processing) and its :func:`error_profile`."""

@@ -198,7 +198,7 @@ def tuning_source(cfg_split: str) -> str:
             else "all patients: the slice split has no patient-level training set (includes test slices)")
 
 
-def training_summary(trained: runs.ReportRuns) -> dict:
+def training_summary(trained: runs.ProfileRuns) -> dict:
     """Per model of the report (main, other protocol, each fold): epochs, training wall time
     (manifest; data loading included), mean epoch time and the speed switches used."""
     dirs = {f"{split} split{' (main)' if r is trained.main else ''}": r.run_dir

@@ -380,7 +380,7 @@ def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResu
     """The cross-validation fold runs: named folders, else those the profile's report recorded."""
     if run_dirs:
         return [runs.load_run(d) for d in run_dirs]
-    report = runs.report_runs(profile)
+    report = runs.profile_runs(profile)
     if not report.fold_dirs:
         raise runs.RunNotFoundError(f"the {report.profile!r} report trained no cross-validation folds")
     return report.folds()

@@ -173,7 +173,7 @@ def table_action(tag: BaseTag) -> str | None:
 
 
 @dataclass
-class AnonymisationReport:
+class AnonymisationSummary:
     """What was found and done in one source folder."""
 
     case_id: str
@@ -375,7 +375,7 @@ def _method_codes() -> Sequence:
     return Sequence(items)
 
 
-def deidentify(ds: Dataset, pseudonym: str, report: AnonymisationReport | None = None) -> Dataset:
+def deidentify(ds: Dataset, pseudonym: str, report: AnonymisationSummary | None = None) -> Dataset:
     """De-identify ``ds`` in place (all depths, file meta rebuilt) and count the actions in ``report``."""
     secrets = identifiers(ds) - {pseudonym.upper()}
     if report is not None:
@@ -451,10 +451,10 @@ def choose_pseudonym(src: Path, pseudonym: str | None) -> str:
     return pseudonym
 
 
-def scan_phi(src_folder: str | os.PathLike[str], recursive: bool | None = None) -> AnonymisationReport:
+def scan_phi(src_folder: str | os.PathLike[str], recursive: bool | None = None) -> AnonymisationSummary:
     """Detect patient PHI in a folder without writing anything (headers only)."""
     src = Path(src_folder)
-    report = AnonymisationReport(case_id=choose_pseudonym(src, None))
+    report = AnonymisationSummary(case_id=choose_pseudonym(src, None))
     files, _ = find_dicom_files(src, recursive)
     for path in files:
         ds = read_dataset(path, stop_before_pixels=True)
@@ -479,7 +479,7 @@ def _read_checked(path: Path) -> Dataset:
 
 def anonymise(src_folder: str | os.PathLike[str], dst_folder: str | os.PathLike[str],
               pseudonym: str | None = None, *, overwrite: bool = False,
-              recursive: bool | None = None) -> AnonymisationReport:
+              recursive: bool | None = None) -> AnonymisationSummary:
     """Write de-identified copies of every DICOM file of ``src_folder`` into ``dst_folder``.
 
     The source is only read. ``dst_folder`` must not be, lie inside or contain the source; it must
@@ -497,7 +497,7 @@ def anonymise(src_folder: str | os.PathLike[str], dst_folder: str | os.PathLike[
     files, others = find_dicom_files(src, recursive)
     if not files:
         raise FileNotFoundError(f"no DICOM files in {src}")
-    report = AnonymisationReport(case_id=pseudonym, dst=dst)
+    report = AnonymisationSummary(case_id=pseudonym, dst=dst)
     report.skipped = [f"{p.relative_to(src)}: not DICOM" for p in others]
     with writing.staged_folder(dst, TOOL, overwrite=overwrite, sources=[src],
                                extra={"pseudonym": pseudonym, "profile": TABLE_VERSION}) as tmp:
@@ -512,7 +512,7 @@ def anonymise(src_folder: str | os.PathLike[str], dst_folder: str | os.PathLike[
 
 
 def anonymise_cases(case_ids: list[str], data: str | os.PathLike[str] | None,
-                    dst_root: str | os.PathLike[str], overwrite: bool = True) -> list[AnonymisationReport]:
+                    dst_root: str | os.PathLike[str], overwrite: bool = True) -> list[AnonymisationSummary]:
     """Anonymise each case's series from ``DATA/Images/Case_XXX`` into ``dst_root/Case_XXX`` (the case
     id is the pseudonym). ``overwrite`` replaces only this command's own earlier outputs."""
     root, dst = paths.data_dir(data), paths.resolve(dst_root)

@@ -9,7 +9,7 @@ for the machine and provenance. Once 03_eval has chosen them on the training pat
 downstream (03_eval, ``predict``, the viewer) reads its decisions from these two files.
 
 The runs one report used are recorded per profile in ``build/runs/reports/PROFILE.json`` by
-02_train; :func:`report_runs` and :func:`default_model` resolve "the latest run" there and nowhere
+02_train; :func:`profile_runs` and :func:`default_model` resolve "the latest run" there and nowhere
 else. A report whose main run caps its epochs (``max_steps_per_epoch > 0``: the ``quick`` profile,
 CI's smoke test) is never a default: :func:`default_model` then takes the released model in
 ``models/`` (:mod:`lungseg.report.release`).
@@ -243,7 +243,7 @@ def describe_runs(by_split: dict[str, TrainResult], folds: list[TrainResult]) ->
     return "\n".join(lines)
 
 
-def record_report(profile: str, runs: dict[str, TrainResult], folds: list[TrainResult],
+def record_profile_runs(profile: str, runs: dict[str, TrainResult], folds: list[TrainResult],
                   main_split: str, figures_dir: str) -> Path:
     """Written by 02_train: which runs the profile's report uses (main, other protocol, folds)."""
     rec = {"profile": profile, "written": time.time(), "main": main_split,
@@ -271,7 +271,7 @@ def _records(folder: Path | None = None) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted(reports.glob("*.json"))] if reports.is_dir() else []
 
 
-def latest_report(folder: Path | None = None) -> dict:
+def latest_profile_record(folder: Path | None = None) -> dict:
     """The record of the latest report that is not a smoke test (:func:`is_smoke`)."""
     records = _records(folder)
     real = [r for r in records if not is_smoke(r)]
@@ -283,12 +283,12 @@ def latest_report(folder: Path | None = None) -> dict:
     return max(real, key=lambda r: r["written"])
 
 
-def report_record(profile: str = "", folder: Path | None = None) -> dict:
+def profile_record(profile: str = "", folder: Path | None = None) -> dict:
     """The record of ``profile``'s latest 02_train. Empty ``profile``: ``$LUNGSEG_PROFILE`` when set,
-    else :func:`latest_report`."""
+    else :func:`latest_profile_record`."""
     profile = profile or os.environ.get(PROFILE_ENV, "")
     if not profile:
-        return latest_report(folder)
+        return latest_profile_record(folder)
     f = _record_file(profile, folder)
     if not f.is_file():
         raise RunNotFoundError(f"no trained runs recorded for profile {profile!r} ({f}): run "
@@ -297,7 +297,7 @@ def report_record(profile: str = "", folder: Path | None = None) -> dict:
 
 
 @dataclass
-class ReportRuns:
+class ProfileRuns:
     """The finished runs of one report: ``main`` and ``by_split`` (main and the other protocol)."""
 
     profile: str
@@ -323,21 +323,21 @@ class ReportRuns:
         return "\n".join(lines)
 
 
-def report_runs(profile: str = "", folder: Path | None = None) -> ReportRuns:
-    """Load the runs :func:`record_report` recorded (never trains)."""
+def profile_runs(profile: str = "", folder: Path | None = None) -> ProfileRuns:
+    """Load the runs :func:`record_profile_runs` recorded (never trains)."""
     env = os.environ.get(PROFILE_ENV, "")
     how = ("named by the profile parameter" if profile else f"named by ${PROFILE_ENV}" if env
            else "the latest report that is not a smoke test")
-    rec = report_record(profile, folder)
+    rec = profile_record(profile, folder)
     by_split = {split: load_run(d) for split, d in rec["runs"].items()}
-    return ReportRuns(rec["profile"], by_split[rec["main"]], by_split,
+    return ProfileRuns(rec["profile"], by_split[rec["main"]], by_split,
                       [Path(d) for d in rec["folds"]], rec["figures_dir"], how)
 
 
 def default_run(profile: str = "", split: str = "cases", folder: Path | None = None) -> Path:
     """The ``split`` run (held-out patients, so its inference settings were chosen without the test
     patients) of the latest report that is not a smoke test (or of ``profile``)."""
-    rec = report_record(profile, folder)
+    rec = profile_record(profile, folder)
     if split not in rec["runs"]:
         raise RunNotFoundError(f"the latest report ({rec['profile']} profile) trained no {split}-split "
                                "run: pass --checkpoint RUN_DIR")
@@ -382,7 +382,7 @@ def default_model(folder: Path | None = None) -> ModelChoice:
     skipped = sorted(r["profile"] for r in _records(folder) if is_smoke(r))
     note = f"; smoke-test reports are never a default (skipped: {', '.join(skipped)})" if skipped else ""
     try:
-        rec = latest_report(folder)
+        rec = latest_profile_record(folder)
         run_dir = default_run(rec["profile"], "cases", folder)
         return ModelChoice(run_dir, f"{rec['profile']} report run {run_dir.name}", "report",
                            f"the held-out-patient run of the latest local report ({rec['profile']} profile, "

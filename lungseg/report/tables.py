@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lungseg.inference.sides import SplitInfo
-from lungseg.io.anonymise import AnonymisationReport
+from lungseg.io.anonymise import AnonymisationSummary
 from lungseg.io.cache import Case
 
 
@@ -23,7 +23,7 @@ def markdown(rows: Sequence[dict], floatfmt: str = ".3g") -> str:
     return "\n".join(lines)
 
 
-def case_row(case: Case, report: AnonymisationReport | None = None) -> dict:
+def case_row(case: Case, report: AnonymisationSummary | None = None) -> dict:
     """One row of the per-case table: slices, spacing (mm), HU range, order, lung share, PHI."""
     vol = case.volume
     dz, dy, dx = vol.spacing
@@ -41,13 +41,13 @@ def case_row(case: Case, report: AnonymisationReport | None = None) -> dict:
     return row
 
 
-def case_table(cases: Sequence[Case], reports: Sequence[AnonymisationReport] | None = None) -> str:
+def case_table(cases: Sequence[Case], reports: Sequence[AnonymisationSummary] | None = None) -> str:
     """Markdown per-case table; ``reports`` (same order) adds the PHI column."""
     reports = reports or [None] * len(cases)  # type: ignore[list-item]
     return markdown([case_row(c, r) for c, r in zip(cases, reports, strict=True)])
 
 
-def phi_table(reports: Sequence[AnonymisationReport]) -> str:
+def phi_table(reports: Sequence[AnonymisationSummary]) -> str:
     """Markdown table per case: patient PHI found, attributes per de-identification action (all
     files, all depths) and values checked by the verification pass."""
     rows = [{"case": r.case_id,
