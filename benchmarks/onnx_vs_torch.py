@@ -36,9 +36,9 @@ def main() -> int:
     case = cache.load_case(args.case)
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
     x = data.resize_slices(data.normalise(hu, cfg.input_mode, cfg.hu_window), cfg.image_size).contiguous()
-    batches = list(x.split(inference.INFER_BATCH))
+    batches = list(x.split(runtime.BATCH))
     net = run.model.eval()
-    cl = bool(speed.choose(cfg.image_size, inference.INFER_BATCH, torch.device("cpu"))["channels_last"])
+    cl = bool(speed.choose(cfg.image_size, runtime.BATCH, torch.device("cpu"))["channels_last"])
     tnet = net.to(memory_format=torch.channels_last) if cl else net
 
     def torch_logits() -> np.ndarray:

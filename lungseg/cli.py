@@ -70,8 +70,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="what runs the network: auto = ONNX Runtime on a CPU when installed (faster, "
                         "same masks), else PyTorch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"slices per inference batch (default {predict.TORCH_BATCH} with PyTorch, "
-                        f"{predict.runtime.BATCH} with ONNX Runtime)")
+                   help=f"slices per inference batch (default {predict.runtime.BATCH})")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="probability above which a voxel is lung (default: the run's manifest "
                         f"written by 03_eval, else {predict.DEFAULT_THRESHOLD})")

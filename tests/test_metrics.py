@@ -66,11 +66,6 @@ def test_slice_shape_mismatch_raises() -> None:
         m.slice_dice_report(np.zeros((1, 2, 2), bool), np.zeros((1, 2, 3), bool))
 
 
-def test_binarize_uses_threshold() -> None:
-    prob = np.array([0.2, 0.5, 0.51, 0.9])
-    np.testing.assert_array_equal(m.binarize(prob), [False, False, True, True])
-
-
 # --------------------------------------------------------------------------- volume dice
 def _cube(shape: tuple[int, int, int], lo: tuple[int, int, int], size: int) -> np.ndarray:
     vol = np.zeros(shape, dtype=bool)

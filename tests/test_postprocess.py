@@ -74,3 +74,10 @@ def test_fast_clean_equals_scipy_on_random_masks(seed: int) -> None:
     for n in (1, 2, 3):
         assert np.array_equal(postprocess.keep_largest(mask, n), _reference_keep_largest(mask, n))
     assert not postprocess.clean(np.zeros((3, 4, 4), dtype=bool)).any()
+
+
+def test_the_one_binarize_keeps_probabilities_strictly_above_the_threshold() -> None:
+    prob = np.array([0.2, 0.5, 0.51, 0.9])
+    logits = np.log(prob / (1 - prob))  # binarize takes logits: sigmoid(logit) > threshold
+    np.testing.assert_array_equal(postprocess.binarize(logits, 0.5), [False, False, True, True])
+    np.testing.assert_array_equal(postprocess.binarize(logits, 0.85), [False, False, False, True])

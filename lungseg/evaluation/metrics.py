@@ -87,11 +87,6 @@ def _as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def binarize(prob: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """Threshold probabilities (any shape, in [0, 1]) to a bool mask: ``prob > threshold``."""
-    return np.asarray(prob) > threshold
-
-
 # --------------------------------------------------------------------------- per slice
 def _slice_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-slice ``|P∩G|`` and ``|P| + |G|`` as float64 ``(N,)`` for ``(N, H, W)`` masks."""

@@ -24,12 +24,10 @@ segment = postprocess.segment
 """Threshold, then optionally post-process (:func:`lungseg.inference.postprocess.segment`)."""
 
 
-INFER_BATCH = 4  # measured fastest at 512² on 2 cores (activations stay in cache)
-ENGINES = ("auto", "onnxruntime", "torch")
 
 
 def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
-               batch_size: int = INFER_BATCH, device: torch.device | str = "cpu",
+               batch_size: int = runtime.BATCH, device: torch.device | str = "cpu",
                channels_last: bool | None = None, amp: bool = True, name: str = "volume",
                progress: bool = False, window: Sequence[float] = data.HU_WINDOW,
                spacing: tuple[float, float] | None = None) -> np.ndarray:
@@ -85,7 +83,7 @@ def _predict_field(net: model.UNet, hu: np.ndarray, image_size: int, mode: str, 
 
 
 def run_logits(net: model.UNet, cfg: TrainConfig, hu: np.ndarray, device: torch.device | str = "cpu",
-               batch_size: int = INFER_BATCH, name: str = "volume", progress: bool = False,
+               batch_size: int = runtime.BATCH, name: str = "volume", progress: bool = False,
                amp: bool | None = None, engine: str = "auto",
                spacing: tuple[float, float] | None = None) -> np.ndarray:
     """Logits (z, H, W) float32 of a (z, H, W) HU volume with the preprocessing a run's config records
@@ -93,23 +91,13 @@ def run_logits(net: model.UNet, cfg: TrainConfig, hu: np.ndarray, device: torch.
     (:mod:`lungseg.inference.runtime`, CPU only, float32) or "auto" = ONNX Runtime on a CPU when installed
     (1.4x faster at 160², 1.65x at 512² on 2 AVX2 cores; logits equal to ~1e-5), else torch.
     ``spacing``: (dy, dx) mm of the pixels, for slices that are not square (:mod:`lungseg.inference.fov`)."""
-    if uses_onnxruntime(device, engine):
+    if runtime.choose(engine, str(torch.device(device))) == "onnxruntime":
         prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
         session = runtime.session_of(net, prep, threads=torch.get_num_threads())
         return session.logits(np.asarray(hu), name, progress, spacing=spacing)
     return predict_hu(net, hu, cfg.image_size, cfg.input_mode, batch_size, device,
                       amp=bool(cfg.amp) if amp is None else amp, name=name, progress=progress,
                       window=cfg.hu_window, spacing=spacing)
-
-
-def uses_onnxruntime(device: torch.device | str, engine: str = "auto") -> bool:
-    """Whether :func:`run_logits` runs ONNX Runtime for ``engine`` on ``device``."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown inference engine {engine!r}; expected one of {ENGINES}")
-    on_cpu = torch.device(device).type == "cpu"
-    if engine == "onnxruntime" and not (on_cpu and runtime.available()):
-        raise ValueError("the onnxruntime engine needs the CPU and an installed onnxruntime")
-    return engine == "onnxruntime" or (engine == "auto" and on_cpu and runtime.available())
 
 
 def case_logits(net: model.UNet, cfg: TrainConfig, cases: Sequence[Case],

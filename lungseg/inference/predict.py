@@ -31,10 +31,9 @@ if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or ex
 
 DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
 NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
-RUNTIMES = ("auto", "onnxruntime", "torch")
+RUNTIMES = runtime.RUNTIMES
 """``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.inference.runtime`), else
 PyTorch."""
-TORCH_BATCH = 4  # measured fastest at 512² on 2 cores (lungseg.inference.inference.INFER_BATCH)
 
 NIFTI_NAME = "lung_mask.nii.gz"
 SEG_NAME = "lung_mask.seg.dcm"
@@ -83,36 +82,15 @@ def weights_file(path: str | os.PathLike[str]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConfig]:
-    """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder).
-
-    Loaded with ``weights_only=True`` (no pickled code runs). A bare state dict (the course's
-    reference weights) is taken as the reference model: 512² input, raw stored values.
-    """
-    import torch
-
-    from lungseg.network import data, model
-    from lungseg.network.config import TrainConfig
-
+    """The eval-mode UNet and its training config from a run's ``model.pt`` (or its run folder), by
+    the one checkpoint loader (:func:`lungseg.network.runs.load_checkpoint`); PredictError naming the
+    file when it is not one."""
     path = weights_file(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for files that are not checkpoints
-        raise PredictError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-    if isinstance(state, dict) and "model" in state and "config" in state:
-        try:
-            cfg = TrainConfig.from_dict(state["config"])
-        except (TypeError, ValueError) as exc:
-            raise PredictError(f"{path}: checkpoint config not understood ({exc})") from None
-        weights = state["model"]
-    elif isinstance(state, dict) and "conv1.0.weight" in state:
-        cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
-        weights = state
-    else:
-        raise PredictError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
-                           "'config', as train.fit writes)")
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
-    net.load_state_dict(weights, strict=True)
-    return net.eval(), cfg
+        net, cfg, _ = runs.load_checkpoint(path)
+    except runs.CheckpointError as exc:
+        raise PredictError(str(exc)) from None
+    return net, cfg
 
 
 # ---- inference ---------------------------------------------------------------------------------
@@ -146,15 +124,10 @@ def resolve_device(name: str) -> str:
 
 def resolve_runtime(name: str, device: str) -> str:
     """``onnxruntime`` or ``torch`` for ``--runtime name`` on ``device`` (see :data:`RUNTIMES`)."""
-    if name not in RUNTIMES:
-        raise PredictError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
-    if name == "torch" or (name == "auto" and (device != "cpu" or not runtime.available())):
-        return "torch"
-    if device != "cpu":
-        raise PredictError(f"--runtime onnxruntime runs on the CPU only, not on {device!r}")
-    if not runtime.available():
-        raise PredictError("--runtime onnxruntime: ONNX Runtime is not installed (pip install onnxruntime)")
-    return "onnxruntime"
+    try:
+        return runtime.choose(name, device)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
 
 
 def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Session:
@@ -176,7 +149,7 @@ def onnx_export(checkpoint: Path) -> Path:
 
 
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
-                   batch_size: int = TORCH_BATCH, device: str = "cpu") -> np.ndarray:
+                   batch_size: int = runtime.BATCH, device: str = "cpu") -> np.ndarray:
     """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.inference.run_logits`,
     with a progress bar). Slices that are not square in pixels or in mm go through a square field of
     view (:mod:`lungseg.inference.fov`)."""
@@ -203,7 +176,7 @@ class Network:
 
             self.net, self.cfg = load_checkpoint(checkpoint)
             self.preprocessing = {"image_size": self.cfg.image_size, "input_mode": self.cfg.input_mode}
-            self.batch_size = batch_size or TORCH_BATCH
+            self.batch_size = batch_size or runtime.BATCH
             self.threads, self.version = torch.get_num_threads(), f"torch {torch.__version__}"
 
     def logits(self, volume: dicom.Volume) -> np.ndarray:

@@ -62,6 +62,10 @@ class RunNotFoundError(FileNotFoundError):
     """No finished run where one was expected; the message says how to make one."""
 
 
+class CheckpointError(ValueError):
+    """A weights file that is not a lungseg checkpoint (nor the course's reference weights)."""
+
+
 @dataclass
 class TrainResult:
     """A trained model with its history (per-epoch lists), config and folder."""
@@ -155,21 +159,48 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
-    """A finished run from its folder (``model.pt`` holds weights, history and config)."""
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConfig, dict]:
+    """The one checkpoint loader: the eval-mode UNet, its training config and the saved state (weights,
+    history, config) of a ``model.pt``. Loaded with ``weights_only=True`` (no pickled code runs). A
+    bare state dict (the course's reference weights) is the reference model: 512² input, raw stored
+    values. CheckpointError naming the file when it is neither."""
     import torch
 
-    from lungseg.network import model
+    from lungseg.network import data, model
     from lungseg.network.config import TrainConfig
 
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not checkpoints
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        try:
+            cfg = TrainConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint config not understood ({exc})") from None
+        weights = state["model"]
+    elif isinstance(state, dict) and "conv1.0.weight" in state:
+        cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw")
+        weights, state = state, {"model": state}
+    else:
+        raise CheckpointError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
+                              "'config', as train.fit writes)")
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the UNet of its config ({exc})") from None
+    return net.eval(), cfg, state
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> TrainResult:
+    """A finished run from its folder (``model.pt`` holds weights, history and config)."""
     run_dir = paths.resolve(run_dir)
     if not (run_dir / WEIGHTS).is_file():
         raise RunNotFoundError(f"no finished run in {run_dir} (no {WEIGHTS}): run 02_train first")
-    state = torch.load(run_dir / WEIGHTS, map_location="cpu", weights_only=True)
-    cfg = TrainConfig.from_dict(state["config"])
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
-    net.load_state_dict(state["model"])
-    return TrainResult(net.eval(), state["history"], cfg, run_dir, False, read_manifest(run_dir))
+    net, cfg, state = load_checkpoint(run_dir / WEIGHTS)
+    return TrainResult(net, state.get("history", {}), cfg, run_dir, False, read_manifest(run_dir))
 
 
 def test_masks(run: TrainResult, case_ids: list[str], n_slices: list[int]) -> list[np.ndarray]:
