@@ -12,7 +12,7 @@ import pytest
 from lungseg import cli, paths
 from lungseg.evaluation import metrics
 from lungseg.inference import predict, sides
-from lungseg.io import cache
+from lungseg.io import cache, writing
 from lungseg.network import runs
 from lungseg.report import release
 
@@ -24,7 +24,7 @@ needs_release = pytest.mark.skipif(not (RELEASED / runs.WEIGHTS).is_file(),
 @needs_release
 def test_released_weights_match_the_checksum_of_run_json_and_the_card() -> None:
     manifest = runs.read_manifest(RELEASED)
-    digest = release.sha256(RELEASED / runs.WEIGHTS)
+    digest = writing.sha256_file(RELEASED / runs.WEIGHTS)
     assert manifest["release"]["weights_sha256"] == digest
     assert manifest["release"]["weights_bytes"] == (RELEASED / runs.WEIGHTS).stat().st_size
     assert f"SHA-256 `{digest}`" in (RELEASED / release.CARD).read_text()

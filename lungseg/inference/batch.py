@@ -771,14 +771,6 @@ class Summary:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None, threshold: float | None,
                      clean: bool | None, device: str, runtime_name: str,
                      batch_size: int | None, threads: int | None) -> Settings:
@@ -796,7 +788,8 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | Non
         predict.onnx_export(ckpt)
     else:
         predict.load_checkpoint(ckpt)  # fails here, once, on a checkpoint that is not one
-    return Settings(str(ckpt), choice, _sha256(weights), threshold, clean, dev, engine, batch_size, threads)
+    return Settings(str(ckpt), choice, writing.sha256_file(weights), threshold, clean, dev, engine,
+                    batch_size, threads)
 
 
 def discover(root: Path, executor: _Lazy, progress: bool

@@ -16,6 +16,7 @@ the cache builds each entry in a temporary folder renamed into place by the same
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -173,3 +174,12 @@ def staged_folder(dst: str | os.PathLike[str], tool: str, *, overwrite: bool = F
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)  # only ever our own earlier output (checked above)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks: the fingerprint of a model's weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -16,7 +16,6 @@ tests check the weights' checksum against both.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -44,14 +43,6 @@ LICENCE = ("The training images are from the LCTSC collection of The Cancer Imag
            "(http://creativecommons.org/licenses/by/3.0/); the 12 cases are a teaching copy of the "
            "University of Cambridge's Data Intensive Science MPhil (some header fields replaced by fake "
            "patient data; see the data's LICENSE.txt). Any use of this model must credit the LCTSC data:")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def train_release(profile: str = "cpu", runs_dir: str | None = None, data_dir: str = "") -> runs.TrainResult:
@@ -103,7 +94,7 @@ def release(run: runs.TrainResult, settings: dict, accuracy: dict, profile: str,
     manifest["release"] = {
         "name": out.name, "made_by": COMMAND.format(profile=profile), "profile": profile,
         "released": time.strftime("%Y-%m-%d"), "source_run": run.run_dir.name,
-        "weights_sha256": sha256(weights), "weights_bytes": weights.stat().st_size,
+        "weights_sha256": writing.sha256_file(weights), "weights_bytes": weights.stat().st_size,
         "tuning": {"threshold_study": settings["threshold_study"],
                    "postprocess_study": settings["postprocess_study"]},
         "expected_accuracy": accuracy, "licence": LICENCE, "attribution": LCTSC_ATTRIBUTION}
