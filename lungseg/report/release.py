@@ -139,9 +139,11 @@ def model_card(manifest: dict) -> str:
         "",
         "## How it was made",
         "",
-        f"- Command: `{rel['made_by']}` (trains the `{rel['profile']}` profile's recipe with "
-        "`split=all`: every slice of every case, no test set), released on "
-        f"{rel['released']} from run `{rel['source_run']}`.",
+        f"- Command: `{COMMAND.format(profile=rel['profile'])}` (trains the `{rel['profile']}` profile's "
+        "recipe with `split=all`: every slice of every case, no test set), released on "
+        f"{rel['released']} from run `{rel['source_run']}`"
+        + (f" (run as `{rel['made_by']}`, the same code at its module path then)."
+           if rel["made_by"] != COMMAND.format(profile=rel["profile"]) else "."),
         f"- Code: lungseg {manifest['code']['lungseg_version']}, commit `{manifest['code']['git_commit']}`, "
         f"training code SHA-256 `{manifest['code']['training_code_sha256']}`.",
         f"- Machine: {manifest['provenance']['machine']}, torch {manifest['provenance']['torch']}, "
