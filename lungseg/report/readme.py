@@ -70,13 +70,21 @@ def timing_block(summary: dict, provenance: dict) -> str:
                 + "\n".join(lines) + "\n\n")
     nbs = provenance.get("notebooks", {})
     if nbs:
-        total = sum(v.get("wall_s", 0.0) for v in nbs.values())
-        each = ", ".join(f"{k} {_minutes(v['wall_s'])}" for k, v in nbs.items())
-        out += (f"Wall time of the notebooks in the last `./run_all.sh`: {each}; {_minutes(total)} in all"
-                f" on {provenance.get('machine', 'this machine')}"
+        # Notebooks rerun on their own later (``--only``) are listed apart: a rerun may reuse cached
+        # work, so its time is no part of the whole run's.
+        first = min(v.get("date", "") for v in nbs.values())
+        whole = {k: v for k, v in nbs.items() if v.get("date", "") == first}
+        later = {k: v for k, v in nbs.items() if k not in whole}
+        total = sum(v.get("wall_s", 0.0) for v in whole.values())
+        each = ", ".join(f"{k} {_minutes(v['wall_s'])}" for k, v in whole.items())
+        out += (f"Wall time of the notebooks in the last whole `./run_all.sh` ({first[:16]} UTC): {each}; "
+                f"{_minutes(total)} in all on {provenance.get('machine', 'this machine')}"
                 f" (`{provenance.get('cpu_capability', '?')}` torch CPU capability).")
+        if later:
+            out += " Rerun on its own later (reusing cached work): " + ", ".join(
+                f"{k} {_minutes(v['wall_s'])} ({v.get('date', '?')[:16]} UTC)" for k, v in later.items()) + "."
         trained = sum(t["train_wall_s"] for t in training.values())
-        train_nb = nbs.get("02_train", {}).get("wall_s", 0.0)
+        train_nb = whole.get("02_train", {}).get("wall_s", 0.0)
         if trained > train_nb:  # the models were loaded from earlier runs, not trained again
             out += (f" That run loaded its {len(training)} models from earlier runs; a fresh clone also "
                     f"trains them: **about {_minutes(total - train_nb + trained)} in all** (the other "
