@@ -322,19 +322,21 @@ def score_figure(judged: Sequence[dict], thresholds: dict, title: str = "") -> F
     for ax, name in zip(axes, names, strict=False):
         checks = [c for c in qc.CHECKS if c.score == name]
         log = checks[0].scale == "log"
+        plotted = 0
         for group, colour in COLOURS.items():
             for flagged in (True, False):
                 sel = [r for r in judged if r["group"] == group and r["flagged"] == flagged
                        and r["scores"].get(name) is not None]
                 x = [max(r["scores"][name], 1e-3) if log else r["scores"][name] for r in sel]
                 y = [r["dice"] for r in sel]
+                plotted += len(x)
                 ax.scatter(x, y, s=18, edgecolors=colour, facecolors=colour if flagged else "none",
                            linewidths=1.0, label=f"{group}, {'flagged' if flagged else 'passed'}")
         for c in checks:
             rule = limits.get(c.name)
-            if rule and rule.get("kept", True):
+            if rule and rule.get("kept", True) and (rule["limit"] > 0 or not log):
                 ax.axvline(rule["limit"], color="k", ls="--", lw=1)
-        if log:
+        if log and plotted:  # a log axis needs a positive value (a smoke-test model may give none)
             ax.set_xscale("log")
         ax.axhline(BAD_DICE, color="grey", lw=0.6)
         ax.set_xlabel(name)
