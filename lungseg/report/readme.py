@@ -81,7 +81,8 @@ def timing_block(summary: dict, provenance: dict) -> str:
                 f"{_minutes(total)} in all on {provenance.get('machine', 'this machine')}"
                 f" (`{provenance.get('cpu_capability', '?')}` torch CPU capability).")
         if later:
-            reruns = (f"{k} {_minutes(v['wall_s'])} ({v.get('date', '?')[:16]} UTC)" for k, v in later.items())
+            reruns = (f"{k} {_minutes(v['wall_s'])} ({v.get('date', '?')[:16]} UTC)"
+                      for k, v in later.items())
             out += " Rerun on its own later (reusing cached work): " + ", ".join(reruns) + "."
         trained = sum(t["train_wall_s"] for t in training.values())
         train_nb = whole.get("02_train", {}).get("wall_s", 0.0)
