@@ -424,7 +424,7 @@ def default_model(folder: Path | None = None) -> ModelChoice:
     if released is None:
         raise RunNotFoundError(f"no model to use: {local}; and no released model in {RELEASED}")
     return ModelChoice(released.path, released.name, "released",
-                       f"no local report run to use ({local.split(':')[0]}{note}), so the released model")
+                       f"no local report run in {(folder or RUNS) / 'reports'}{note}, so the released model")
 
 
 def given_model(path: str | os.PathLike[str]) -> ModelChoice:
