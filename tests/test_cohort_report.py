@@ -72,3 +72,11 @@ def test_render_report_writes_self_contained_html(tmp_path: Path) -> None:
     assert "air measures 24 HU" in html and "no DICOM files in /in/broken" in html
     assert "data:image/png;base64" in html  # overviews and the figure embedded
     assert "cohort_report.load(" not in html  # inputs hidden
+
+
+def test_render_report_never_replaces_a_report_html_it_did_not_write(tmp_path: Path) -> None:
+    out = fake_batch(tmp_path / "out")
+    (out / cohort_report.REPORT_HTML).write_text("my own notes")
+    with pytest.raises(FileExistsError, match="not written by lungseg"):
+        cohort_report.render_report(out)
+    assert (out / cohort_report.REPORT_HTML).read_text() == "my own notes"

@@ -31,6 +31,8 @@ from lungseg.io import writing
 
 COHORT_CSV = "cohort.csv"
 REPORT_HTML = "report.html"
+MARK = "<!-- written by lungseg.report.cohort_report -->"
+"""In the head of every report.html it writes: another file of that name is never replaced."""
 NOTEBOOK = paths.ROOT / "notebooks" / "04_cohort.ipynb"
 COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "right_lung_ml", "left_lung_ml",
            "lung_volume_ml", "lungs_touching", "qc_status", "qc_reasons", "seconds", "model")
@@ -205,6 +207,9 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
 
     out = Path(out_dir).absolute()
     load(out)  # a clear error before a kernel starts
+    target = out / REPORT_HTML
+    if target.exists() and MARK not in target.read_text(errors="replace")[:1000]:
+        raise FileExistsError(f"{target} exists and was not written by lungseg: not replaced")
     if kernel is None:
         kernel = "lungseg" if "lungseg" in find_kernel_specs() else "python3"
     with tempfile.TemporaryDirectory(prefix="lungseg-report-") as tmp:
@@ -213,7 +218,8 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
                             cwd=str(NOTEBOOK.parent), progress_bar=False)
         body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
                                exclude_output_prompt=True).from_notebook_node(nbformat.read(executed, 4))
-    return writing.atomic_write_text(out / REPORT_HTML, body)
+    head, sep, rest = body.partition("\n")  # the mark after the doctype line: no quirks mode
+    return writing.atomic_write_text(target, head + sep + MARK + "\n" + rest)
 
 
 # ---- a small real cohort ------------------------------------------------------------------------
