@@ -17,13 +17,14 @@ import yaml
 from lungseg import paths
 from lungseg.io import cache
 from lungseg.network import data, model, speed
+from lungseg.network.disease import DiseaseSpec
 
 PROFILES = paths.ROOT / "params"
 SCHEDULES = ("constant", "cosine", "onecycle")
 SPLITS = ("slices", "cases", "all")
 """``all`` trains on every slice of every case (the released model; no test set, no curve)."""
-NOTEBOOK_ONLY = ("profile", "figures_dir", "compare_split", "cv_folds", "reference_weights",
-                 "interactive", "run")
+NOTEBOOK_ONLY = ("profile", "figures_dir", "compare_split", "compare_disease", "cv_folds",
+                 "reference_weights", "interactive", "run")
 """Notebook parameters of a profile that are not training parameters."""
 
 
@@ -63,6 +64,16 @@ class TrainConfig:
     empty_keep: float = 1.0
     """Share of the training slices with an empty mask (above and below the lungs, ~45 %) used in
     each epoch, drawn anew every epoch from (seed, epoch); 1 = all of them."""
+    disease_p: float = 0.0
+    """Share of the lung-holding training slices of every batch that get simulated dense lung inside
+    their true lung, mask unchanged (:mod:`lungseg.train.disease`); 0 = none (the report's recipe)."""
+    disease_kinds: list[str] = field(default_factory=lambda: ["consolidation", "ggo", "collapse"])
+    disease_dense_hu: list[float] = field(default_factory=lambda: [-100.0, 70.0])
+    """(low, high) HU of simulated consolidated and collapsed lung."""
+    disease_ggo_hu: list[float] = field(default_factory=lambda: [150.0, 500.0])
+    """(low, high) HU that simulated ground glass adds to aerated lung."""
+    disease_noise_hu: list[float] = field(default_factory=lambda: [5.0, 40.0])
+    """(low, high) standard deviation (HU) of the texture laid on simulated dense lung."""
     curve_slices: int = 0
     """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
     spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
@@ -101,7 +112,18 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
         if len(cfg.hu_window) != 2 or not cfg.hu_window[0] < cfg.hu_window[1]:
             raise ValueError(f"hu_window must be [low, high] HU with low < high, got {cfg.hu_window}")
+        cfg.disease_spec()  # checks the disease_* fields
         return cfg
+
+    def disease_spec(self) -> DiseaseSpec:
+        """The ``disease_*`` fields as the training augmentation's spec (checked)."""
+        def pair(v: list[float]) -> tuple[float, float]:
+            if len(v) != 2:
+                raise ValueError(f"a disease HU range must be [low, high], got {v}")
+            return float(v[0]), float(v[1])
+
+        return DiseaseSpec(float(self.disease_p), tuple(self.disease_kinds), pair(self.disease_dense_hu),
+                           pair(self.disease_ggo_hu), pair(self.disease_noise_hu))
 
     def with_speed_switches(self) -> TrainConfig:
         """A copy with the "auto" layout/precision switches made explicit: measured on this machine
@@ -191,14 +213,18 @@ class TrainingPlan:
     config: TrainConfig
     compare_split: str = ""
     cv_folds: int = 0
+    compare_disease: bool = False
+    """Also train the config without simulated dense lung (``disease_p`` = 0), the same model
+    otherwise, so the report can show what the augmentation does on the same series."""
 
 
 def training_plan(profile: str, overrides: dict[str, str] | None = None) -> TrainingPlan:
     """The profile's 02_train section as a plan: :func:`config_from_profile` (the call
-    ``python -m lungseg.train`` makes) plus the section's ``compare_split`` and ``cv_folds``."""
+    ``python -m lungseg.train`` makes) plus the section's ``compare_split``, ``cv_folds`` and
+    ``compare_disease``."""
     section = load_profile(profile).get("02_train", {})
     return TrainingPlan(config_from_profile(profile, overrides), str(section.get("compare_split", "") or ""),
-                        int(section.get("cv_folds", 0) or 0))
+                        int(section.get("cv_folds", 0) or 0), bool(section.get("compare_disease", False)))
 
 
 def profile_file(name: str) -> Path:

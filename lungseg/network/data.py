@@ -51,6 +51,18 @@ def normalise(hu: torch.Tensor, mode: str = "window",
     raise ValueError(f"unknown input mode {mode!r}; expected one of {INPUT_MODES}")
 
 
+def denormalise(x: torch.Tensor, mode: str = "window",
+                window: Sequence[float] = HU_WINDOW) -> torch.Tensor:
+    """Network input → HU, the inverse of :func:`normalise` (values it clipped stay at the window's
+    edges)."""
+    if mode == "window":
+        lo, hi = (float(v) for v in window)
+        return x.float() * (hi - lo) + lo
+    if mode == "raw":
+        return x.float() - REFERENCE_INPUT_OFFSET_HU
+    raise ValueError(f"unknown input mode {mode!r}; expected one of {INPUT_MODES}")
+
+
 def resize_slices(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 1, H, W) → (N, 1, size, size) by area averaging (exact block means for 512 → 128)."""
     if x.shape[-1] == size and x.shape[-2] == size:

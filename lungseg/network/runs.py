@@ -54,7 +54,7 @@ KEY_CHARS = 8
 # The code whose change changes the trained weights (dicom.py, orient.py and cache.py are covered by
 # the cases' cache keys).
 TRAINING_CODE = ("network/config.py", "network/model.py", "network/losses.py", "network/data.py",
-                 "train/train.py", "train/distributed.py")
+                 "network/disease.py", "train/train.py", "train/distributed.py")
 """The training code (paths in the package) whose change changes a run key."""
 
 

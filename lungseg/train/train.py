@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lungseg.inference import postprocess
 from lungseg.io import writing
-from lungseg.network import config, data, losses, model, runs, speed
+from lungseg.network import config, data, disease, losses, model, runs, speed
 from lungseg.network.config import SCHEDULES, TrainConfig
 from lungseg.network.runs import TrainResult
 from lungseg.train import distributed
@@ -102,10 +102,14 @@ def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bo
     return out[:cap] if cap else out
 
 
-def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x = ds.images[b].to(device, non_blocking=True)
-    y = ds.masks[b].to(device, non_blocking=True).float()
+def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device, channels_last: bool,
+               augment=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``b`` on ``device``; ``augment(x, y) -> x`` (host tensors) first, when given."""
+    x, y = ds.images[b], ds.masks[b].float()
+    if augment is not None:
+        x = augment(x, y)
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
@@ -178,15 +182,31 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
     ddp_net.train()
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
     batches = _epoch_batches(epoch_indices(train_idx, ds.empty, cfg, epoch), cfg, epoch, dist.world)
-    for b in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                  disable=not dist.main):
+    spec = cfg.disease_spec()
+    for step, b in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                                  disable=not dist.main)):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
-        x, y = _to_device(ds, b, device, cfg.channels_last)
+        augment = _disease_augment(spec, cfg, epoch, step, dist.rank) if spec.active else None
+        x, y = _to_device(ds, b, device, cfg.channels_last, augment)
         loss, correct = train_step(ddp_net, opt, sched, x, y, device, cfg.amp)
         # One host sync per step, for the epoch means the report plots.
         sums += torch.tensor([float(loss) * len(b), float(correct), len(b)], dtype=torch.float64)
     sums = distributed.all_reduce_sum(sums, dist, device)
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
+def _disease_augment(spec: disease.DiseaseSpec, cfg: TrainConfig, epoch: int, step: int, rank: int):
+    """Simulated dense lung for one step's batch (:mod:`lungseg.network.disease`), drawn from
+    (seed, epoch, step, rank) so that a resumed run trains on the same images."""
+    gen = disease.step_generator(cfg.seed, epoch, step, rank)
+
+    def to_hu(x: torch.Tensor) -> torch.Tensor:
+        return data.denormalise(x, cfg.input_mode, cfg.hu_window)
+
+    def from_hu(hu: torch.Tensor) -> torch.Tensor:
+        return data.normalise(hu, cfg.input_mode, cfg.hu_window)
+
+    return lambda x, y: disease.simulate(x, y, spec, gen, to_hu, from_hu)
 
 
 def _load_final(run_dir: Path) -> TrainResult:
@@ -289,6 +309,15 @@ def fit_plan(plan: config.TrainingPlan, runs_dir: str | os.PathLike[str] | None 
     by_split = fit_protocols(plan.config, plan.compare_split, runs_dir=runs_dir)
     folds = fit_folds(plan.config, plan.cv_folds, runs_dir=runs_dir) if plan.cv_folds else []
     return by_split, folds
+
+
+def fit_plain(plan: config.TrainingPlan, runs_dir: str | os.PathLike[str] | None = None
+              ) -> TrainResult | None:
+    """The plan's config without simulated dense lung (``disease_p`` = 0) when the plan compares
+    (``compare_disease``) and the config has any; else None."""
+    if not (plan.compare_disease and plan.config.disease_p > 0):
+        return None
+    return fit(dataclasses.replace(plan.config, disease_p=0.0), runs_dir=runs_dir)
 
 
 def fit_folds(base: TrainConfig, k: int, runs_dir: str | os.PathLike[str] | None = None) -> list[TrainResult]:

@@ -1,0 +1,228 @@
+"""Dense lung on held-out patients: a 3D disease generator of its own, and the study the report shows.
+
+Training draws dense lung per 2D slice (:mod:`lungseg.network.disease`: bands, fissure-cut halves,
+patches and border-hugging collapse, with and without air bronchograms). Scoring with that generator
+would only measure how well the network learned it, so this module draws **other** disease, in 3D,
+with other shapes, places and densities (:data:`KINDS`):
+
+* ``lower_lobe``: one lung below an oblique, fissure-like plane (posterior-inferior), 25-60 % of it,
+  homogeneous 5-50 HU (lobar pneumonia);
+* ``multifocal``: 4-10 ellipsoidal foci in both lungs, 10-35 mm, dense cores (-60 to +40 HU) with a
+  ground-glass halo (+250 to +400 HU) (bronchopneumonia);
+* ``peripheral_ggo``: a subpleural band 12-35 mm deep in the lower two thirds, patchy, +280 to +480 HU
+  (the ground glass of viral pneumonia);
+* ``basal_atelectasis``: both lungs, a posterior crescent thickening towards the base (up to 25-60 mm),
+  20-45 HU (compressive collapse);
+* ``dense_shift``: +600 to +750 HU over the lower half of the patient's right lung (the example that
+  showed the problem).
+
+Every variant keeps the true mask (dense lung is lung). :func:`make_dense` records the share of the
+lung changed (``extent``) and the mean HU of the changed part (``density_hu``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage
+
+from lungseg.evaluation import failures
+from lungseg.inference import sides
+from lungseg.io.dicom import Volume
+
+KINDS = ("lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift")
+CHANGED = 0.5
+"""A voxel counts as changed (for ``extent`` and ``density_hu``) where the disease weight exceeds this."""
+
+
+@dataclass(frozen=True)
+class DenseVariant:
+    """A diseased series: the variant (volume, unchanged truth, kind, detail), the share of the true
+    lung changed and the mean HU of the changed part."""
+
+    variant: failures.Variant
+    extent: float
+    density_hu: float
+
+
+def _grid_mm(shape: tuple[int, int, int], spacing: Sequence[float]) -> tuple[np.ndarray, ...]:
+    """(z, y, x) coordinate grids in mm, broadcastable (z towards the head, y towards the back)."""
+    return tuple(
+        np.arange(n, dtype=np.float32).reshape([-1 if a == i else 1 for a in range(3)]) * float(s)
+        for i, (n, s) in enumerate(zip(shape, spacing, strict=True))
+    )
+
+
+def _smooth_noise(
+    shape: tuple[int, ...], cell_mm: float, spacing: Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
+    """A 3D field of unit spread that varies over about ``cell_mm``."""
+    coarse = [max(2, int(math.ceil(n * s / cell_mm)) + 1) for n, s in zip(shape, spacing, strict=True)]
+    f = ndimage.zoom(
+        rng.standard_normal(coarse).astype(np.float32),
+        [n / c for n, c in zip(shape, coarse, strict=True)],
+        order=1,
+        grid_mode=True,
+        mode="nearest",
+    )
+    f = f[: shape[0], : shape[1], : shape[2]]
+    return (f - f.mean()) / max(float(f.std()), 1e-6)
+
+
+def _lower_lobe(lung_side: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]:
+    z, y, _ = _grid_mm(lung_side.shape, spacing)
+    alpha = math.radians(rng.uniform(25, 50))
+    s = z * math.cos(alpha) - y * math.sin(alpha)  # low = inferior and posterior
+    share = rng.uniform(0.25, 0.6)
+    cut = np.quantile(np.broadcast_to(s, lung_side.shape)[lung_side], share)
+    weight = (s <= cut) & lung_side
+    mean = rng.uniform(5, 50)
+    value = mean + rng.uniform(8, 20) * ndimage.gaussian_filter(
+        rng.standard_normal(lung_side.shape).astype(np.float32), 0.7
+    )
+    return (
+        weight.astype(np.float32),
+        value,
+        f"{share:.0%} of one lung below an oblique plane at {mean:.0f} HU",
+    )
+
+
+def _multifocal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, float, np.ndarray, float, str]:
+    """Dense cores (weight, HU) and their ground-glass halo (bool, HU added), and the detail."""
+    pts = np.argwhere(lung)
+    n = int(rng.integers(4, 11))
+    z, y, x = _grid_mm(lung.shape, spacing)
+    field = np.zeros(lung.shape, dtype=np.float32)
+    for c in pts[rng.choice(len(pts), n, replace=False)] * np.asarray(spacing):
+        r = rng.uniform(10, 35, 3)
+        d2 = ((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2
+        np.maximum(field, np.exp(-d2), out=field)
+    core_hu, halo_hu = rng.uniform(-60, 40), rng.uniform(250, 400)
+    core = (field > 0.6) & lung
+    halo = (field > 0.3) & lung & ~core
+    return (
+        core.astype(np.float32),
+        core_hu,
+        halo,
+        halo_hu,
+        f"{n} foci, cores {core_hu:.0f} HU, halo +{halo_hu:.0f} HU",
+    )
+
+
+def _peripheral(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, float, str]:
+    depth = ndimage.distance_transform_edt(lung, sampling=spacing)
+    band = rng.uniform(12, 35)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    top = zs[0] + (zs[-1] - zs[0]) * 2 // 3
+    patchy = _smooth_noise(lung.shape, 40.0, spacing, rng) > rng.uniform(-0.6, 0.2)
+    region = lung & (depth <= band) & patchy
+    region[top + 1 :] = False
+    add = rng.uniform(280, 480)
+    return (
+        ndimage.gaussian_filter(region.astype(np.float32), 1.0) * lung,
+        add,
+        (f"subpleural band {band:.0f} mm, +{add:.0f} HU"),
+    )
+
+
+def _basal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]:
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    z0, z1 = int(zs[0]), int(zs[-1])
+    height = rng.uniform(0.4, 0.7) * (z1 - z0)
+    thick_max = rng.uniform(25, 60)
+    back = np.where(lung.any(axis=1), lung.shape[1] - 1 - np.argmax(lung[:, ::-1, :], axis=1), -1)  # (z, x)
+    zz = np.arange(lung.shape[0], dtype=np.float32)[:, None]
+    thick = thick_max * np.clip(1 - (zz - z0) / max(height, 1.0), 0, 1)  # (z, 1) mm
+    y_mm = np.arange(lung.shape[1], dtype=np.float32)[None, :, None] * float(spacing[1])
+    region = (
+        lung & (y_mm >= (back[:, None, :] * float(spacing[1]) - thick[:, :, None])) & (back[:, None, :] >= 0)
+    )
+    mean = rng.uniform(20, 45)
+    value = mean + rng.uniform(5, 12) * rng.standard_normal(lung.shape).astype(np.float32)
+    return region.astype(np.float32), value, f"posterior crescent up to {thick_max:.0f} mm at {mean:.0f} HU"
+
+
+def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Generator) -> DenseVariant:
+    """The series of ``kind`` (:data:`KINDS`) made from a canonical ``volume`` (HU, z towards the head)
+    and its bool (z, y, x) lung mask ``truth``, drawn from ``rng``; the inputs are not modified."""
+    truth = np.asarray(truth, dtype=bool)
+    hu = np.asarray(volume.hu, dtype=np.float32)
+    spacing = tuple(float(s) for s in volume.spacing)
+    labels = sides.split_lungs(truth, volume)  # 1 = the patient's right lung, 2 = left
+    if kind == "lower_lobe":
+        side = int(rng.integers(1, 3))
+        weight, value, detail = _lower_lobe(labels == side, spacing, rng)
+        new = hu * (1 - weight) + weight * value
+    elif kind == "multifocal":
+        weight, value, halo, halo_hu, detail = _multifocal(truth, spacing, rng)
+        new = hu * (1 - weight) + weight * value + halo * halo_hu
+        weight = np.maximum(weight, halo.astype(np.float32))
+    elif kind == "peripheral_ggo":
+        weight, add, detail = _peripheral(truth, spacing, rng)
+        new = hu + weight * (add + 25 * rng.standard_normal(hu.shape).astype(np.float32))
+    elif kind == "basal_atelectasis":
+        weight, value, detail = _basal(truth, spacing, rng)
+        new = hu * (1 - weight) + weight * value
+    elif kind == "dense_shift":
+        right = labels == 1
+        zs = np.flatnonzero(right.any(axis=(1, 2)))
+        region = right.copy()
+        region[(zs[0] + zs[-1]) // 2 + 1 :] = False
+        add = rng.uniform(600, 750)
+        weight = region.astype(np.float32)
+        new = hu + weight * add
+        detail = f"+{add:.0f} HU over the lower half of the right lung"
+    else:
+        raise ValueError(f"unknown dense-lung kind {kind!r}; expected one of {', '.join(KINDS)}")
+    changed = (weight > CHANGED) & truth
+    out = failures._hu(new)
+    extent = float(changed.sum()) / max(int(truth.sum()), 1)
+    density = float(out[changed].mean()) if changed.any() else float("nan")
+    return DenseVariant(failures.Variant(replace(volume, hu=out), truth, kind, detail), extent, density)
+
+
+Scorer = Callable[[failures.Variant], dict]
+"""A variant → a row with at least ``dice`` and ``status`` (the QC verdict)."""
+
+
+def study(
+    cases: Sequence,
+    scorers: dict[str, Scorer],
+    kinds: Sequence[str] = KINDS,
+    seed: int = 0,
+    progress: Callable | None = None,
+) -> list[dict]:
+    """One row per (case, kind, model): the held-out ``cases`` (``lungseg.io.cache.Case``), unchanged
+    (``original``) and with each dense-lung ``kind`` drawn from (seed, case, kind), scored by every
+    model in ``scorers`` (name → :data:`Scorer`) on the same series."""
+    rows = []
+    jobs = [(c, k) for c in cases for k in ("original", *kinds)]
+    for case, kind in progress(jobs) if progress else jobs:
+        if kind == "original":
+            dv = DenseVariant(
+                failures.Variant(case.volume, np.asarray(case.mask, dtype=bool), kind, "unchanged"),
+                0.0,
+                float("nan"),
+            )
+        else:
+            rng = np.random.default_rng([seed, int(case.case_id.split("_")[-1]), KINDS.index(kind)])
+            dv = make_dense(case.volume, case.mask, kind, rng)
+        for model, score in scorers.items():
+            row = score(dv.variant)
+            rows.append(
+                {
+                    "case": case.case_id,
+                    "kind": kind,
+                    "detail": dv.variant.detail,
+                    "model": model,
+                    "extent": round(dv.extent, 4),
+                    "density_hu": None if math.isnan(dv.density_hu) else round(dv.density_hu, 1),
+                    "dice": row["dice"],
+                    "qc": row["status"],
+                    "qc_checks": ", ".join(row.get("checks", [])),
+                }
+            )
+    return rows
