@@ -2,4 +2,5 @@
 data preprocessing and slice sampling (``data``), the loss (``losses``), the layout/precision probe
 (``speed``) and the run registry with the one checkpoint loader (``runs``). Below both training and
 inference: ``predict`` needs this, never ``lungseg.train``.
+Simulated dense lung for training (``disease``).
 """
