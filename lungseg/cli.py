@@ -89,7 +89,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_series_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series", metavar="UID", default=None,
                    help="SeriesInstanceUID to read when the folder holds several series (default: the "
-                        "only one, or the CT series with the most slices, said in a note)")
+                        "only one, or the one the series rule prefers: axial, original, thinnest, "
+                        "most slices; said in a note)")
     p.add_argument("--recursive", action="store_true", default=None,
                    help="also read subfolders (automatic when the folder holds a DICOMDIR or only "
                         "subfolders)")
@@ -115,7 +116,8 @@ BATCH_EPILOG = f"""\
 what it does:
   finds every DICOM series under ROOT (any depth, DICOMDIR exports, files without extension, several
   series per folder); localizers and non-CT series are skipped with their reason; of each study the
-  axial CT series with the thinnest slices is segmented (--all-series: every CT series), exactly as
+  series predict would choose is segmented (axial before reformats, originals first, then the
+  thinnest and the most slices; --all-series: every CT series), exactly as
   `predict` would (same reading, model, threshold, post-processing and outputs).
 
 outputs (in OUT):

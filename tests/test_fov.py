@@ -15,7 +15,7 @@ from corpus import ORIENTATIONS, write_oriented
 from lungseg import paths
 from lungseg.evaluation import metrics
 from lungseg.inference import fov, inference, predict, runtime
-from lungseg.io import dicom, orient
+from lungseg.io import dicom, orient, series
 from lungseg.network import runs
 
 needs_onnx = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is not installed")
@@ -108,7 +108,7 @@ def test_a_real_coronal_reformat_segments_like_the_axial_series(tmp_path: Path) 
     write_oriented(tmp_path / "axial", hu, spacing, origin, ORIENTATIONS["axial-HFS"])
     coronal = dicom.load_series(tmp_path / "coronal")
     canon, _ = orient.canonical(coronal)
-    assert dicom.plane_name(coronal.orientation) == "coronal" and canon.shape[1] != canon.shape[2]
+    assert series.plane_name(coronal.orientation) == "coronal" and canon.shape[1] != canon.shape[2]
     for name in ("axial", "coronal"):
         assert run_cli("predict", tmp_path / name, "--out", tmp_path / f"out-{name}",
                        "--checkpoint", runs.RELEASED) == 0

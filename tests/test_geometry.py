@@ -22,7 +22,8 @@ from synthetic import write_series
 from lungseg import cli
 from lungseg.inference import predict
 from lungseg.io import orient
-from lungseg.io.dicom import DicomSeriesError, load_series, plane_name
+from lungseg.io.dicom import DicomSeriesError, load_series
+from lungseg.io.series import plane_name
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ Four steps, each a small function:
    file named ``*.dcm``) go with the series of their folder, whose reading then fails with the very
    message ``predict`` gives.
 2. **Plan** (:func:`plan`): localizers, non-CT and non-image series are ``skipped`` with their
-   reason; of the CT volumes of one study, the axial series with the thinnest slices is segmented
-   and the other reconstructions are ``skipped`` naming it (``all_series`` segments every one).
+   reason; of the CT volumes of one study, the series :func:`lungseg.io.series.choose` prefers (the
+   rule ``predict`` applies to a folder: axial, original, thinnest, most slices) is segmented and the
+   other reconstructions are ``skipped`` naming it (``all_series`` segments every one).
    Each series gets its output folder under OUT, named from its folder relative to ROOT
    (:func:`output_names`).
 3. **Run** (:func:`run_task`, executed in-process or on Dask workers): reads the series
@@ -48,7 +49,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from lungseg.inference import predict, qc, runtime
-from lungseg.io import dicom, writing
+from lungseg.io import dicom, series, writing
 from lungseg.network import runs
 
 COHORT = "cohort.csv"
@@ -61,8 +62,6 @@ STAGE_LABEL = "batch-"
 """Temporary series folders are ``.NAME.batch-partial-PID-HEX`` (and ``-old-``): batch's own."""
 _STAGED = re.compile(r"^\.(?P<name>.+)\.batch-(partial|old)-\d+-[0-9a-f]{8}$")
 _COHORT_TMP = re.compile(rf"^\.{re.escape(COHORT)}\.tmp-\d+-[0-9a-f]{{8}}$")
-MIN_SLICES = 3
-"""A CT series with fewer slices is a scout or a single image, not a chest volume."""
 SERIES_PREFIX = "series-"
 """Output sub-folder ``series-UID`` where a folder holds several series."""
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (a DICOMDIR)
@@ -102,15 +101,24 @@ class SeriesScan:
     """Hash of the files' names, sizes and modification times: the input's identity on a rerun."""
     extra_files: list[str] = field(default_factory=list)
     """Damaged files of the same folder: reading the series fails on them, as predict's would."""
+    derived: bool = False
+    """Every ImageType says DERIVED (a reformat: MPR, MIP)."""
+
+    @property
+    def facts(self) -> series.SeriesFacts:
+        """What the series rule (:mod:`lungseg.io.series`) reads of this series."""
+        return series.SeriesFacts(uid=self.uid, modality=self.modality, images=len(self.files),
+                                  orientation=self.orientation, localizer=self.localizer,
+                                  derived=self.derived, thickness=self.thickness, step=self.step,
+                                  has_pixels=self.image)
 
     @property
     def plane(self) -> str:
-        return dicom.plane_name(self.orientation) if self.orientation else "unknown"
+        return self.facts.plane
 
     @property
     def slice_mm(self) -> float | None:
-        """Slice thickness for the "thinnest" choice: SliceThickness, else the measured step."""
-        return self.thickness if self.thickness else self.step
+        return self.facts.slice_mm
 
     def paths(self, root: Path) -> list[Path]:
         return [root / self.folder / f for f in [*self.files, *self.extra_files]]
@@ -202,17 +210,18 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
     if "" in groups and len(groups) > 1:  # beside series with UIDs: headers cut short, or damaged
         bad += [(name, f"{base / name}: no SeriesInstanceUID (truncated or damaged DICOM file)")
                 for name in groups.pop("")["files"]]
-    series = []
+    found = []
     for uid, g in groups.items():
         steps = np.diff(np.sort(g["pos"]))
         steps = steps[steps > dicom.DUPLICATE_ATOL_MM]
         key = hashlib.sha256(json.dumps(sorted(g["stat"])).encode()).hexdigest()[:16]
-        series.append(SeriesScan(
+        found.append(SeriesScan(
             folder=folder, uid=uid, study=g["study"], modality=g["modality"], image=g["image"],
             localizer=any("LOCALIZER" in t for t in g["types"]) or len(g["iops"]) > 1,
+            derived=series.is_derived(sorted(g["types"])),
             orientation=g["iop"], thickness=_median(g["thick"]), step=_median(steps), files=g["files"],
             key=key))
-    return FolderScan(folder, series, bad)
+    return FolderScan(folder, found, bad)
 
 
 def merge_scans(scans: Iterable[FolderScan]) -> tuple[list[SeriesScan], list[FolderScan]]:
@@ -266,47 +275,22 @@ def _describe(s: SeriesScan) -> str:
     return f"{s.folder} (series {s.uid}, {s.plane}{mm}, {len(s.files)} files)"
 
 
-def _skip_reason(s: SeriesScan) -> str:
-    """Why a series is not a CT volume to segment, or ""."""
-    if not s.image:
-        return f"no image (Modality {s.modality or '?'}): not a CT image series"
-    if s.modality != "CT":
-        return f"Modality {s.modality or '(none)'}, not CT: lungseg segments CT in Hounsfield units only"
-    if s.localizer:
-        return "localizer (scout) series: ImageType LOCALIZER or slices in several orientations"
-    if len(s.files) < MIN_SLICES:
-        return f"{len(s.files)} slice(s): a scout or single image, not a chest volume"
-    return ""
-
-
-def _preference(s: SeriesScan) -> tuple:
-    """Sort key of "the series to segment" in a study: axial first, then the thinnest slices, then
-    the most slices."""
-    return (s.plane != "axial", round(s.slice_mm, 2) if s.slice_mm else float("inf"), -len(s.files),
-            s.folder, s.uid)
-
-
-def plan(series: Sequence[SeriesScan], all_series: bool = False) -> list[Entry]:
+def plan(scans: Sequence[SeriesScan], all_series: bool = False) -> list[Entry]:
     """What to do with each series: skipped with a reason, or "todo" (default: one per study, the
-    axial CT series with the thinnest slices; ``all_series``: every CT volume). Outputs are named."""
-    entries = {(s.folder, s.uid): Entry(s, "todo") for s in series}
+    series :func:`lungseg.io.series.choose` prefers, as ``predict`` does; ``all_series``: every CT
+    volume). Outputs are named."""
+    entries = {(s.folder, s.uid): Entry(s, "todo") for s in scans}
     studies: dict[str, list[Entry]] = defaultdict(list)
     for e in entries.values():
-        reason = _skip_reason(e.scan)
+        reason = series.not_a_volume(e.scan.facts)
         if reason:
             e.status, e.reason = SKIPPED, reason
         else:
             studies[e.scan.study or f"series:{e.scan.uid}"].append(e)
     if not all_series:
         for members in studies.values():
-            chosen = min(members, key=lambda e: _preference(e.scan))
-            for e in members:
-                if e is not chosen:
-                    e.status = SKIPPED
-                    e.reason = (f"another reconstruction of the same study: {_describe(chosen.scan)} is "
-                                "segmented instead (the axial series with the thinnest slices); "
-                                "--all-series segments every CT series")
-    names = output_names(list(series))
+            _choose_in_study(members)
+    names = output_names(list(scans))
     for e in entries.values():
         e.output = names[(e.scan.folder, e.scan.uid)]
         if e.status == SKIPPED and e.scan.extra_files:
@@ -314,6 +298,25 @@ def plan(series: Sequence[SeriesScan], all_series: bool = False) -> list[Entry]:
             e.reason += (f"; its folder also holds {n} damaged DICOM file{'s' if n > 1 else ''} "
                          f"({e.scan.extra_files[0]}{', ...' if n > 1 else ''})")
     return list(entries.values())
+
+
+def _choose_in_study(members: list[Entry]) -> None:
+    """Skip every series of one study but the one the series rule prefers (all of them, with the
+    reason, when two tie: the user chooses with --all-series)."""
+    if len(members) < 2:
+        return
+    try:
+        best = series.choose([e.scan.facts for e in members]).uid
+    except series.AmbiguousSeries as exc:
+        for e in members:
+            e.status, e.reason = SKIPPED, f"{exc}: no single best series; --all-series segments each"
+        return
+    chosen = next(e for e in members if e.scan.uid == best)
+    for e in members:
+        if e is not chosen:
+            e.status = SKIPPED
+            e.reason = (f"another reconstruction of the same study: {_describe(chosen.scan)} is "
+                        f"segmented instead ({series.RULE}); --all-series segments every CT series")
 
 
 def output_names(series: Sequence[SeriesScan]) -> dict[tuple[str, str], str]:

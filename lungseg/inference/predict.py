@@ -22,7 +22,7 @@ import numpy as np
 
 from lungseg import __version__
 from lungseg.inference import postprocess, qc, runtime, sides
-from lungseg.io import dicom, export, orient, overlay, rtstruct, writing
+from lungseg.io import dicom, export, orient, overlay, rtstruct, series, writing
 from lungseg.network import runs
 
 if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or exports it once)
@@ -252,7 +252,7 @@ def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, net
         "lungseg_version": __version__,
         "input": str(Path(volume.files[0]).parent),
         "series_uid": volume.series_uid,
-        "acquisition_plane": dicom.plane_name(volume.orientation),
+        "acquisition_plane": series.plane_name(volume.orientation),
         "image_orientation_patient": list(volume.orientation),
         "slices": volume.shape[0],
         "shape_zyx": list(volume.shape),

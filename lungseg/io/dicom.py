@@ -21,6 +21,8 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from lungseg.io import series
+
 # A slice step may deviate from the series' median step by this much before it counts as a gap or
 # an uneven series (CT positions are written with ~1e-3 mm precision; a missing slice doubles a step).
 SPACING_RTOL = 0.01
@@ -34,8 +36,6 @@ GEOMETRY_ATOL = 1e-4
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # ImageOrientationPatient cosines must be unit vectors and orthogonal to this precision.
 ORIENTATION_ATOL = 1e-3
-# A slice normal within this angle of a patient axis counts as axial/coronal/sagittal; beyond, oblique.
-AXIS_ALIGNED_DEG = 5.0
 
 
 class DicomSeriesError(ValueError):
@@ -322,32 +322,43 @@ def _read_one(path: Path) -> _Slice | None:
         raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
 
 
-def plane_name(orientation: Sequence[float]) -> str:
-    """"axial", "coronal" or "sagittal" from the slice normal of an ImageOrientationPatient; "oblique"
-    when the normal is more than ``AXIS_ALIGNED_DEG`` from every patient axis."""
-    iop = np.asarray(orientation, dtype=float)
-    normal = np.cross(iop[:3], iop[3:])
-    axis = int(np.argmax(np.abs(normal)))
-    if np.abs(normal[axis]) < np.cos(np.radians(AXIS_ALIGNED_DEG)):
-        return "oblique"
-    return ("sagittal", "coronal", "axial")[axis]
-
-
 def describe_series(slices: list[_Slice]) -> str:
     """One line per series: UID, modality, plane, slices, image type and description."""
     groups: dict[str, list[_Slice]] = {}
     for s in slices:
         groups.setdefault(s.series_uid, []).append(s)
     return "; ".join(
-        f"{uid or '<no SeriesInstanceUID>'}: {g[0].modality or '?'} {plane_name(g[0].orientation)}, "
+        f"{uid or '<no SeriesInstanceUID>'}: {g[0].modality or '?'} {series.plane_name(g[0].orientation)}, "
         f"{len(g)} slices" + (f", {g[0].image_type}" if g[0].image_type else "")
         + (f", '{g[0].description}'" if g[0].description else "")
         for uid, g in sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
+def series_facts(slices: list[_Slice]) -> list[series.SeriesFacts]:
+    """What :mod:`lungseg.io.series` reads of each series among ``slices`` (in order of appearance)."""
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(s.series_uid, []).append(s)
+    facts = []
+    for uid, g in groups.items():
+        iop = g[0].orientation
+        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)) if len(iop) == 6 else None
+        steps = np.diff(np.sort([float(np.dot(s.position, normal)) for s in g])) if normal is not None else []
+        steps = [d for d in steps if d > DUPLICATE_ATOL_MM]
+        thick = [s.thickness for s in g if s.thickness]
+        facts.append(series.SeriesFacts(
+            uid=uid, modality=g[0].modality, images=len(g), orientation=tuple(iop) if len(iop) == 6 else None,
+            localizer=any("LOCALIZER" in s.image_type.upper() for s in g)
+            or len({tuple(np.round(s.orientation, 3)) for s in g}) > 1,
+            derived=series.is_derived([s.image_type for s in g]),
+            thickness=float(np.median(thick)) if thick else None,
+            step=float(np.median(steps)) if len(steps) else None))
+    return facts
+
+
 def _pick_series(slices: list[_Slice], folder: Path, series_uid: str | None) -> list[_Slice]:
-    """The slices of ``series_uid``; without it, the only series, or the CT series (not a localizer)
-    with the most slices when that choice is unambiguous (said in a DicomWarning)."""
+    """The slices of ``series_uid``; without it, the only series, or the one
+    :func:`lungseg.io.series.choose` prefers (said in a DicomWarning)."""
     uids = Counter(s.series_uid for s in slices)
     if series_uid is not None:
         chosen = [s for s in slices if s.series_uid == series_uid]
@@ -357,17 +368,19 @@ def _pick_series(slices: list[_Slice], folder: Path, series_uid: str | None) -> 
         return chosen
     if len(uids) == 1:
         return slices
-    ct = Counter(s.series_uid for s in slices
-                 if s.modality == "CT" and "LOCALIZER" not in s.image_type.upper())
-    ranked = ct.most_common(2)
-    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
-        raise DicomSeriesError(f"{folder}: more than one series and no single largest CT series: "
-                               f"{describe_series(slices)}; choose one with --series UID")
-    uid = ranked[0][0]
-    warnings.warn(f"{folder}: {len(uids)} series; using the CT series with the most slices, {uid} "
+    candidates = [f for f in series_facts(slices) if not series.not_a_volume(f)]
+    try:
+        best = series.choose(candidates)
+    except series.AmbiguousSeries as exc:
+        raise DicomSeriesError(f"{folder}: more than one series and no single best CT series ({exc}): "
+                               f"{describe_series(slices)}; choose one with --series UID") from None
+    except ValueError:
+        raise DicomSeriesError(f"{folder}: more than one series and no CT volume among them: "
+                               f"{describe_series(slices)}; choose one with --series UID") from None
+    warnings.warn(f"{folder}: {len(uids)} series; using {best.describe()} by the rule ({series.RULE}) "
                   f"(all: {describe_series(slices)}); choose another with --series UID",
                   DicomWarning, stacklevel=3)
-    return [s for s in slices if s.series_uid == uid]
+    return [s for s in slices if s.series_uid == best.uid]
 
 
 def _check_consistent(slices: list[_Slice]) -> None:

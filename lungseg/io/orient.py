@@ -7,7 +7,7 @@ or directions; fed as it is, a 2D axial model sees rotated or mirrored anatomy a
 worse without any error. :func:`canonical` permutes and flips the array (no resampling, so voxel
 values and the grid are exact) into that orientation; :meth:`Reorientation.to_native` maps a mask
 back onto the acquisition grid, where every export is written with the series' own geometry.
-Oblique series (a slice axis more than ``dicom.AXIS_ALIGNED_DEG`` off every patient axis) are
+Oblique series (a slice axis more than ``series.AXIS_ALIGNED_DEG`` off every patient axis) are
 refused: they would need resampling.
 """
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lungseg.io.dicom import AXIS_ALIGNED_DEG, DicomSeriesError, Volume
+from lungseg.io.dicom import DicomSeriesError, Volume
+from lungseg.io.series import AXIS_ALIGNED_DEG
 
 AXIS_NAMES = ("x (patient left)", "y (patient back)", "z (patient head)")
 
