@@ -40,7 +40,8 @@ def test_a_tie_is_refused_and_non_volumes_are_named() -> None:
     assert "localizer" in series.not_a_volume(facts("x", localizer=True))
     assert "2 slice(s)" in series.not_a_volume(facts("x", images=2))
     assert series.not_a_volume(facts("x")) == ""
-    assert series.is_derived(["DERIVED\\SECONDARY\\MPR"]) and not series.is_derived(["ORIGINAL\\PRIMARY\\AXIAL"])
+    assert series.is_derived(["DERIVED\\SECONDARY\\MPR"])
+    assert not series.is_derived(["ORIGINAL\\PRIMARY\\AXIAL"])
 
 
 def _study_with_mpr(folder: Path) -> tuple[str, str]:
