@@ -26,12 +26,15 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from scipy import ndimage
 
-from lungseg.evaluation import failures
-from lungseg.inference import sides
+from lungseg.evaluation import failures, metrics, qc_calibrate
+from lungseg.inference import inference, postprocess, qc, sides
 from lungseg.io.dicom import Volume
+from lungseg.network.runs import TrainResult
 
 KINDS = ("lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift")
 CHANGED = 0.5
@@ -226,3 +229,84 @@ def study(
                 }
             )
     return rows
+
+
+def run_scorer(run: TrainResult, with_qc: bool = True) -> Scorer:
+    """A :data:`Scorer` for a finished run, at the threshold and post-processing ``predict --checkpoint
+    RUN`` uses; with ``with_qc`` the QC verdict under the shipped limits (the flip test doubles the
+    cost), else ``status`` is ""."""
+    threshold, clean = qc_calibrate.run_settings(run)
+
+    def score(variant: failures.Variant) -> dict:
+        if with_qc:
+            row = qc_calibrate.score_series(run, variant, threshold, clean)
+            verdict = qc.assess(row["scores"])
+            return {"dice": row["dice"], "status": verdict.status, "checks": verdict.flagged}
+        logits = inference.run_logits(run.model, run.config, np.asarray(variant.volume.hu), "cpu")
+        mask = postprocess.binarize(logits, threshold)
+        mask = postprocess.clean(mask) if clean else mask
+        return {"dice": metrics.volume_dice(mask, variant.truth), "status": ""}
+
+    return score
+
+
+BAD_DICE = 0.90
+"""A mask below this Dice must be flagged by QC (issue's goal; :data:`qc_calibrate.BAD_DICE` too)."""
+GOAL_DICE = 0.95
+"""Goal per diseased series whose unchanged scan reaches :data:`SOUND_DICE`."""
+SOUND_DICE = 0.97
+
+
+def summary(rows: Sequence[dict]) -> list[dict]:
+    """Per (kind, model): series, Dice mean and min, series reaching :data:`GOAL_DICE` (counted where
+    the same model's unchanged scan of that patient reaches :data:`SOUND_DICE`), masks below
+    :data:`BAD_DICE` and how many of them QC flagged."""
+    base = {(r["case"], r["model"]): r["dice"] for r in rows if r["kind"] == "original"}
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            sel = [r for r in rows if r["kind"] == kind and r["model"] == model]
+            if not sel:
+                continue
+            d = np.array([r["dice"] for r in sel])
+            eligible = [r for r in sel if base.get((r["case"], model), 0) >= SOUND_DICE]
+            bad = [r for r in sel if r["dice"] < BAD_DICE]
+            judged = all(r["qc"] for r in sel)
+            out.append({
+                "kind": kind, "model": model, "series": len(sel),
+                "dice_mean": round(float(d.mean()), 4), "dice_min": round(float(d.min()), 4),
+                f"reach_{GOAL_DICE}": f"{sum(r['dice'] >= GOAL_DICE for r in eligible)}/{len(eligible)}",
+                f"below_{BAD_DICE}": len(bad),
+                "qc_flagged_of_those": (sum(r["qc"] != "pass" for r in bad) if judged else "–"),
+                "qc_flagged_all": (sum(r["qc"] != "pass" for r in sel) if judged else "–"),
+            })
+    return out
+
+
+def figure(rows: Sequence[dict]) -> Figure:
+    """Dice against the extent (share of the lung changed) and the density (mean HU of the changed
+    part) of each diseased series, one marker per model; the unchanged scans at extent 0."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    colours = dict(zip(kinds, plt.cm.tab10.colors, strict=False))
+    markers = dict(zip(models, "os^", strict=False))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for r in rows:
+        for ax, key in zip(axes, ("extent", "density_hu"), strict=True):
+            x = r[key] if r[key] is not None else (0.0 if key == "extent" else None)
+            if x is None:
+                continue
+            ax.scatter(x, r["dice"], c=[colours[r["kind"]]], marker=markers[r["model"]],
+                       edgecolors="k" if r["qc"] not in ("", "pass") else "none", s=36, alpha=0.85)
+    for ax, label in zip(axes, ("share of the lung made dense", "mean HU of the dense part"), strict=True):
+        ax.axhline(GOAL_DICE, color="grey", lw=0.8, ls="--")
+        ax.axhline(BAD_DICE, color="red", lw=0.8, ls=":")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("Dice (3D, both lungs)")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colours[k], label=k) for k in kinds]
+    handles += [plt.Line2D([], [], ls="", marker=markers[m], color="grey", label=m) for m in models]
+    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="white", mec="k", label="flagged by QC"))
+    axes[1].legend(handles=handles, fontsize=8, loc="lower left")
+    fig.suptitle("Held-out patients with simulated dense lung (a generator other than training's)")
+    fig.tight_layout()
+    return fig

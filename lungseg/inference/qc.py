@@ -19,6 +19,9 @@ The checks (:data:`CHECKS`), each a score with the side on which it is bad:
   one lung is against the other and how far one stops short of the other at the back (consolidation
   left out), the mean HU inside the mask, the share of the raw mask that post-processing removed as
   stray parts;
+* wall: how far each lung's outer wall stops short of the ribs on the middle slices of the chest
+  (dense lung next to the chest wall that the mask left out: the mask alone cannot see it, the bone
+  can);
 * model confidence: the share of voxels whose probability lies between 0.1 and 0.9 per lung voxel,
   and the agreement of the mask with the network's answer on the mirrored image.
 
@@ -39,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 STATUSES = ("pass", "review", "fail")
-SCORES_VERSION = 5
+SCORES_VERSION = 6
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
 """The shipped limits (``python -m lungseg.evaluation.qc_calibrate`` writes them; see the README)."""
@@ -87,6 +90,9 @@ class Check:
     fail_margins: float | None = None
 
 
+GAP_MM = 25.0
+"""The mask stops short of the rib cage where the nearest lung voxel lies further than this (mm)."""
+
 CHECKS: tuple[Check, ...] = (
     Check("cut_bottom", "bottom_cut_share", "above", "coverage", 0.03,
           "the lungs are cut by the bottom slice of the scan (lung base missing?): the bottom slice holds "
@@ -127,6 +133,11 @@ CHECKS: tuple[Check, ...] = (
     Check("posterior", "posterior_gap_mm", "above", "anatomy", 10.0,
           "one lung stops {value:.0f} mm short of the other at the back (at most {limit:.0f} mm on sound "
           "scans): dense dependent lung (consolidation, effusion, collapse) left out of the mask?",
+          fail_margins=4.0),
+    Check("wall", "wall_gap_share", "above", "wall", 0.05,
+          "{value:.0%} of one lung's outer wall stops more than "
+          f"{GAP_MM:.0f} mm short of the ribs (at most {{limit:.0%}} on sound scans): dense lung "
+          "(consolidation, collapse) next to the chest wall left out of the mask, or an effusion?",
           fail_margins=4.0),
     Check("density", "mask_mean_hu", "above", "anatomy", 50.0,
           "the mask's mean density of {value:.0f} HU is too high for aerated lung (at most {limit:.0f} "
@@ -371,6 +382,59 @@ def solidity(mask: np.ndarray, spacing: Sequence[float]) -> float | None:
     return n * float(np.prod(step)) / hull.volume if hull.volume > 0 else None
 
 
+WALL_Z = (0.3, 0.85)
+"""The slices :func:`wall_scores` reads: this span of the mask's height from its base (below it the
+diaphragm's domes meet the lung's outer wall, above it the apices taper)."""
+WALL_STEP_MM = (5.0, 4.0)
+"""Slice and in-plane step (mm) of the grid :func:`wall_scores` works on."""
+BONE_HU = 150.0
+"""Bone (ribs, spine, sternum, calcified cartilage) on the :data:`WALL_STEP_MM` grid."""
+
+
+def wall_scores(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float | None]:
+    """How close each lung's outer wall lies to the bone of the chest, on the slices :data:`WALL_Z` of
+    the mask's height, on a :data:`WALL_STEP_MM` grid. ``labels``: canonical (z, y, x), 1 = right,
+    2 = left lung; ``hu`` in HU. A healthy lung's lateral wall lies against the ribs (the nearest bone in
+    3D within about 15 mm); where dense lung next to the chest wall was left out, the mask's wall stops
+    centimetres inside them. ``wall_gap_share``: on the worse side, the share of the lung's lateral
+    outline (beyond its own middle, away from the mediastinum) whose nearest bone lies further than
+    :data:`GAP_MM`."""
+    from scipy import ndimage
+
+    mask = labels > 0
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size < 3:
+        return {"wall_gap_share": None}
+    kz = max(1, round(WALL_STEP_MM[0] / float(spacing[0])))
+    ky, kx = (max(1, round(WALL_STEP_MM[1] / float(s))) for s in spacing[1:])
+    lo, hi = zs[0] + WALL_Z[0] * (zs[-1] - zs[0]), zs[0] + WALL_Z[1] * (zs[-1] - zs[0])
+    z_grid = np.arange(int(math.ceil(lo)), int(hi) + 1, kz)
+    if z_grid.size == 0:
+        return {"wall_gap_share": None}
+    bone = np.asarray(hu[z_grid[0]:z_grid[-1] + 1:kz, ::ky, ::kx]) > BONE_HU
+    if not bone.any():
+        return {"wall_gap_share": None}
+    step = (kz * float(spacing[0]), ky * float(spacing[1]), kx * float(spacing[2]))
+    to_bone = ndimage.distance_transform_edt(~bone, sampling=step)
+    lab = labels[z_grid[0]:z_grid[-1] + 1:kz, ::ky, ::kx]
+    shares = []
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    for side in (1, 2):
+        lung = lab == side
+        if not lung.any():
+            return {"wall_gap_share": None}
+        outline = lung & ~ndimage.binary_erosion(lung, in_plane)
+        cx = np.nonzero(lung)[2].mean()
+        cols = np.arange(lung.shape[2])
+        # The patient's right lung lies at low x on the canonical grid (x runs towards the left).
+        lateral = (cols < cx) if side == 1 else (cols > cx)
+        wall = outline & lateral[None, None, :]
+        n = int(np.count_nonzero(wall))
+        shares.append(float(np.count_nonzero(wall & (to_bone > GAP_MM))) / n if n else 0.0)
+    return {"wall_gap_share": max(shares)}
+
+
 def uncertain_share(logits: np.ndarray, lung_voxels: int) -> float | None:
     """Voxels whose probability lies in (:data:`UNCERTAIN_P`, 1 - :data:`UNCERTAIN_P`) per lung voxel,
     on a :data:`SUBSAMPLE` grid (``lung_voxels`` counted on the same grid)."""
@@ -426,6 +490,8 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray, raw: n
     lap("input_s")
     scores.update(anatomy_scores(hu, raw, labels, spacing))
     lap("anatomy_s")
+    scores.update(wall_scores(hu, labels, spacing))
+    lap("wall_s")
     s = (slice(None, None, SUBSAMPLE),) * 3
     scores["uncertain_share"] = uncertain_share(logits, int(np.count_nonzero(mask[s])))
     lap("confidence_s")

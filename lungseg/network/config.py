@@ -59,6 +59,8 @@ class TrainConfig:
     seed: int = 42
     base_channels: int = model.DEFAULT_BASE_CHANNELS
     dropout: float = model.DEFAULT_DROPOUT
+    dilation: int = model.DEFAULT_DILATION
+    """Dilation of the bottleneck's convolutions (1 = the report's UNet; see ``model.UNet``)."""
     max_steps_per_epoch: int = 0
     """0 = full epochs; >0 caps the steps of every epoch (CI smoke runs)."""
     empty_keep: float = 1.0
@@ -112,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
         if len(cfg.hu_window) != 2 or not cfg.hu_window[0] < cfg.hu_window[1]:
             raise ValueError(f"hu_window must be [low, high] HU with low < high, got {cfg.hu_window}")
+        if not (isinstance(cfg.dilation, int) and cfg.dilation >= 1):
+            raise ValueError(f"dilation must be an integer >= 1, got {cfg.dilation!r}")
         cfg.disease_spec()  # checks the disease_* fields
         return cfg
 

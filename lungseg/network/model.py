@@ -20,6 +20,7 @@ DEFAULT_IN_CHANNELS = 1
 DEFAULT_BASE_CHANNELS = 16
 DEFAULT_DEPTH = 3
 DEFAULT_DROPOUT = 0.5
+DEFAULT_DILATION = 1
 REFERENCE_INPUT_SIZE = (1, 1, 512, 512)
 """(N, C, H, W) of one CT slice as the reference model was trained on."""
 
@@ -35,12 +36,13 @@ class ConvBlock(nn.Sequential):
     exactly those of the reference state dict.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
+        pad = _PAD * dilation  # "same" for any dilation
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, _KERNEL, stride=1, padding=_PAD),
+            nn.Conv2d(in_channels, out_channels, _KERNEL, stride=1, padding=pad, dilation=dilation),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, _KERNEL, stride=1, padding=_PAD),
+            nn.Conv2d(out_channels, out_channels, _KERNEL, stride=1, padding=pad, dilation=dilation),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
@@ -61,6 +63,11 @@ class UNet(nn.Module):
     Each encoder block is followed by MaxPool2d(2) then Dropout2d(``dropout``); each decoder
     stage upsamples, concatenates [upsampled, skip] along channels and applies a ConvBlock.
     H and W must be divisible by ``2**depth``.
+
+    ``dilation`` > 1 dilates the bottleneck's two convolutions (same parameters, so the same state
+    dict): the receptive field grows from about 75 to 75 + 32·(dilation − 1) input pixels, enough at
+    ``dilation`` 4 to see a whole hemithorax at 160² and tell an opacified lung (bounded by ribs and
+    mediastinum) from the heart or liver.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class UNet(nn.Module):
         base_channels: int = DEFAULT_BASE_CHANNELS,
         depth: int = DEFAULT_DEPTH,
         dropout: float = DEFAULT_DROPOUT,
+        dilation: int = DEFAULT_DILATION,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -82,7 +90,7 @@ class UNet(nn.Module):
         # Parameter-free, shared by every level (the reference state dict has no entries for them).
         self.pool = nn.MaxPool2d(_POOL, _POOL)
         self.dropout = nn.Dropout2d(dropout)
-        self.middle = ConvBlock(widths[depth - 1], widths[depth])
+        self.middle = ConvBlock(widths[depth - 1], widths[depth], dilation)
         for level in range(depth, 0, -1):
             c_up, c_skip = widths[level], widths[level - 1]
             self.add_module(f"upsample{level}", _upsample(c_up, c_skip))

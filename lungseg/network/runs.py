@@ -186,7 +186,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConf
     else:
         raise CheckpointError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
                               "'config', as train.fit writes)")
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout)
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout, dilation=cfg.dilation)
     try:
         net.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -275,12 +275,14 @@ def describe_runs(by_split: dict[str, TrainResult], folds: list[TrainResult]) ->
 
 
 def record_profile_runs(profile: str, runs: dict[str, TrainResult], folds: list[TrainResult],
-                  main_split: str, figures_dir: str) -> Path:
-    """Written by 02_train: which runs the profile's report uses (main, other protocol, folds)."""
+                  main_split: str, figures_dir: str, plain: TrainResult | None = None) -> Path:
+    """Written by 02_train: which runs the profile's report uses (main, other protocol, folds and
+    the main run's twin trained without simulated dense lung, when the profile compares them)."""
     rec = {"profile": profile, "written": time.time(), "main": main_split,
            "smoke": runs[main_split].config.max_steps_per_epoch > 0,
            "runs": {split: str(r.run_dir) for split, r in runs.items()},
-           "folds": [str(r.run_dir) for r in folds], "figures_dir": figures_dir}
+           "folds": [str(r.run_dir) for r in folds], "figures_dir": figures_dir,
+           "plain": str(plain.run_dir) if plain is not None else ""}
     f = _record_file(profile)
     f.parent.mkdir(parents=True, exist_ok=True)
     return writing.atomic_write_text(f, json.dumps(rec, indent=1) + "\n")
@@ -338,9 +340,14 @@ class ProfileRuns:
     figures_dir: str
     how: str = ""
     """Why this report: named, from ``$LUNGSEG_PROFILE``, or the latest that is not a smoke test."""
+    plain_dir: Path | None = None
+    """The main run's twin trained without simulated dense lung (``compare_disease``), if any."""
 
     def folds(self) -> list[TrainResult]:
         return [load_run(d) for d in self.fold_dirs]
+
+    def plain(self) -> TrainResult | None:
+        return load_run(self.plain_dir) if self.plain_dir else None
 
     def describe(self) -> str:
         """Which runs are evaluated, and why these (03_eval prints it at its top)."""
@@ -351,6 +358,8 @@ class ProfileRuns:
             lines.append(f"  {role}: {r.run_dir.name} ({split} split, {len(r.config.cases)} cases, "
                          f"{r.config.image_size} px, {r.config.epochs} epochs{test})")
         lines += [f"  cross-validation fold {i}: {d.name}" for i, d in enumerate(self.fold_dirs)]
+        if self.plain_dir:
+            lines.append(f"  without simulated dense lung (same recipe otherwise): {self.plain_dir.name}")
         return "\n".join(lines)
 
 
@@ -362,7 +371,8 @@ def profile_runs(profile: str = "", folder: Path | None = None) -> ProfileRuns:
     rec = profile_record(profile, folder)
     by_split = {split: load_run(d) for split, d in rec["runs"].items()}
     return ProfileRuns(rec["profile"], by_split[rec["main"]], by_split,
-                      [Path(d) for d in rec["folds"]], rec["figures_dir"], how)
+                      [Path(d) for d in rec["folds"]], rec["figures_dir"], how,
+                      Path(rec["plain"]) if rec.get("plain") else None)
 
 
 def default_run(profile: str = "", split: str = "cases", folder: Path | None = None) -> Path:

@@ -156,7 +156,7 @@ def _save(path: Path, obj: dict) -> None:
 
 def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
     torch.manual_seed(cfg.seed)
-    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout).to(device)
+    net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout, dilation=cfg.dilation).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

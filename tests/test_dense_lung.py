@@ -1,0 +1,107 @@
+"""Dense lung: the training augmentation (lungseg.network.disease), the evaluation's own 3D generator
+(lungseg.evaluation.dense), its summary, and the bottleneck dilation option. Synthetic inputs with
+known answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from test_qc import _volume, phantom
+
+from lungseg.evaluation import dense
+from lungseg.network import config, data, disease, model
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four 64² slices: body 40 HU, two lungs at -850 HU (masks), normalised as training does."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    body = ((yy - 32) / 26) ** 2 + ((xx - 32) / 30) ** 2 <= 1
+    lungs = ((((yy - 32) / 16) ** 2 + ((xx - 20) / 9) ** 2 <= 1)
+             | (((yy - 32) / 16) ** 2 + ((xx - 44) / 9) ** 2 <= 1))
+    hu = torch.where(body, 40.0, -1000.0)
+    hu[lungs] = -850.0
+    x = data.normalise(hu.expand(4, 1, 64, 64).clone())
+    return x, lungs.float().expand(4, 1, 64, 64).clone()
+
+
+def _simulate(spec: disease.DiseaseSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = _batch()
+    out = disease.simulate(x, y, spec, disease.step_generator(seed, 0, 0), data.denormalise, data.normalise)
+    return x, y, out
+
+
+def test_disease_changes_only_the_lung_denser_and_is_seeded() -> None:
+    for kind in disease.KINDS:
+        spec = disease.DiseaseSpec(p=1.0, kinds=(kind,))
+        x, y, out = _simulate(spec, 3)
+        changed = (out - x).abs() > 1e-6
+        assert changed.any(), kind
+        assert not (changed & (y < 0.5)).any(), kind  # outside the true lung nothing moves
+        hu_in, hu_out = data.denormalise(x), data.denormalise(out)
+        assert float((hu_out - hu_in)[changed].mean()) > 100, kind  # denser, on average
+        assert torch.equal(out, _simulate(spec, 3)[2]), kind  # same (seed, epoch, step): same draw
+    x, _, out = _simulate(disease.DiseaseSpec(p=0.0), 3)
+    assert torch.equal(out, x)
+
+
+def test_disease_spec_refuses_bad_fields() -> None:
+    with pytest.raises(ValueError, match="unknown disease kinds"):
+        disease.DiseaseSpec(p=0.5, kinds=("tumour",))
+    with pytest.raises(ValueError, match="disease_p"):
+        disease.DiseaseSpec(p=1.5)
+    with pytest.raises(ValueError, match="low <= high"):
+        disease.DiseaseSpec(p=0.5, dense_hu=(70.0, -100.0))
+    with pytest.raises(ValueError, match="dilation"):
+        dataclasses.replace(config.TrainConfig(cases=["Case_000"], test_cases=[]), dilation=0).resolved()
+
+
+def test_every_dense_kind_keeps_the_truth_and_changes_only_lung() -> None:
+    hu, mask = phantom()
+    hu.flags.writeable = False
+    vol = _volume(hu)
+    before = hashlib.sha256(hu.tobytes()).hexdigest()
+    for i, kind in enumerate(dense.KINDS):
+        dv = dense.make_dense(vol, mask, kind, np.random.default_rng(i))
+        v = dv.variant
+        assert np.array_equal(v.truth, mask) and v.kind == kind
+        changed = v.volume.hu != hu
+        assert changed.any() and not (changed & ~mask).any(), kind
+        assert 0 < dv.extent <= 1 and dv.density_hu > -700, (kind, dv)
+        again = dense.make_dense(vol, mask, kind, np.random.default_rng(i))
+        assert np.array_equal(again.variant.volume.hu, v.volume.hu)
+    assert hashlib.sha256(hu.tobytes()).hexdigest() == before
+    shift = dense.make_dense(vol, mask, "dense_shift", np.random.default_rng(0))
+    xs = np.flatnonzero((shift.variant.volume.hu != hu).any(axis=(0, 1)))
+    assert xs.max() < 64  # the patient's right lung: the image's left half here
+    with pytest.raises(ValueError, match="unknown dense-lung kind"):
+        dense.make_dense(vol, mask, "nope", np.random.default_rng(0))
+
+
+def test_summary_counts_the_goal_and_qc_per_kind_and_model() -> None:
+    def row(case: str, kind: str, model_name: str, dice: float, qc: str) -> dict:
+        return {"case": case, "kind": kind, "model": model_name, "dice": dice, "qc": qc}
+
+    rows = [row("A", "original", "aug", 0.98, "pass"), row("B", "original", "aug", 0.96, "pass"),
+            row("A", "lobe", "aug", 0.96, "pass"), row("B", "lobe", "aug", 0.85, "review"),
+            row("A", "original", "plain", 0.98, ""), row("A", "lobe", "plain", 0.80, "")]
+    by = {(r["kind"], r["model"]): r for r in dense.summary(rows)}
+    lobe = by["lobe", "aug"]
+    assert lobe["reach_0.95"] == "1/1"  # B's unchanged scan is below 0.97: not counted
+    assert lobe["below_0.9"] == 1 and lobe["qc_flagged_of_those"] == 1 and lobe["qc_flagged_all"] == 1
+    assert lobe["dice_min"] == 0.85 and lobe["dice_mean"] == pytest.approx(0.905)
+    assert by["lobe", "plain"]["qc_flagged_of_those"] == "–"  # not judged
+    assert by["lobe", "plain"]["reach_0.95"] == "0/1"
+
+
+def test_a_dilated_bottleneck_keeps_the_parameters_and_the_shape() -> None:
+    plain, wide = model.UNet(), model.UNet(dilation=4)
+    assert plain.state_dict().keys() == wide.state_dict().keys()
+    assert model.count_parameters(plain) == model.count_parameters(wide)
+    wide.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        out = wide.eval()(torch.zeros(1, 1, 64, 64))
+    assert out.shape == (1, 1, 64, 64)
