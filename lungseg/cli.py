@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg import paths
-from lungseg.inference import predict, qc
+from lungseg.inference import postprocess, predict, qc
 from lungseg.io import writing
 from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
@@ -73,7 +73,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help=f"slices per inference batch (default {predict.runtime.BATCH})")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="probability above which a voxel is lung (default: the run's manifest "
-                        f"written by 03_eval, else {predict.DEFAULT_THRESHOLD})")
+                        f"written by 03_eval, else {postprocess.DEFAULT_THRESHOLD})")
     p.add_argument("--no-postprocess", action="store_const", const=False, default=None,
                    dest="postprocess",
                    help="keep the raw thresholded mask (default: as 03_eval chose for the run, else "

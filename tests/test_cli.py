@@ -353,7 +353,7 @@ def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
     ckpt = tmp_path / "run" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"")
-    assert predict.inference_settings(ckpt, None, None) == (predict.DEFAULT_THRESHOLD, True)
+    assert predict.inference_settings(ckpt, None, None) == (postprocess.DEFAULT_THRESHOLD, True)
     runs.write_manifest(ckpt.parent, {"key": "k", "inference": {"threshold": 0.55, "postprocess": True}})
     assert predict.inference_settings(ckpt, None, None) == (0.55, True)  # released model, older runs
     manifest = (ckpt.parent / runs.MANIFEST).read_bytes()

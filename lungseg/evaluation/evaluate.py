@@ -15,7 +15,7 @@ import torch
 
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.inference import inference
+from lungseg.inference import inference, postprocess
 from lungseg.io import writing
 from lungseg.io.cache import Case
 from lungseg.network import data, model, runs
@@ -42,7 +42,7 @@ LCTSC_LUNG = {"dice": (0.95, 0.98), "hd95_mm": (2.1, 14.5), "msd_mm": (0.59, 2.9
 
 def slice_records(cases: Sequence[Case], logits: Sequence[np.ndarray],
                   in_test: Sequence[np.ndarray],
-                  threshold: float = inference.DEFAULT_THRESHOLD) -> list[dict]:
+                  threshold: float = postprocess.DEFAULT_THRESHOLD) -> list[dict]:
     """One record per slice at 512²: case, index, location (mm), split, accuracy and both Dice."""
     rows = []
     for case, lg, test in zip(cases, logits, in_test, strict=True):

@@ -37,9 +37,6 @@ from scipy import ndimage
 DICE_EPS: float = 1e-6
 """Smoothing term in the denominator of the report's per-slice Dice (eq. 4)."""
 
-THRESHOLD: float = 0.5
-"""Probability threshold that turns network outputs into binary masks."""
-
 DICE_BOTH_EMPTY: float = 1.0
 """Standard and volume Dice when prediction and ground truth are both empty."""
 

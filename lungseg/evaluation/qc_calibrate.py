@@ -38,7 +38,7 @@ from lungseg import paths
 from lungseg.evaluation import failures, metrics
 from lungseg.inference import inference, postprocess, predict, qc, sides
 from lungseg.io import cache, writing
-from lungseg.network import runs
+from lungseg.network import config, runs
 from lungseg.network.runs import TrainResult
 
 BAD_DICE = 0.90
@@ -391,7 +391,8 @@ def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResu
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lungseg.evaluation.qc_calibrate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="cpu", help="whose cross-validation folds (default %(default)s)")
+    ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
+                    help="whose cross-validation folds (default %(default)s)")
     ap.add_argument("--runs", nargs="+", default=(), metavar="RUN_DIR", help="fold run folders instead")
     ap.add_argument("--kinds", default=",".join(failures.KINDS))
     ap.add_argument("--per-kind", type=int, default=1)

@@ -17,7 +17,6 @@ from lungseg.io.cache import Case
 from lungseg.network import data, model, speed
 from lungseg.network.config import TrainConfig
 
-DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
 binarize = postprocess.binarize
 """The one thresholding rule (:func:`lungseg.inference.postprocess.binarize`)."""
 segment = postprocess.segment

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or ex
     from lungseg.network import model
     from lungseg.network.config import TrainConfig
 
-DEFAULT_THRESHOLD = postprocess.DEFAULT_THRESHOLD
 NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
 RUNTIMES = runtime.RUNTIMES
 """``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.inference.runtime`), else
@@ -293,9 +292,10 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
 
 def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) -> tuple[float, bool]:
     """Threshold and post-processing: as given, else the run's manifest (chosen by 03_eval on the
-    training patients), else ``DEFAULT_THRESHOLD`` with post-processing."""
+    training patients), else ``postprocess.DEFAULT_THRESHOLD`` with post-processing."""
     saved = runs.inference_settings(ckpt if ckpt.is_dir() else ckpt.parent)
-    return (threshold if threshold is not None else float(saved.get("threshold", DEFAULT_THRESHOLD)),
+    default = float(saved.get("threshold", postprocess.DEFAULT_THRESHOLD))
+    return (threshold if threshold is not None else default,
             clean if clean is not None else bool(saved.get("postprocess", True)))
 
 

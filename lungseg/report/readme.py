@@ -57,6 +57,14 @@ def leakage_block(summary: dict) -> str:
     return (tables.markdown(rows, ".4f") + "\n") if rows else "(no comparison run in this profile)\n"
 
 
+def dense_block(summary: dict) -> str:
+    """The dense-lung study of 03_eval: per kind and model, held-out patients."""
+    rows = summary.get("dense_lung")
+    if not rows:
+        return "(this profile trains without simulated dense lung)\n"
+    return tables.markdown(rows, ".4f") + "\n"
+
+
 def timing_block(summary: dict, provenance: dict) -> str:
     """Training time per model (from the runs' manifests) and wall time per notebook."""
     lines = []
@@ -103,7 +111,8 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
     prov_file = folder / "provenance.json"
     provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else {}
     return {"results": results_block(summary), "crossval": crossval_block(summary),
-            "leakage": leakage_block(summary), "timing": timing_block(summary, provenance),
+            "leakage": leakage_block(summary), "dense": dense_block(summary),
+            "timing": timing_block(summary, provenance),
             "bench": bench_block(folder), "twoclass": two_class_block(folder),
             "predict": predict_block(folder), "batch": batch_block(folder), "qc": qc_block(folder),
             "qctime": qc_timing_block(folder)}

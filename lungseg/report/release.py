@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lungseg import paths
 from lungseg.io import writing
-from lungseg.network import runs
+from lungseg.network import config, runs
 
 TOOL = "release"
 CARD = "MODEL_CARD.md"
@@ -45,9 +45,9 @@ LICENCE = ("The training images are from the LCTSC collection of The Cancer Imag
            "patient data; see the data's LICENSE.txt). Any use of this model must credit the LCTSC data:")
 
 
-def train_release(profile: str = "cpu", runs_dir: str | None = None, data_dir: str = "") -> runs.TrainResult:
+def train_release(profile: str = config.DEFAULT_PROFILE, runs_dir: str | None = None,
+                  data_dir: str = "") -> runs.TrainResult:
     """The profile's recipe trained on every case (split ``all``; loaded when already trained)."""
-    from lungseg.network import config
     from lungseg.train import train
 
     overrides = {"split": "all", "curve_slices": "0"}
@@ -240,7 +240,8 @@ def model_card(manifest: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lungseg.report.release",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="cpu", help="the recipe (params/NAME.yaml, 02_train); default cpu")
+    ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
+                    help="the recipe (params/NAME.yaml, 02_train); default %(default)s")
     ap.add_argument("--runs", default=None, help="runs folder for the training run (default build/runs)")
     ap.add_argument("--data", default="", help="data directory (default $LUNGSEG_DATA or data/)")
     ap.add_argument("--out", default=str(runs.RELEASED), help="release folder (default %(default)s)")

@@ -36,12 +36,11 @@ NOT_IN_REPORT = ("04_cohort",)
 
 def default_profile() -> str:
     """``paper`` when CUDA is available (the report's exact run), else ``cpu``."""
-    try:
-        import torch
+    import torch
 
-        return "paper" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
+    from lungseg.network import config  # imports torch: only when a profile must be chosen
+
+    return "paper" if torch.cuda.is_available() else config.DEFAULT_PROFILE
 
 
 def notebooks(only: list[str] | None = None) -> list[Path]:

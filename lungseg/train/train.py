@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m lungseg.train", description=main.__doc__)
-    ap.add_argument("--profile", default="quick", help="params/NAME.yaml (its 02_train section)")
+    ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
+                    help="params/NAME.yaml (its 02_train section); default %(default)s")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override a training parameter, e.g. epochs=3 dropout=0")
     ap.add_argument("--runs", default=None, help="runs folder (default build/runs)")
