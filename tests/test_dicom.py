@@ -152,8 +152,9 @@ def test_two_equally_large_series_are_an_error_listing_both(tmp_path: Path) -> N
 
 def test_a_localizer_is_never_picked(tmp_path: Path) -> None:
     uid_ct, uid_scout = generate_uid(), generate_uid()
-    write_series(tmp_path, n=2, series_uid=uid_ct, names=["a1.dcm", "a2.dcm"])
-    scouts = write_series(tmp_path, n=3, series_uid=uid_scout, names=["s1.dcm", "s2.dcm", "s3.dcm"], z0=80.0)
+    # the scout holds more images than the CT (3, series.MIN_SLICES): only its ImageType rules it out
+    write_series(tmp_path, n=3, series_uid=uid_ct, names=["a1.dcm", "a2.dcm", "a3.dcm"])
+    scouts = write_series(tmp_path, n=4, series_uid=uid_scout, names=[f"s{i}.dcm" for i in range(4)], z0=80.0)
     for p in scouts:
         edit(p, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     with pytest.warns(DicomWarning, match="LOCALIZER"):
