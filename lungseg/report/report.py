@@ -59,6 +59,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed."""
     import papermill as pm
 
+    from lungseg.report import execute
+
     params = load_profile(profile)
     out_dir = paths.BUILD / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         print(f"== {nb.name} (profile {profile}{estimate}): {p}", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(nb, out_dir / nb.name, parameters=p, kernel_name=kernel,
-                                cwd=str(NOTEBOOKS), progress_bar=False, log_output=True)
+            execute.execute(nb, out_dir / nb.name, p, kernel, NOTEBOOKS, log_output=True)
         except pm.PapermillExecutionError as exc:
             shown = nb.relative_to(paths.ROOT) if nb.is_relative_to(paths.ROOT) else nb
             print(f"\nFAILED: {shown}, cell {exc.exec_count} "

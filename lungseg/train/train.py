@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lungseg.inference import postprocess
 from lungseg.io import writing
 from lungseg.network import config, data, disease, losses, model, runs, speed
 from lungseg.network.config import SCHEDULES, TrainConfig
 from lungseg.network.runs import TrainResult
+from lungseg.progress import bar as progress_bar
 from lungseg.train import distributed
 from lungseg.train.distributed import Dist
 
@@ -183,8 +183,8 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
     batches = _epoch_batches(epoch_indices(train_idx, ds.empty, cfg, epoch), cfg, epoch, dist.world)
     spec = cfg.disease_spec()
-    for step, b in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                                  disable=not dist.main)):
+    for step, b in enumerate(progress_bar(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                                          leave=False, disable=not dist.main)):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
         augment = _disease_augment(spec, cfg, epoch, step, dist.rank) if spec.active else None
         x, y = _to_device(ds, b, device, cfg.channels_last, augment)
