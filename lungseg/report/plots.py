@@ -40,8 +40,15 @@ def show(fig: Figure, path: str | os.PathLike[str] | None = None) -> None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI, metadata=PNG_METADATA)
         data = buf.getvalue()
-    display(Image(data=data))
+    display(Image(data=data, alt=describe(fig)))
     plt.close(fig)  # pyplot's figures would show a second time at the cell's end
+
+
+def describe(fig: Figure) -> str:
+    """A figure's text for readers who cannot see it (the HTML's alt text): its title, else its axes'."""
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""  # no public getter
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return title or "; ".join(titles[:4]) or "figure"
 
 
 def _show_coronal(ax: plt.Axes, case: Case, overlay: bool, labels: np.ndarray | None = None) -> None:

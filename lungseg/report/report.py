@@ -114,7 +114,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     from lungseg.report import render
 
     executed = [out_dir / nb.name for nb in notebooks() if (out_dir / nb.name).is_file()]
-    page = render.render_report(executed, prov, out_dir)
+    page = render.render_report(executed, prov, out_dir, *(_output(publish, name) for name in
+                                                          ("summary.json", "qc_evaluation.json")))
     print(f"== the report, readable without Jupyter: {paths.relative(page)}", flush=True)
     changed = []
     for src, dst in publish.items():
@@ -128,6 +129,14 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         if readme.update():
             print("== README.md: generated result blocks updated from figures/", flush=True)
     return 0
+
+
+def _output(publish: dict[Path, Path], name: str) -> dict | None:
+    """The JSON output ``name`` of this run (a staged folder), else of the last published run."""
+    for folder in [*publish, *publish.values()]:
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())
+    return None
 
 
 def _cpu_capability() -> str:
