@@ -47,6 +47,12 @@ class _Bar(tqdm):
         super().close()
 
 
+def terminal(line: str) -> None:
+    """A line of progress (an epoch's losses, time left): headless, on the terminal only, never in the
+    notebook; otherwise on standard error."""
+    print(line, file=(sys.__stderr__ if headless() else None) or sys.stderr, flush=True)
+
+
 def _plural(unit: str, n: float) -> str:
     if n == 1 or unit.endswith("s"):
         return unit

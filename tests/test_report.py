@@ -118,3 +118,29 @@ def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monke
     assert '<h2 id="Limitations">' in page  # the generated front page
     prov = json.loads((executed / "provenance.json").read_text())
     assert prov["notebooks"]["01_fig"]["parameters"] == {"n": 3}
+
+
+def test_the_front_page_and_discussions_quote_the_committed_run() -> None:
+    """Known values: the numbers on the front page and in 03's and 05's discussions are those of the
+    committed summary.json and qc_evaluation.json, formatted, never typed."""
+    import json
+
+    from lungseg import paths
+    from lungseg.report import discussion, front
+
+    summary_file, qc_file = paths.FIGURES / "summary.json", paths.FIGURES / "qc_evaluation.json"
+    if not (summary_file.is_file() and qc_file.is_file()):
+        pytest.skip("no committed full run")
+    summary, qc_eval = json.loads(summary_file.read_text()), json.loads(qc_file.read_text())
+    page = front.front_page({"profile": "cpu", "notebooks": {}}, summary, qc_eval, {"01_dicom": "Why?"})
+    for section in ("Aim", "What it reproduces", "Data", "Methods in brief", "Key results", "Limitations",
+                    "Reproducibility", "Contents"):
+        assert f"\n## {section}\n" in page or page.startswith(f"## {section}")
+    held = summary["per_patient_tuned"]["dice"]
+    assert f"{held['mean']:.4f} [{held['min']:.4f}–{held['max']:.4f}]" in page
+    bad = qc_eval["heldout"]["bad"]
+    assert f"**{bad['flagged']} of {bad['series']}** bad masks" in page
+    assert "- `01_dicom`: Why?" in page and "CC BY 3.0" in page and "GTV" in page
+    assert f"3D Dice of {held['mean']:.4f}" in discussion.evaluation(summary)
+    assert f"QC flags {bad['flagged']} of {bad['series']} bad masks" in discussion.quality_control(qc_eval)
+    assert "(03_eval did not run" in front.front_page({"profile": "x"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 
+from lungseg.evaluation import dense
 from lungseg.report import tables
 
 COURSEWORK = (
@@ -24,15 +25,6 @@ LCTSC = (
     "https://doi.org/10.7937/K9/TCIA.2017.3r3fvz08 — licence CC BY 3.0 "
     "(http://creativecommons.org/licenses/by/3.0/); TCIA: Clark K et al., J Digit Imaging 26(6):1045–1057, "
     "2013, https://doi.org/10.1007/s10278-013-9622-7.")
-CONTENTS = {
-    "01_dicom": "How are the scans read, de-identified and split into right and left lung? "
-                "(Module 1, Figure 1)",
-    "02_train": "Train the report's UNet: the main run, its protocols and the cross-validation folds "
-                "(Module 2B)",
-    "03_eval": "How good are the masks: the report's per-slice figures, then held-out patients and "
-               "cross-validation in 3D (mm), the course's baseline, leakage, dense lung",
-    "05_qc": "Does the quality control flag the masks that are wrong, on patients it was not set on?",
-}
 NOT_IN_REPORT = ("04_cohort is no part of this report: it renders a `batch` output folder "
                  "(`python -m lungseg batch ROOT --out OUT --report`), not the report's data.")
 
@@ -104,7 +96,8 @@ def _dense_sentence(summary: dict | None) -> str:
     kinds = ", ".join(f"{r['kind']} {r['dice_mean']:.3f}" for r in sorted(main, key=lambda r: r["dice_mean"]))
     below = sum(r["below_0.9"] for r in main)
     flagged = sum(r["qc_flagged_of_those"] for r in main if isinstance(r["qc_flagged_of_those"], int))
-    return (f"simulated on the held-out patients, mean Dice per kind {kinds} (the goal is ≥ 0.95). "
+    return (f"simulated on the held-out patients, mean Dice per kind {kinds} (the goal is "
+            f"≥ {dense.GOAL_DICE}). "
             + (f"{below} of {sum(r['series'] for r in main)} masks fall below 0.90, large dense regions "
                f"left out of the mask; QC flags {flagged} of those {below}." if below else
                "No mask falls below 0.90."))
@@ -153,9 +146,11 @@ def reproducibility(prov: dict) -> str:
             "| notebook | wall time | date |\n| --- | --- | --- |\n" + rows)
 
 
-def front_page(prov: dict, summary: dict | None = None, qc_eval: dict | None = None) -> str:
-    """The whole front page as Markdown."""
-    contents = "\n".join(f"- `{nb}`: {q}" for nb, q in CONTENTS.items())
+def front_page(prov: dict, summary: dict | None = None, qc_eval: dict | None = None,
+               questions: dict[str, str] | None = None) -> str:
+    """The whole front page as Markdown; ``questions``: each notebook's question, by notebook name (the
+    contents)."""
+    contents = "\n".join(f"- `{nb}`: {q}" for nb, q in (questions or {}).items())
     return (f"# Lung segmentation in chest CT with a 2D UNet — report, profile "
             f"`{prov.get('profile', '')}`\n\n"
             "## Aim\n\nSegment both lungs in chest CT with the coursework's small 2D UNet, measure how good "

@@ -32,6 +32,19 @@ _FOLDED = """{%- extends 'lab/index.html.j2' -%}
 """
 
 
+QUESTION = "**Question:**"
+"""How a notebook's first cell states its question (the front page's contents list them)."""
+
+
+def question(nb: nbformat.NotebookNode) -> str:
+    """The question a notebook's first Markdown cell states, or ""."""
+    for cell in nb.cells[:1]:
+        for line in cell.source.splitlines():
+            if line.startswith(QUESTION):
+                return line[len(QUESTION):].strip()
+    return ""
+
+
 def combined_notebook(notebooks: list[Path], front_page: str) -> nbformat.NotebookNode:
     """One notebook: the front page, then each executed notebook under a heading of its name."""
     out = nbformat.v4.new_notebook()
@@ -54,7 +67,8 @@ def render_report(notebooks: list[Path], prov: dict, out_dir: Path, summary: dic
 
     exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"folded.j2": _FOLDED})])
     exporter.template_file = "folded.j2"
-    page = combined_notebook(notebooks, front.front_page(prov, summary, qc_eval))
+    questions = {p.stem: question(nbformat.read(p, as_version=4)) for p in notebooks}
+    page = combined_notebook(notebooks, front.front_page(prov, summary, qc_eval, questions))
     body, _ = exporter.from_notebook_node(page,
                                           resources={"metadata": {"name": f"lungseg {prov.get('profile')}"}})
     target = out_dir / REPORT_DIR / INDEX
