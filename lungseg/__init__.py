@@ -12,7 +12,7 @@ pyproject.toml, checked by tests/test_layers.py; README, "How the code is organi
 - ``report``: the papermill runner (``python -m lungseg.report``), figures, tables, README blocks,
   the viewer, the cohort report, the released model, benchmarks.
 
-Top level: ``cli`` (``python -m lungseg``) and ``paths``.
+Top level: ``cli`` (``python -m lungseg``), ``paths`` and ``progress`` (the one progress bar).
 """
 
 __version__ = "0.1.0"

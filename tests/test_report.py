@@ -76,3 +76,71 @@ def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys
     assert report.run("t", kernel="python3") == 1
     err = capsys.readouterr().err
     assert "FAILED: " in err and "01_fail.ipynb, cell" in err and "ValueError: broken 7" in err
+
+
+def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monkeypatch) -> None:
+    """The report's own execution path (report.run → report.execute): a Figure made without pyplot is an
+    image in the executed notebook and the HTML, a progress bar leaves one summary line and no stderr,
+    and the kernel has no transport warning to print."""
+    import json
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("n = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from matplotlib.figure import Figure\n"
+        "from lungseg.progress import bar\n"
+        "from lungseg.report import plots\n"
+        "for _ in bar(range(n), desc='work', unit='step'):\n"
+        "    pass\n"
+        "fig = Figure()\n"
+        "fig.subplots().plot([0, 1])\n"
+        "plots.show(fig)")]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "01_fig.ipynb")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "t.yaml").write_text("01_fig:\n  n: 3\n")
+    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
+    monkeypatch.setattr(config, "PROFILES", tmp_path / "params")
+    monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
+    assert report.run("t", kernel="python3") == 0
+    executed = tmp_path / "build" / "executed" / "t"
+    outputs = nbformat.read(executed / "01_fig.ipynb", 4).cells[-1].outputs
+    assert [o.get("name") for o in outputs if o.output_type == "stream"] == ["stdout"]
+    assert outputs[0].text.startswith("work: 3 steps in ")
+    assert [o.output_type for o in outputs][1:] == ["display_data"] and "image/png" in outputs[1].data
+    page = (executed / "report" / "index.html").read_text()
+    assert "<Figure size" not in page and page.count('" src="data:image/png;base64') == 1
+    assert '<img alt="figure"' in page  # alt text: no nbconvert warning
+    assert '<h2 id="Limitations">' in page  # the generated front page
+    prov = json.loads((executed / "provenance.json").read_text())
+    assert prov["notebooks"]["01_fig"]["parameters"] == {"n": 3}
+
+
+def test_the_front_page_and_discussions_quote_the_committed_run() -> None:
+    """Known values: the numbers on the front page and in 03's and 05's discussions are those of the
+    committed summary.json and qc_evaluation.json, formatted, never typed."""
+    import json
+
+    from lungseg import paths
+    from lungseg.report import discussion, front
+
+    summary_file, qc_file = paths.FIGURES / "summary.json", paths.FIGURES / "qc_evaluation.json"
+    if not (summary_file.is_file() and qc_file.is_file()):
+        pytest.skip("no committed full run")
+    summary, qc_eval = json.loads(summary_file.read_text()), json.loads(qc_file.read_text())
+    page = front.front_page({"profile": "cpu", "notebooks": {}}, summary, qc_eval, {"01_dicom": "Why?"})
+    for section in ("Aim", "What it reproduces", "Data", "Methods in brief", "Key results", "Limitations",
+                    "Reproducibility", "Contents"):
+        assert f"\n## {section}\n" in page or page.startswith(f"## {section}")
+    held = summary["per_patient_tuned"]["dice"]
+    assert f"{held['mean']:.4f} [{held['min']:.4f}–{held['max']:.4f}]" in page
+    bad = qc_eval["heldout"]["bad"]
+    assert f"**{bad['flagged']} of {bad['series']}** bad masks" in page
+    assert "- `01_dicom`: Why?" in page and "CC BY 3.0" in page and "GTV" in page
+    assert f"3D Dice of {held['mean']:.4f}" in discussion.evaluation(summary)
+    assert f"QC flags {bad['flagged']} of {bad['series']} bad masks" in discussion.quality_control(qc_eval)
+    assert "(03_eval did not run" in front.front_page({"profile": "x"})

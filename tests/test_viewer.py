@@ -39,3 +39,22 @@ def test_right_and_left_labels_get_the_overview_colours() -> None:
     fig = viewer.draw_slice(case, labels, 1, (-1350, 150), show_gt=False)
     rgba = fig.axes[0].images[-1].get_array()
     assert tuple(rgba[5, 4, :3]) == LABEL_COLOURS[1] and tuple(rgba[5, 7, :3]) == LABEL_COLOURS[2]
+
+
+def test_the_window_starts_at_the_reports_window() -> None:
+    from lungseg.report.plots import DISPLAY_WINDOW_HU
+
+    window = viewer.slice_viewer(_case()).children[0].children[1]
+    assert window.value == tuple(int(v) for v in DISPLAY_WINDOW_HU) == (-1350, 150)
+
+
+def test_the_legend_names_the_colour_where_truth_and_prediction_overlap() -> None:
+    # red 0.4 over green 0.4: alpha 0.4 + 0.4 * 0.6 = 0.64; red 0.4 / 0.64, green 0.24 / 0.64
+    assert np.allclose(viewer.over((1, 0, 0, 0.4), (0, 1, 0, 0.4)), (0.625, 0.375, 0, 0.64))
+    case = _case()
+    fig = viewer.draw_slice(case, case.mask.copy(), 1, (-1350, 150))
+    box = fig.axes[0].get_legend()
+    legend = {t.get_text(): h.get_facecolor()
+              for t, h in zip(box.get_texts(), box.legend_handles, strict=True)}
+    assert np.allclose(legend["prediction and truth (agree)"],
+                       viewer.over(viewer.PRED_COLOUR, viewer.GT_COLOUR))

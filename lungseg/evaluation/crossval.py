@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lungseg.evaluation import metrics, tuning
 from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cross-validation
@@ -27,6 +26,7 @@ from lungseg.inference import inference, sides
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
 from lungseg.network.runs import ProfileRuns, TrainResult
+from lungseg.progress import bar as progress_bar
 
 STRUCTURES = dict(zip(STRUCTURE_NAMES, (sides.RIGHT, sides.LEFT), strict=True))
 METRICS = ("dice", "hd95_mm", "msd_mm")
@@ -94,9 +94,9 @@ def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
                    device: torch.device | str = "cpu", known: Known | None = None) -> list[dict]:
     """:func:`evaluate_fold` over every fold run: one row per patient and structure."""
     truths = {c.case_id: sides.split_lungs(np.asarray(c.mask), c.volume)
-              for c in tqdm(cases, desc="split ground truth", unit="case")}
+              for c in progress_bar(cases, desc="split ground truth", unit="case")}
     rows: list[dict] = []
-    for run in tqdm(runs, desc="folds", unit="fold"):
+    for run in progress_bar(runs, desc="folds", unit="fold"):
         rows += evaluate_fold(run, cases, truths, device, known)
     return sorted(rows, key=lambda r: (r["case"], r["structure"]))
 

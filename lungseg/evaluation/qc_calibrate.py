@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from tqdm import tqdm
 
 from lungseg import paths
 from lungseg.evaluation import failures, metrics
@@ -40,6 +39,7 @@ from lungseg.inference import inference, postprocess, predict, qc, sides
 from lungseg.io import cache, writing
 from lungseg.network import config, runs
 from lungseg.network.runs import TrainResult
+from lungseg.progress import bar as progress_bar
 
 BAD_DICE = 0.90
 """A mask with a lower Dice against its truth is wrong (the issue's external check)."""
@@ -149,7 +149,8 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
                     rows.append({**hit, "fold": f})
                 else:
                     todo.append((case_id, f, data_key, kind, rep))
-    for case_id, f, data_key, kind, rep in tqdm(todo, desc="QC series", unit="series", disable=not todo):
+    for case_id, f, data_key, kind, rep in progress_bar(todo, desc="QC series", unit="series",
+                                                         disable=not todo):
         case = loaded.setdefault(case_id, cache.load_case(case_id, data))
         threshold, clean = run_settings(folds[f])
         rng = np.random.default_rng([seed, int(case_id.split("_")[-1]), failures.KINDS.index(kind), rep])

@@ -800,14 +800,15 @@ def discover(root: Path, executor: _Lazy, progress: bool
     """Scan every folder under ``root``: in this process for a small tree (fewer than
     :data:`SCAN_IN_PROCESS_FILES` files), else on ``executor`` (in parallel on Dask). Returns the
     series, the folders of damaged files without a series, and the number of files."""
-    from tqdm import tqdm
+    from lungseg.progress import bar as progress_bar
 
     folders = list(walk(root))
     n_files = sum(len(names) for _, names in folders)
     small = n_files < SCAN_IN_PROCESS_FILES
     scanner = InProcess() if small else executor.get()
     scans = []
-    bar = tqdm(total=len(folders), desc="finding series", unit="folder", disable=not progress, leave=False)
+    bar = progress_bar(total=len(folders), desc="finding series", unit="folder", disable=not progress,
+                       leave=False)
     items = [(str(root), rel, names) for rel, names in folders]
     for item, result in scanner.map_unordered(_scan_item, items, window=4 * scanner.workers + 4):
         if isinstance(result, BaseException):
@@ -834,11 +835,12 @@ def _check_paths(root: Path, out: Path) -> None:
 
 
 def _progress_bar(total: int, progress: bool):
-    from tqdm import tqdm
+    from lungseg.progress import bar as progress_bar
 
-    return tqdm(total=total, desc="segmenting", unit="series", disable=not progress, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]"
-                           "{postfix}")
+    return progress_bar(total=total, desc="segmenting", unit="series", disable=not progress,
+                        dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                   "[{elapsed}<{remaining}]{postfix}")
 
 
 WORKER_MEMORY_GB = 1.5

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lungseg.inference import fov, postprocess, runtime
 from lungseg.io.cache import Case
 from lungseg.network import data, model, speed
 from lungseg.network.config import TrainConfig
+from lungseg.progress import bar as progress_bar
 
 binarize = postprocess.binarize
 """The one thresholding rule (:func:`lungseg.inference.postprocess.binarize`)."""
@@ -52,7 +52,7 @@ def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "wi
     out = np.empty((hu.shape[0], full, full), dtype=np.float32)
     starts = range(0, hu.shape[0], batch_size)
     with torch.inference_mode(), model.autocast(torch.device(device), amp):
-        for start in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
+        for start in progress_bar(starts, desc=f"predict {name}", unit="batch", disable=not progress):
             x = data.resize_slices(data.normalise(hu[start:start + batch_size], mode, window), image_size)
             x = x.to(device)
             if channels_last:
@@ -72,7 +72,7 @@ def _predict_field(net: model.UNet, hu: np.ndarray, image_size: int, mode: str, 
     out = np.empty(np.shape(hu), dtype=np.float32)
     starts = range(0, padded.shape[0], batch_size)
     with torch.inference_mode(), model.autocast(torch.device(device), amp):
-        for start in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
+        for start in progress_bar(starts, desc=f"predict {name}", unit="batch", disable=not progress):
             x = data.normalise(torch.from_numpy(padded[start:start + batch_size]), mode, window).numpy()
             x = torch.from_numpy(f.to_model(x)).unsqueeze(1).to(device)
             if channels_last:
@@ -103,4 +103,4 @@ def case_logits(net: model.UNet, cfg: TrainConfig, cases: Sequence[Case],
                 device: torch.device | str = "cpu") -> list[np.ndarray]:
     """:func:`run_logits` for each case, with a progress bar over cases."""
     return [run_logits(net, cfg, c.volume.hu, device, name=c.case_id)
-            for c in tqdm(cases, desc="predict", unit="case")]
+            for c in progress_bar(cases, desc="predict", unit="case")]

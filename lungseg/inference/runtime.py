@@ -193,11 +193,11 @@ class Session:
 
     def _run(self, x: np.ndarray, name: str, progress: bool, batch_size: int) -> np.ndarray:
         """The network's logits (N, S, S) for inputs (N, S, S) float32, ``batch_size`` at a time."""
-        from tqdm import tqdm
+        from lungseg.progress import bar as progress_bar
 
         y = np.empty(x.shape, dtype=np.float32)
         starts = range(0, x.shape[0], batch_size)
-        for s in tqdm(starts, desc=f"predict {name}", unit="batch", disable=not progress):
+        for s in progress_bar(starts, desc=f"predict {name}", unit="batch", disable=not progress):
             y[s:s + batch_size] = self.session.run(None, {"x": x[s:s + batch_size, None]})[0][:, 0]
         return y
 

@@ -49,7 +49,6 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
-from tqdm import tqdm
 
 from lungseg import paths
 from lungseg.io import iod, writing
@@ -60,6 +59,7 @@ from lungseg.io.dicom import (
     should_hold_image,
     stored_pixels,
 )
+from lungseg.progress import bar as progress_bar
 
 TOOL = "anonymise"
 TABLE_VERSION = "PS3.15 Table E.1-1 (2026c, via dicom-anonymizer 2.1.0)"
@@ -518,4 +518,4 @@ def anonymise_cases(case_ids: list[str], data: str | os.PathLike[str] | None,
     root, dst = paths.data_dir(data), paths.resolve(dst_root)
     writing.check_not_overlapping(dst, [root], "destination")
     return [anonymise(paths.images_dir(root, c), dst / c, c, overwrite=overwrite)
-            for c in tqdm(case_ids, desc="anonymise", unit="case")]
+            for c in progress_bar(case_ids, desc="anonymise", unit="case")]

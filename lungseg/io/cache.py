@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lungseg import paths
 from lungseg.io import dicom, orient
+from lungseg.progress import bar as progress_bar
 
 _CODE = (Path(dicom.__file__), Path(orient.__file__), Path(__file__))
 
@@ -137,7 +137,7 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
 
 def load_cases(case_ids: list[str], data: str | os.PathLike[str] | None = None) -> list[Case]:
     """:func:`load_case` for each id, with a progress bar."""
-    return [load_case(c, data) for c in tqdm(case_ids, desc="load", unit="case")]
+    return [load_case(c, data) for c in progress_bar(case_ids, desc="load", unit="case")]
 
 
 def resolve_cases(cases: str, data: str | os.PathLike[str] | None = None) -> list[str]:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from lungseg.io.cache import Case, load_case
 from lungseg.io.orient import check_square  # the one square-slice check (torch-free, for predict)
 from lungseg.network.model import REFERENCE_INPUT_OFFSET_HU
+from lungseg.progress import bar as progress_bar
 
 FULL_SIZE = 512
 """In-plane size of the LCTSC slices; every metric is computed at this size."""
@@ -108,7 +108,7 @@ class SliceDataset(Dataset):
     def __init__(self, cases: Sequence[Case], image_size: int = FULL_SIZE,
                  mode: str = "window", window: Sequence[float] = HU_WINDOW) -> None:
         images, masks, infos = [], [], []
-        for case in tqdm(cases, desc=f"slices@{image_size}", unit="case"):
+        for case in progress_bar(cases, desc=f"slices@{image_size}", unit="case"):
             img, msk = case_tensors(case, image_size, mode, window)
             images.append(img)
             masks.append(msk)

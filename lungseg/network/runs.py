@@ -260,17 +260,26 @@ def _record_file(profile: str, folder: Path | None = None) -> Path:
     return (folder or RUNS) / "reports" / f"{profile}.json"
 
 
+def tested_slices(r: TrainResult) -> tuple[int, int]:
+    """(test slices, all slices) of a run's split, from its manifest; (0, 0) when it records none."""
+    per = r.manifest.get("split", {}).get("per_case", {})
+    return sum(len(v["test"]) for v in per.values()), sum(v["slices"] for v in per.values())
+
+
 def describe_runs(by_split: dict[str, TrainResult], folds: list[TrainResult]) -> str:
-    """What a report trained, one line per run, without keys or times (02_train's checked output)."""
+    """What a report trained, one line per run, without keys or times (02_train's checked output): the
+    split each run drew (its slice counts come from the data and the seed, the same on every machine)."""
     lines = []
     for split, r in by_split.items():
         c = r.config
         test = f", test {', '.join(c.test_cases)}" if c.split == "cases" else ""
-        lines.append(f"{split} split: {len(c.cases)} cases{test}; {len(r.history['train_loss'])} epochs "
-                     f"at {c.image_size} px, batch {c.batch_size}, lr {c.lr} ({c.schedule})")
+        n_test, n_all = tested_slices(r)
+        lines.append(f"{split} split: {len(c.cases)} cases{test}, {n_test} of {n_all} slices held out; "
+                     f"{len(r.history['train_loss'])} epochs at {c.image_size} px, batch {c.batch_size}, "
+                     f"lr {c.lr} ({c.schedule})")
     if folds:
-        lines.append(f"{len(folds)} cross-validation folds, test patients: "
-                     + " | ".join(", ".join(f.config.test_cases) for f in folds))
+        lines.append(f"{len(folds)} cross-validation folds, test patients (test slices): "
+                     + " | ".join(f"{', '.join(f.config.test_cases)} ({tested_slices(f)[0]})" for f in folds))
     return "\n".join(lines)
 
 

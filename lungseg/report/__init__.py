@@ -1,5 +1,8 @@
-"""The report: the papermill runner (``report``; ``python -m lungseg.report``), HTML rendering
-(``render``), figures (``plots``), Markdown tables (``tables``), README blocks (``readme``), the slice
-viewer (``viewer``), the cohort report (``cohort_report``), the released model (``release``) and the
-benchmarks users run (``bench``, ``bench_train``). Nothing imports this layer but the command line.
+"""The report: the papermill runner (``report``; ``python -m lungseg.report``), headless notebook
+execution (``execute``), HTML rendering (``render``) with its generated front page (``front``),
+each notebook's closing discussion (``discussion``), figures (``plots``), Markdown tables
+(``tables``), README blocks (``readme``), the slice viewer (``viewer``), the cohort report
+(``cohort_report``), nbval's checked outputs (``checked``), the released model (``release``) and
+the benchmarks users run (``bench``, ``bench_train``). Nothing imports this layer but the command
+line.
 """

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from lungseg import paths
 from lungseg.inference import qc
 from lungseg.io import writing
+from lungseg.report import execute
 
 COHORT_CSV = "cohort.csv"
 REPORT_HTML = "report.html"
@@ -172,6 +173,14 @@ def flagged(cohort: Sequence[Series]) -> list[Series]:
             if c.qc_status in ("fail", "review")]
 
 
+def overviews(cohort: Sequence[Series], cap: int) -> list[Series]:
+    """The done series whose overview the report shows: every flagged one (worst first), then the
+    others in name order until ``cap`` series in all."""
+    shown = flagged(cohort)
+    rest = [c for c in sorted(done(cohort), key=lambda c: c.name) if c not in shown]
+    return [c for c in shown + rest[:max(0, cap - len(shown))] if c.overview is not None]
+
+
 def failures_table(cohort: Sequence[Series]) -> list[dict]:
     """Failed and skipped series with their messages."""
     return [{"series": c.row.get("source", ""), "status": c.status, "message": c.row.get("message", "")}
@@ -201,7 +210,6 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
     hidden and images embedded, to ``out_dir/report.html`` (atomically); return that path.
     ``kernel`` None: the project's kernel "lungseg" when registered, else this Python's "python3"."""
     import nbformat
-    import papermill as pm
     from jupyter_client.kernelspec import find_kernel_specs
     from nbconvert import HTMLExporter
 
@@ -214,8 +222,7 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
         kernel = "lungseg" if "lungseg" in find_kernel_specs() else "python3"
     with tempfile.TemporaryDirectory(prefix="lungseg-report-") as tmp:
         executed = Path(tmp) / NOTEBOOK.name
-        pm.execute_notebook(NOTEBOOK, executed, parameters={"out_dir": str(out)}, kernel_name=kernel,
-                            cwd=str(NOTEBOOK.parent), progress_bar=False)
+        execute.execute(NOTEBOOK, executed, {"out_dir": str(out)}, kernel, NOTEBOOK.parent)
         body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
                                exclude_output_prompt=True).from_notebook_node(nbformat.read(executed, 4))
     head, sep, rest = body.partition("\n")  # the mark after the doctype line: no quirks mode

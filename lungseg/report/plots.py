@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +25,30 @@ from lungseg.io.overlay import (  # noqa: F401 - the report's figures draw with 
     save_figure,
     show_overlay,
 )
+
+
+def show(fig: Figure, path: str | os.PathLike[str] | None = None) -> None:
+    """The one way a notebook shows a figure: written to ``path`` when given (:func:`save_figure`: PNG,
+    same bytes on rerun), displayed as that PNG image, then closed. A PNG, not the Figure object:
+    Jupyter draws a Figure only once pyplot's inline backend is active, and a Figure made without
+    pyplot (as QC's and the cohort's are) otherwise reaches the page as its text, ``<Figure size …>``."""
+    from IPython.display import Image, display
+
+    if path is not None:
+        data = save_figure(fig, path).read_bytes()
+    else:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, metadata=PNG_METADATA)
+        data = buf.getvalue()
+    display(Image(data=data, alt=describe(fig)))
+    plt.close(fig)  # pyplot's figures would show a second time at the cell's end
+
+
+def describe(fig: Figure) -> str:
+    """A figure's text for readers who cannot see it (the HTML's alt text): its title, else its axes'."""
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""  # no public getter
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return title or "; ".join(titles[:4]) or "figure"
 
 
 def _show_coronal(ax: plt.Axes, case: Case, overlay: bool, labels: np.ndarray | None = None) -> None:

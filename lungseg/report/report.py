@@ -59,6 +59,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed."""
     import papermill as pm
 
+    from lungseg.report import execute
+
     params = load_profile(profile)
     out_dir = paths.BUILD / "executed" / profile
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         print(f"== {nb.name} (profile {profile}{estimate}): {p}", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(nb, out_dir / nb.name, parameters=p, kernel_name=kernel,
-                                cwd=str(NOTEBOOKS), progress_bar=False, log_output=True)
+            execute.execute(nb, out_dir / nb.name, p, kernel, NOTEBOOKS, log_output=True)
         except pm.PapermillExecutionError as exc:
             shown = nb.relative_to(paths.ROOT) if nb.is_relative_to(paths.ROOT) else nb
             print(f"\nFAILED: {shown}, cell {exc.exec_count} "
@@ -113,7 +114,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     from lungseg.report import render
 
     executed = [out_dir / nb.name for nb in notebooks() if (out_dir / nb.name).is_file()]
-    page = render.render_report(executed, prov, out_dir)
+    page = render.render_report(executed, prov, out_dir, *(_output(publish, name) for name in
+                                                          ("summary.json", "qc_evaluation.json")))
     print(f"== the report, readable without Jupyter: {paths.relative(page)}", flush=True)
     changed = []
     for src, dst in publish.items():
@@ -127,6 +129,14 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         if readme.update():
             print("== README.md: generated result blocks updated from figures/", flush=True)
     return 0
+
+
+def _output(publish: dict[Path, Path], name: str) -> dict | None:
+    """The JSON output ``name`` of this run (a staged folder), else of the last published run."""
+    for folder in [*publish, *publish.values()]:
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())
+    return None
 
 
 def _cpu_capability() -> str:

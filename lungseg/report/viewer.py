@@ -13,11 +13,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from lungseg.io.cache import Case
-from lungseg.report.plots import DISPLAY_WINDOW_HU, LABEL_COLOURS, LABEL_NAMES, overlay_rgba
+from lungseg.report.plots import DISPLAY_WINDOW_HU, LABEL_COLOURS, LABEL_NAMES, MASK_ALPHA, overlay_rgba
 
 GT_COLOUR = (0.1, 0.8, 0.2, 0.4)
 PRED_COLOUR = (1.0, 0.2, 0.1, 0.4)
-HU_RANGE = (-1024, 3071)
+HU_RANGE = (-2000, 3000)
+"""The window slider's range: wide enough for the report's window (DISPLAY_WINDOW_HU, −1350…150) and
+for bone and metal, on a 10 HU step that holds both ends of the report's window exactly."""
+
+
+def over(top: tuple[float, ...], bottom: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """The RGBA seen where ``top`` is drawn over ``bottom`` (both RGBA; alpha compositing)."""
+    a = top[3] + bottom[3] * (1 - top[3])
+    rgb = [(t * top[3] + b * bottom[3] * (1 - top[3])) / a for t, b in zip(top[:3], bottom[:3], strict=True)]
+    return (*rgb, a)
 
 
 def draw_slice(case: Case, prediction: np.ndarray | None, z: int, window: tuple[float, float],
@@ -35,13 +44,17 @@ def draw_slice(case: Case, prediction: np.ndarray | None, z: int, window: tuple[
     if show_pred and prediction is not None:
         pred = np.asarray(prediction[z])
         # bool: one colour; labels (1 = right, 2 = left lung): the colours of overview.png
+        colours = ({"prediction": PRED_COLOUR} if pred.dtype == bool else
+                   {f"prediction: {LABEL_NAMES[v]}": (*LABEL_COLOURS[v], MASK_ALPHA)
+                    for v in sorted(LABEL_COLOURS)})
         ax.imshow(overlay_rgba(pred, {1: PRED_COLOUR} if pred.dtype == bool else None))
-        handles += ([Patch(color=PRED_COLOUR, label="prediction")] if pred.dtype == bool else
-                    [Patch(color=(*LABEL_COLOURS[v], 0.6), label=f"prediction: {LABEL_NAMES[v]}")
-                     for v in sorted(LABEL_COLOURS)])
+        handles += [Patch(color=c, label=name) for name, c in colours.items()]
+        if show_gt:  # where both are drawn the colours mix: say what the mix means
+            handles += [Patch(color=over(c, GT_COLOUR), label=f"{name} and truth (agree)")
+                        for name, c in colours.items()]
     if handles:
-        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.12), ncols=len(handles),
-                  frameon=False, fontsize=8)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02),
+                  ncols=min(len(handles), 3), frameon=False, fontsize=8)
     ax.set_title(f"{case.case_id}, slice {z} (z = {case.volume.positions[z]:.1f} mm)")
     ax.axis("off")
     return fig
@@ -52,6 +65,7 @@ def slice_viewer(case: Case, prediction: np.ndarray | None = None) -> widgets.VB
     nz = case.volume.shape[0]
     z = widgets.IntSlider(value=nz // 2, min=0, max=nz - 1, description="slice")
     # A wide slider with a whole-number readout: "-1000.0 – 400.0" was cut off at the default width.
+    # It starts at the report's window (its range holds it: a value outside is clamped silently).
     window = widgets.IntRangeSlider(value=tuple(int(v) for v in DISPLAY_WINDOW_HU), min=HU_RANGE[0],
                                     max=HU_RANGE[1], step=10, description="HU window",
                                     style={"description_width": "initial"},

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from lungseg import progress
 from lungseg.inference import postprocess
 from lungseg.io import writing
 from lungseg.network import config, data, disease, losses, model, runs, speed
 from lungseg.network.config import SCHEDULES, TrainConfig
 from lungseg.network.runs import TrainResult
+from lungseg.progress import bar as progress_bar
 from lungseg.train import distributed
 from lungseg.train.distributed import Dist
 
@@ -183,8 +184,8 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
     sums = torch.zeros(3, dtype=torch.float64)  # loss·n, correct, n
     batches = _epoch_batches(epoch_indices(train_idx, ds.empty, cfg, epoch), cfg, epoch, dist.world)
     spec = cfg.disease_spec()
-    for step, b in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                                  disable=not dist.main)):
+    for step, b in enumerate(progress_bar(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                                          leave=False, disable=not dist.main)):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
         augment = _disease_augment(spec, cfg, epoch, step, dist.rank) if spec.active else None
         x, y = _to_device(ds, b, device, cfg.channels_last, augment)
@@ -223,6 +224,9 @@ def _finish(run_dir: Path, net: model.UNet, history: dict, cfg: TrainConfig, man
                     epochs_done=len(history["train_loss"]),
                     final={k: v[-1] for k, v in history.items() if v})
     runs.write_manifest(run_dir, manifest)
+    log.info("trained %s: %d epochs in %.0f s; last epoch train loss %.4f, test loss %.4f, test acc %.4f",
+             run_dir.name, len(history["train_loss"]), manifest["train_wall_s"], history["train_loss"][-1],
+             history["test_loss"][-1], history["test_acc"][-1])
 
 
 def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
@@ -277,9 +281,13 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
             history[k].append(float(v))
         if dist.main:
             left = (cfg.epochs - epoch - 1) * float(np.mean(history["epoch_s"][-3:]))
-            log.info("epoch %d/%d train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f s"
-                     " | about %.1f min left", epoch + 1, cfg.epochs, train_loss, train_acc, test_loss,
-                     test_acc, history["epoch_s"][-1], left / 60)
+            line = (f"epoch {epoch + 1}/{cfg.epochs} train loss {train_loss:.4f} acc {train_acc:.4f} | test "
+                    f"loss {test_loss:.4f} acc {test_acc:.4f} | {history['epoch_s'][-1]:.0f} s | about "
+                    f"{left / 60:.1f} min left")
+            if progress.headless():  # progress: the terminal's; the notebook keeps the run's summary
+                progress.terminal(line)
+            else:
+                log.info(line)
         rng = distributed.rng_states(dist, device)
         if dist.main:
             _save(ckpt_path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
