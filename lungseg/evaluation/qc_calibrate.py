@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,13 @@ def fold_of(folds: Sequence[TrainResult], case_id: str) -> int:
 
 def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KINDS, per_kind: int = 1,
                 seed: int = 0, data: str | None = None, case_ids: Sequence[str] | None = None,
-                use_cache: bool = True) -> list[dict]:
+                use_cache: bool = True, workers: int | None = None) -> list[dict]:
     """One row per series: every test patient of every fold run (or ``case_ids``), each variant kind
     ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached per fold run in
     ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed), one
-    line per finished series, so an interrupted table resumes and other selections reuse it."""
+    line per finished series, so an interrupted table resumes and other selections reuse it.
+    ``workers``: series scored in parallel on a local Dask cluster of that many one-thread processes
+    (the cohort machinery of ``batch``); None: one per core; 0 or 1: in this process."""
     case_ids = sorted(case_ids or {c for r in folds for c in r.config.test_cases})
     rows: list[dict] = []
     known: dict[tuple, dict] = {}
@@ -137,7 +140,6 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
                     if line.strip():
                         r = json.loads(line)
                         known[(r["run"], r["case"], r["data_key"], r["kind"], r["repeat"], r["seed"])] = r
-    loaded: dict[str, cache.Case] = {}
     todo = []
     for case_id in case_ids:
         f = fold_of(folds, case_id)
@@ -148,27 +150,83 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
                 if hit is not None:
                     rows.append({**hit, "fold": f})
                 else:
-                    todo.append((case_id, f, data_key, kind, rep))
-    for case_id, f, data_key, kind, rep in progress_bar(todo, desc="QC series", unit="series",
-                                                         disable=not todo):
-        case = loaded.setdefault(case_id, cache.load_case(case_id, data))
-        threshold, clean = run_settings(folds[f])
-        rng = np.random.default_rng([seed, int(case_id.split("_")[-1]), failures.KINDS.index(kind), rep])
-        try:
-            variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, rng)
-        except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
-            print(f"{case_id} {kind}: skipped ({exc})", file=sys.stderr)
-            continue
-        row = {"case": case_id, "fold": f, "run": folds[f].run_dir.name, "data_key": data_key,
-               "repeat": rep, "seed": seed, "threshold": threshold, "postprocess": clean,
-               **score_series(folds[f], variant, threshold, clean)}
-        rows.append(row)
-        if use_cache:
-            CACHE.mkdir(parents=True, exist_ok=True)
-            with open(_cache_file(folds[f]), "a") as fh:  # one line per finished series
-                fh.write(json.dumps(row) + "\n")
+                    todo.append(SeriesTask(str(folds[f].run_dir), f, case_id, data_key, kind, rep, seed,
+                                           data))
+    executor = _executor(workers, len(todo))
+    try:
+        bar = progress_bar(total=len(todo), desc="QC series", unit="series", disable=not todo)
+        for task, row in executor.map_unordered(score_task, todo):
+            bar.update()
+            if isinstance(row, BaseException):
+                raise row
+            if isinstance(row, str):  # the variant cannot be made from this case
+                print(f"{task.case_id} {task.kind}: skipped ({row})", file=sys.stderr)
+                continue
+            rows.append(row)
+            if use_cache:
+                CACHE.mkdir(parents=True, exist_ok=True)
+                with open(_cache_file(folds[task.fold]), "a") as fh:  # one line per finished series
+                    fh.write(json.dumps(row) + "\n")
+        bar.close()
+    finally:
+        executor.close()
     order = {k: i for i, k in enumerate(kinds)}
     return sorted(rows, key=lambda r: (r["case"], order.get(r["kind"], 99), r["repeat"]))
+
+
+@dataclass(frozen=True)
+class SeriesTask:
+    """One series of the table, as a worker process receives it (paths and names only)."""
+
+    run_dir: str
+    fold: int
+    case_id: str
+    data_key: str
+    kind: str
+    repeat: int
+    seed: int
+    data: str | None
+
+
+_LOADED: dict[str, object] = {}
+"""What this process loaded for :func:`score_task`: fold runs by folder, the last case by id."""
+
+
+def score_task(task: SeriesTask) -> dict | str:
+    """The row of one series (:func:`score_series` with the fold run's settings), or why its variant
+    cannot be made. Runs in a worker: the run and the case are loaded once per process."""
+    import torch
+
+    from lungseg.inference import batch
+
+    threads = batch.dask_worker_threads()
+    if threads:  # a one-thread worker: torch and ONNX Runtime must not take every core each
+        torch.set_num_threads(threads)
+    run = _LOADED.get(task.run_dir) or _LOADED.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
+    if _LOADED.get("case_id") != task.case_id:
+        _LOADED.update(case_id=task.case_id, case=cache.load_case(task.case_id, task.data))
+    case = _LOADED["case"]
+    threshold, clean = run_settings(run)
+    rng = np.random.default_rng([task.seed, int(task.case_id.split("_")[-1]), failures.KINDS.index(task.kind),
+                                 task.repeat])
+    try:
+        variant = failures.make_failure(case.volume, np.asarray(case.mask), task.kind, rng)
+    except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
+        return str(exc)
+    return {"case": task.case_id, "fold": task.fold, "run": run.run_dir.name, "data_key": task.data_key,
+            "repeat": task.repeat, "seed": task.seed, "threshold": threshold, "postprocess": clean,
+            **score_series(run, variant, threshold, clean)}
+
+
+def _executor(workers: int | None, tasks: int):
+    """Where the table's series run: a local Dask cluster when it pays (several workers, more series
+    than workers), else this process."""
+    from lungseg.inference import batch
+
+    workers = batch.default_workers() if workers is None else workers
+    if workers > 1 and tasks > workers:
+        return batch.DaskExecutor(workers=workers)
+    return batch.InProcess()
 
 
 # ---- the rule and the held-out protocol -----------------------------------------------------------

@@ -421,7 +421,7 @@ _NETWORKS: dict[tuple, predict.Network] = {}
 """The networks this process loaded, by checkpoint and settings: once per worker."""
 
 
-def _dask_worker_threads() -> int | None:
+def dask_worker_threads() -> int | None:
     """The thread count of the Dask worker running this code, None outside Dask."""
     if "distributed" not in sys.modules:
         return None
@@ -436,7 +436,7 @@ def _dask_worker_threads() -> int | None:
 def worker_network(settings: Settings) -> predict.Network:
     """The network of ``settings``, loaded once per process (a Dask worker keeps it for all its
     series). ONNX Runtime gets the worker's threads, so workers do not oversubscribe the cores."""
-    threads = settings.threads or _dask_worker_threads()
+    threads = settings.threads or dask_worker_threads()
     key = (settings.checkpoint, settings.device, settings.runtime, settings.batch_size, threads)
     if key not in _NETWORKS:
         _NETWORKS[key] = predict.Network(Path(settings.checkpoint), settings.device, settings.runtime,

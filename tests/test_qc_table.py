@@ -1,0 +1,60 @@
+"""The QC study's table (lungseg.evaluation.qc_calibrate.score_table): its series scored in worker
+processes (the cohort machinery) give the rows scored in this process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from builders import TINY_CHANNELS
+
+from lungseg.evaluation import qc_calibrate
+from lungseg.network import model, runs
+from lungseg.network.config import TrainConfig
+
+KINDS = ["original", "trim", "truncate_top"]
+TIMES = ("inference_s", "qc_timings_s")
+
+
+def _fold_run(folder: Path) -> runs.TrainResult:
+    """An untrained tiny UNet saved as a fold run whose test patient is Case_000."""
+    torch.manual_seed(0)
+    net = model.UNet(base_channels=TINY_CHANNELS).eval()
+    cfg = TrainConfig(cases=["Case_000", "Case_003"], test_cases=["Case_000"], image_size=16, split="cases",
+                      base_channels=TINY_CHANNELS, epochs=1)
+    folder.mkdir(parents=True)
+    torch.save({"model": net.state_dict(), "history": {"train_loss": [1.0]}, "config": cfg.to_dict()},
+               folder / runs.WEIGHTS)
+    return runs.load_run(folder)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, floats to 1e-4 (one thread per worker may round a convolution differently)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4) or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def test_series_scored_in_workers_match_those_scored_here(tmp_path: Path, real_case: Path) -> None:
+    run = _fold_run(tmp_path / "fold")
+    here = qc_calibrate.score_table([run], KINDS, use_cache=False, workers=0)
+    pooled = qc_calibrate.score_table([run], KINDS, use_cache=False, workers=2)
+    assert [r["kind"] for r in here] == KINDS == [r["kind"] for r in pooled]
+    for a, b in zip(here, pooled, strict=True):
+        assert _same({k: v for k, v in a.items() if k not in TIMES},
+                     {k: v for k, v in b.items() if k not in TIMES})
+    assert here[1]["slices"] < here[0]["slices"]  # trim cut slices: the variants really differ
+
+
+@pytest.mark.parametrize("workers, tasks, pooled", [(0, 10, False), (1, 10, False), (2, 2, False),
+                                                     (2, 3, True)])
+def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool) -> None:
+    executor = qc_calibrate._executor(workers, tasks)
+    try:
+        assert (type(executor).__name__ == "DaskExecutor") == pooled
+    finally:
+        executor.close()
