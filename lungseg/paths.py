@@ -19,11 +19,16 @@ BUILD_ENV = "LUNGSEG_BUILD"
 """Another build folder: the tests set it, so that nothing they train or record ever becomes what a
 user's commands resolve to (``build/runs/reports``, the default model)."""
 
+CHECKOUT: bool = (ROOT / "pyproject.toml").is_file()
+"""True in a clone of the repository (or an editable install); False for a package installed from a
+wheel, whose ``ROOT`` is site-packages: nothing may be written there."""
 DEFAULT_DATA: Path = ROOT / "data"
 FIGURES: Path = ROOT / "figures"
-MODELS: Path = ROOT / "models"
-"""Released models (committed), each a run folder with its model card."""
-_DEFAULT_BUILD = ROOT / "build"
+MODELS: Path = ROOT / "models" if CHECKOUT else Path(__file__).resolve().parent / "released"
+"""Released models, each a run folder with its model card: ``models/`` of a clone, committed; an
+installed wheel carries them as ``lungseg/released/`` (pyproject.toml maps one to the other)."""
+_DEFAULT_BUILD = (ROOT / "build" if CHECKOUT else
+                  Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lungseg")
 
 
 def _build_dir() -> Path:
@@ -36,7 +41,8 @@ def _build_dir() -> Path:
 
 BUILD: Path = _build_dir()
 """Git-ignored outputs: executed notebooks, caches, checkpoints, quick-profile figures
-(``$LUNGSEG_BUILD`` or ``<repo>/build``)."""
+(``$LUNGSEG_BUILD``, else ``<repo>/build`` in a clone, ``~/.cache/lungseg`` for an installed
+package)."""
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
