@@ -56,11 +56,15 @@ why is printed and recorded in stats.json ("model").
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment the lungs of a DICOM CT series",
-                       description="Segment the lungs of one axial CT series (a folder of DICOM "
-                                   "files, any names/order) with a trained run.",
+    p = sub.add_parser("predict", help="segment the lungs of a CT series (DICOM, NIfTI, NRRD, MetaImage)",
+                       description="Segment the lungs of one CT series (a folder of DICOM files, any "
+                                   "names/order, or a NIfTI/NRRD/MetaImage file) with a trained run.",
                        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dicom_dir", metavar="DICOM_DIR", help="folder with one CT series")
+    p.add_argument("dicom_dir", metavar="INPUT",
+                   help="a folder with one DICOM CT series, or a CT volume file (.nii, .nii.gz, .nrrd, "
+                        ".nhdr, .mha, .mhd; HU, any axis-aligned orientation): its outputs are the NIfTI "
+                        "mask, the overview and stats.json, plus the mask in the file's own format for "
+                        "NRRD/MetaImage (no DICOM SEG/RTSTRUCT: no DICOM slices to reference)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="a run's model.pt or run folder (default: see below)")

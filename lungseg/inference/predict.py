@@ -22,7 +22,7 @@ import numpy as np
 
 from lungseg import __version__
 from lungseg.inference import postprocess, qc, runtime, sides
-from lungseg.io import dicom, export, orient, overlay, rtstruct, series, writing
+from lungseg.io import dicom, export, imagefile, orient, overlay, rtstruct, series, writing
 from lungseg.network import runs
 
 if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or exports it once)
@@ -274,20 +274,36 @@ def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, net
     }
 
 
+def mask_like_name(image_file: Path) -> str:
+    """The mask written beside the NIfTI for an NRRD or MetaImage input, in the input's format."""
+    suffix = next(s for s in imagefile.SUFFIXES if image_file.name.lower().endswith(s))
+    return "lung_mask" + {".nhdr": ".nrrd", ".mhd": ".mha"}.get(suffix, suffix)
+
+
 def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: orient.Reorientation,
-                   clock: _Clock) -> None:
+                   clock: _Clock, image_file: Path | None = None) -> list[str]:
     """NIfTI, SEG and RTSTRUCT on the acquisition grid (``volume``, ``labels``); the overview in the
-    canonical axial orientation, whatever the acquisition plane."""
+    canonical axial orientation, whatever the acquisition plane. For an ``image_file`` input (no DICOM
+    to reference) no SEG or RTSTRUCT; an NRRD or MetaImage input also gets its mask in its own format,
+    on its own grid. Returns the names written."""
     export.write_nifti(labels, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
+    canon, _ = orient.canonical(volume)
+    overlay.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
+    clock.lap("overview_s")
+    if image_file is not None:
+        written = [NIFTI_NAME, OVERVIEW_NAME]
+        if not image_file.name.lower().endswith((".nii", ".nii.gz")):
+            like = tmp / mask_like_name(image_file)
+            written.append(imagefile.write_mask_like(labels, image_file, like).name)
+            clock.lap("mask_like_s")
+        return written
     sources = export.read_sources(volume)  # the slices' headers, for both DICOM outputs
     export.write_seg(labels, volume, tmp / SEG_NAME, sources)
     clock.lap("seg_s")
     rtstruct.write_rtstruct(labels, volume, tmp / RTSTRUCT_NAME, sources=sources)
     clock.lap("rtstruct_s")
-    canon, _ = orient.canonical(volume)
-    overlay.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
-    clock.lap("overview_s")
+    return [NIFTI_NAME, SEG_NAME, RTSTRUCT_NAME, OVERVIEW_NAME]
 
 
 def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) -> tuple[float, bool]:
@@ -325,8 +341,13 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     ``check``: judge the mask (:mod:`lungseg.inference.qc`; ``stats["qc"]``); False only to time predict
     without it."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
-    if not dicom_dir.is_dir():
-        raise PredictError(f"DICOM folder not found: {dicom_dir}")
+    image_file = dicom_dir if imagefile.is_image_file(dicom_dir) else None
+    if image_file is None and not dicom_dir.is_dir():
+        raise PredictError(f"DICOM folder not found: {dicom_dir}" + (
+            f" (a file; lungseg reads DICOM folders and {', '.join(imagefile.SUFFIXES)} files)"
+            if dicom_dir.is_file() else ""))
+    if image_file is not None and not image_file.is_file():
+        raise PredictError(f"image file not found: {image_file}")
     check_out_dir(out_dir, dicom_dir, overwrite)
     clock = _Clock()
     choice = choose_model(checkpoint)
@@ -336,16 +357,22 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
     network = load_network(ckpt, device, runtime_name, batch_size)
     clock.lap("load_model_s")
-    volume = dicom.load_series(dicom_dir, series_uid, recursive)
+    if image_file is not None:
+        try:
+            volume = imagefile.load_image(image_file)
+        except imagefile.ImageFileError as exc:
+            raise PredictError(str(exc)) from None
+    else:
+        volume = dicom.load_series(dicom_dir, series_uid, recursive)
     clock.lap("read_dicom_s")
     return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
-                          sources=[dicom_dir], check=check)
+                          sources=[dicom_dir], check=check, image_file=image_file)
 
 
 def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
                    threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
                    sources: list[Path] = (), extra: dict | None = None, stage_label: str = "",
-                   check: bool = True) -> dict:
+                   check: bool = True, image_file: Path | None = None) -> dict:
     """Segment a loaded ``volume`` with ``network`` and write predict's five outputs into ``out_dir``
     (built in a temporary sibling named with ``stage_label``, renamed into place when complete: see
     :func:`lungseg.io.writing.staged_folder`, which also refuses ``sources`` overlapping ``out_dir``);
@@ -376,7 +403,9 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
         stats["qc"] = verdict.to_dict()
     with writing.staged_folder(out_dir, TOOL, overwrite=overwrite, sources=sources, extra=extra,
                                label=stage_label) as tmp:
-        _write_outputs(tmp, volume, labels, reo, clock)
+        stats["outputs"] = [*_write_outputs(tmp, volume, labels, reo, clock, image_file), STATS_NAME]
+        if image_file is not None:
+            stats["input"] = {"image_file": image_file.name, "reader": imagefile.SORT_KEY}
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
         # Per slice and per core, so machines of different sizes compare (threads = cores used).
         per_slice = clock.stages["inference_s"] / max(1, canon.shape[0])

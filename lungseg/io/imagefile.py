@@ -1,0 +1,144 @@
+"""CT volumes from research image files: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and
+MetaImage (``.mha``, ``.mhd``), read with SimpleITK into the same :class:`lungseg.io.dicom.Volume` a
+DICOM series gives, so that ``predict`` treats both alike.
+
+Geometry is SimpleITK's, which is DICOM's (LPS): the direction of the first two image axes gives the
+ImageOrientationPatient, slices are put in ascending order along their normal (a file stored the other
+way round, as RAS-oriented NIfTI often is, is reversed in memory), and :func:`mask_image` maps a mask
+back onto the file's own grid and header, whatever its orientation. A sheared or oblique grid, a 2D or
+4D image, a vector image, and intensities that cannot be HU are refused with the file named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lungseg.io.dicom import Volume
+
+SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+"""File names ``predict`` reads as an image file (anything else is a DICOM folder)."""
+ORTHOGONAL_TOL = 1e-3
+"""Largest |cos| between the slice axis and the in-plane axes, or deviation from the normal, still
+taken as an orthogonal grid."""
+HU_LIMITS = (-32768, 32767)
+SORT_KEY = "image file geometry (SimpleITK direction and origin)"
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be read as a CT volume; the message names the file."""
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True for a path whose name ends in one of :data:`SUFFIXES` (case-insensitive)."""
+    return str(path).lower().endswith(SUFFIXES)
+
+
+def _read(path: Path):
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise ImageFileError(f"{path}: image file not found")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints to the terminal; we check ourselves
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # SimpleITK's only error type: keep its first line, not the C++ trace
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ImageFileError(f"{path}: not a readable NIfTI/NRRD/MetaImage file ({first})") from None
+
+
+def _check_nifti(path: Path) -> None:
+    """What ITK's NIfTI reader would change silently, refused first: a sheared affine (coerced to an
+    orthogonal grid, moving every voxel) and NaN or infinite voxels (read as 0)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        m = np.asarray(img.affine, dtype=float)[:3, :3]
+    except Exception as exc:  # nibabel's many header errors; the file is not read further
+        raise ImageFileError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    cols = m / np.linalg.norm(m, axis=0)
+    if not np.all(np.abs(cols.T @ cols - np.eye(3)) <= ORTHOGONAL_TOL):
+        raise ImageFileError(f"{path}: the image axes are not orthogonal (sheared grid, e.g. a tilted "
+                             "gantry); resample it to an orthogonal grid first")
+    if np.issubdtype(img.get_data_dtype(), np.floating):
+        if not np.isfinite(np.asarray(img.dataobj.get_unscaled())).all():
+            raise ImageFileError(f"{path}: NaN or infinite voxel values")
+
+
+def _grid(path: Path, image) -> tuple[np.ndarray, bool]:
+    """The (3, 3) direction matrix (columns: the i, j, k axes in LPS) and whether k runs against the
+    slice normal; ImageFileError for a grid lungseg cannot take without resampling."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageFileError(f"{path}: a {image.GetDimension()}D image of "
+                             f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel; lungseg "
+                             "reads one 3D CT volume of scalar voxels")
+    if min(image.GetSize()) < 2:
+        raise ImageFileError(f"{path}: size {image.GetSize()} is not a volume")
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    normal = np.cross(d[:, 0], d[:, 1])
+    if (abs(d[:, 0] @ d[:, 1]) > ORTHOGONAL_TOL or abs(abs(d[:, 2] @ normal) - 1) > ORTHOGONAL_TOL
+            or abs(np.linalg.norm(normal) - 1) > ORTHOGONAL_TOL):
+        raise ImageFileError(f"{path}: the image axes are not orthogonal (sheared grid, e.g. a tilted "
+                             "gantry); resample it to an orthogonal grid first")
+    return d, bool(d[:, 2] @ normal < 0)
+
+
+def _hu(path: Path, values: np.ndarray) -> np.ndarray:
+    """Voxel values as int16 HU; refused when they are not finite or cannot be HU at all."""
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise ImageFileError(f"{path}: voxels of type {values.dtype} are not CT intensities")
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise ImageFileError(f"{path}: NaN or infinite voxel values")
+    lo, hi = float(values.min()), float(values.max())
+    if lo < HU_LIMITS[0] or hi > HU_LIMITS[1]:
+        raise ImageFileError(f"{path}: values {lo:g} to {hi:g} exceed the int16 range of CT numbers; "
+                             "is it a CT in Hounsfield units?")
+    return np.rint(values).astype(np.int16) if values.dtype != np.int16 else values
+
+
+def load_image(path: str | os.PathLike[str]) -> Volume:
+    """The CT volume of one NIfTI/NRRD/MetaImage file: ``hu`` (z, y, x) int16 HU, z ascending along the
+    slice normal, with the LPS geometry of the file (mm)."""
+    import SimpleITK as sitk
+
+    path = Path(path).absolute()
+    image = _read(path)
+    d, reverse = _grid(path, image)
+    hu = _hu(path, sitk.GetArrayFromImage(image))  # (k, j, i) = (slice, row, column); a copy: a view
+    # would outlive the image it points into
+    sx, sy, sz = image.GetSpacing()
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    nz = hu.shape[0]
+    if reverse:  # ascending along the normal: the last stored slice comes first
+        hu = hu[::-1]
+        origin = origin + (nz - 1) * sz * d[:, 2]
+    normal = np.cross(d[:, 0], d[:, 1])
+    positions = float(origin @ normal) + sz * np.arange(nz)
+    name = path.name[: -len(next(s for s in SUFFIXES if path.name.lower().endswith(s)))]
+    return Volume(hu=np.ascontiguousarray(hu), spacing=(float(sz), float(sy), float(sx)),
+                  origin=tuple(float(v) for v in origin), positions=positions,
+                  files=(str(path),) * nz, case_id=name, series_uid="", orientation=tuple(d[:, :2].T.ravel()),
+                  sort_key=SORT_KEY)
+
+
+def write_mask_like(mask: np.ndarray, source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write a (z, y, x) uint8 mask of :func:`load_image`'s volume of ``source`` as an image file ``out``
+    (format from its suffix) on the source file's own grid: its voxel order, origin, spacing and
+    direction."""
+    import SimpleITK as sitk
+
+    source = Path(source)
+    image = _read(source)
+    _, reverse = _grid(source, image)
+    stored = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8)[::-1] if reverse else mask, dtype=np.uint8)
+    if stored.shape != sitk.GetArrayViewFromImage(image).shape:
+        raise ValueError(f"mask shape {stored.shape} does not match {source}")
+    out_image = sitk.GetImageFromArray(stored)
+    out_image.CopyInformation(image)
+    sitk.WriteImage(out_image, str(out), useCompression=True)
+    return Path(out)

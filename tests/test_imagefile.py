@@ -1,0 +1,155 @@
+"""NIfTI, NRRD and MetaImage input: the same volume as the DICOM series it was made from, in any storage
+order; masks mapped back onto the file's own grid; bad files named, never a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from builders import REAL_CASE, run_cli, volume_of, write_checkpoint
+
+from lungseg.inference import postprocess, predict, sides
+from lungseg.io import dicom, imagefile, orient
+
+SLAB = slice(60, 72)  # 12 slices of Case_000 through both lungs: small files, real anatomy
+
+
+def _image(volume: dicom.Volume, order: str = "as is") -> sitk.Image:
+    """``volume`` as a SimpleITK image with its LPS geometry; ``order`` "reversed": slices stored
+    head to foot with the slice axis pointing down (RAS-converted NIfTI often is); "mirrored": columns
+    stored from the patient's left, the first axis pointing right."""
+    d = orient.axis_directions(volume)[::-1].T.copy()  # columns: directions of i (x), j (y), k (z)
+    hu = np.asarray(volume.hu)
+    origin = np.asarray(volume.origin, dtype=float)
+    dz, _, dx = volume.spacing
+    if order == "reversed":
+        hu, origin, d[:, 2] = hu[::-1], origin + (hu.shape[0] - 1) * dz * d[:, 2], -d[:, 2]
+    if order == "mirrored":
+        hu, origin, d[:, 0] = hu[:, :, ::-1], origin + (hu.shape[2] - 1) * dx * d[:, 0], -d[:, 0]
+    img = sitk.GetImageFromArray(np.ascontiguousarray(hu))
+    img.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetDirection(tuple(d.ravel()))
+    return img
+
+
+@pytest.fixture(scope="module")
+def slab() -> dicom.Volume:
+    if not REAL_CASE.is_dir():
+        pytest.skip(f"needs {REAL_CASE}")
+    v = dicom.load_series(REAL_CASE)
+    normal = orient.axis_directions(v)[0]
+    first = np.asarray(v.origin) + (SLAB.start * v.spacing[0]) * normal
+    return replace(v, hu=np.asarray(v.hu[SLAB]), positions=v.positions[SLAB], origin=tuple(first),
+                   files=v.files[SLAB])
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha", ".mhd"])
+@pytest.mark.parametrize("order", ["as is", "reversed", "mirrored"])
+def test_a_file_gives_the_dicom_series_volume(tmp_path: Path, slab: dicom.Volume, suffix: str,
+                                              order: str) -> None:
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(_image(slab, order), str(path))
+    vol = imagefile.load_image(path)
+    (canon_file, _), (canon_dicom, _) = orient.canonical(vol), orient.canonical(slab)
+    np.testing.assert_array_equal(canon_file.hu, canon_dicom.hu)  # same voxels, same place
+    np.testing.assert_allclose(orient.voxel_to_lps(canon_file), orient.voxel_to_lps(canon_dicom), atol=1e-3)
+    np.testing.assert_allclose(canon_file.positions, canon_dicom.positions, atol=1e-3)
+    assert vol.hu.dtype == np.int16 and vol.case_id == "ct"
+
+
+@pytest.mark.parametrize("order", ["as is", "reversed", "mirrored"])
+def test_a_mask_goes_back_onto_the_files_own_grid(tmp_path: Path, slab: dicom.Volume, order: str) -> None:
+    src = tmp_path / "ct.nrrd"
+    sitk.WriteImage(_image(slab, order), str(src))
+    vol = imagefile.load_image(src)
+    mask = (np.asarray(vol.hu) < -400).astype(np.uint8)  # any mask tied to the anatomy
+    out = imagefile.write_mask_like(mask, src, tmp_path / "m.nrrd")
+    written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(src))
+    assert written.GetDirection() == source.GetDirection() and written.GetOrigin() == source.GetOrigin()
+    assert written.GetSpacing() == source.GetSpacing()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(source) < -400)
+
+
+def _bad(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.nii.gz"
+    if kind == "corrupt":
+        path.write_bytes(b"\x1f\x8b not really gzip")
+    elif kind == "2d":
+        sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(path))
+    elif kind == "4d":
+        sitk.WriteImage(sitk.Image([4, 4, 4, 2], sitk.sitkInt16), str(path))
+    elif kind == "sheared":  # a tilted gantry: the slice axis leans in y
+        affine = np.array([[-1, 0, 0, 0], [0, -1, 0.5, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]], dtype=float)
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.int16), affine), str(path))
+    elif kind == "sheared_nrrd":
+        path = tmp_path / "sheared.nrrd"
+        img = sitk.Image(8, 8, 4, sitk.sitkInt16)
+        img.SetDirection((1, 0, 0, 0, 1, 0.3, 0, 0, 0.954))
+        sitk.WriteImage(img, str(path))
+    elif kind == "nan":  # ITK's NIfTI reader would read NaN as 0
+        data = np.zeros((8, 8, 4), dtype=np.float32)
+        data[3, 3, 1] = np.nan
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    elif kind == "nan_nrrd":
+        path = tmp_path / "nan.nrrd"
+        sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 8, 8), np.nan, dtype=np.float32)), str(path))
+    elif kind == "huge":
+        img = sitk.GetImageFromArray(np.full((4, 8, 8), 1e6, dtype=np.float32))
+        sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [("corrupt", "not a readable"), ("2d", "2D image"),
+                                           ("4d", "4D image"), ("sheared", "not orthogonal"),
+                                           ("sheared_nrrd", "not orthogonal"),
+                                           ("nan", "NaN"), ("nan_nrrd", "NaN"), ("huge", "int16 range")])
+def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:
+    path = _bad(tmp_path, kind)
+    with pytest.raises(imagefile.ImageFileError, match=message) as err:
+        imagefile.load_image(path)
+    assert str(path) in str(err.value)
+
+
+def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: dicom.Volume, capsys) -> None:
+    src = tmp_path / "in" / "ct.mha"
+    src.parent.mkdir()
+    sitk.WriteImage(_image(slab, "reversed"), str(src))
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=64)
+    assert run_cli("predict", src, "--out", tmp_path / "out", "--checkpoint", ckpt, "--threshold", "0.5") == 0
+    stats = json.loads((tmp_path / "out" / predict.STATS_NAME).read_text())
+    assert stats["outputs"] == [predict.NIFTI_NAME, predict.OVERVIEW_NAME, "lung_mask.mha",
+                                predict.STATS_NAME]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == sorted(
+        stats["outputs"])
+    # The labels in the file (stored head to foot) are those of the DICOM slab, predicted in process.
+    on_file = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "lung_mask.mha")))[::-1]
+    _, reo = orient.canonical(imagefile.load_image(src))
+    canon, _ = orient.canonical(slab)
+    threshold, clean = predict.inference_settings(ckpt, 0.5, None)
+    raw = postprocess.binarize(predict.load_network(ckpt, "cpu").logits(canon), threshold)
+    expected, _ = sides.split_lungs_with_info(postprocess.clean(raw) if clean else raw, canon)
+    np.testing.assert_array_equal(reo.to_canonical(on_file), expected)
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest  # the input is only read
+    assert run_cli("predict", _bad(tmp_path, "corrupt"), "--out", tmp_path / "o2", "--checkpoint", ckpt) != 0
+    err = capsys.readouterr().err
+    assert "corrupt.nii.gz" in err and "Traceback" not in err
+
+
+def test_a_plain_axial_volume_round_trips(tmp_path: Path) -> None:
+    """Known answer on a phantom: the file written from a volume reads back as that volume."""
+    hu = np.arange(4 * 6 * 6, dtype=np.int16).reshape(4, 6, 6) - 1000
+    vol = volume_of(hu, (2.5, 0.8, 0.8))
+    path = tmp_path / "p.nii.gz"
+    sitk.WriteImage(_image(vol), str(path))
+    back = imagefile.load_image(path)
+    np.testing.assert_array_equal(back.hu, hu)
+    assert back.spacing == pytest.approx(vol.spacing) and back.orientation == pytest.approx(vol.orientation)
+    np.testing.assert_allclose(back.positions, vol.positions, atol=1e-6)
