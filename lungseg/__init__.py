@@ -1,7 +1,7 @@
 """lungseg: lung segmentation in chest CT with a 2D UNet (LCTSC 2017, 12 cases).
 
 The subpackages follow the pipeline, each importing only those below it (the import contract in
-pyproject.toml, checked by tests/test_layers.py; README, "How the code is organised"):
+pyproject.toml, checked by tests/test_layers.py; docs/code.md):
 
 - ``io``: DICOM → HU volumes, the cache, de-identification, safe writing, NIfTI/SEG/RTSTRUCT exports;
 - ``network``: the UNet, the training config and profiles, preprocessing, the run registry;

@@ -15,7 +15,7 @@ def test_readme_blocks_agree_with_the_committed_outputs() -> None:
     if not (paths.FIGURES / "summary.json").is_file():
         pytest.skip("no committed full run (figures/summary.json)")
     assert readme.stale() == [], "README numbers differ from figures/: run python -c " \
-                                 "'from lungseg import readme; readme.update()'"
+                                 "'from lungseg.report import readme; readme.update()'"
 
 
 def test_render_replaces_only_marked_blocks(tmp_path: Path) -> None:
@@ -68,3 +68,20 @@ def test_batch_block_renders_the_measured_and_extrapolated_times(tmp_path: Path)
     assert "| 12 series (measured) | 2 (this machine) | **60 s** |" in block
     # 6 s + 1000 x (9 s + 150 files x 1 ms) / 2 workers = 4581 s = 76 min
     assert "| 1,000 series (extrapolated) | 2 (this machine) | 76 min |" in block
+
+
+def test_the_readme_is_short_and_its_pages_exist() -> None:
+    """Install, usage, outputs in the README (at most 200 lines); the rest in docs/, every generated
+    block on some page and every local link resolving."""
+    import re
+
+    text = readme.README.read_text()
+    assert len(text.splitlines()) <= 200
+    first = text.splitlines()[2:5]  # the two commands a new user types, first
+    assert first[0] == "```bash" and first[1].startswith("./run_all.sh ")
+    assert first[2].startswith("./run_all.sh --tests")
+    found = {m.group(2) for page in readme.pages() for m in readme._BLOCK.finditer(page.read_text())}
+    assert set(readme.blocks()) <= found
+    for page in readme.pages():
+        for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: broken link {target}"

@@ -54,7 +54,7 @@ _CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.
 GROUPS = {"sound": "sound kind, mask good", "bad": "bad (Dice < 0.90, lungs cut or no lung)",
           "good failure": "failure kind, mask still good"}
 DROPPED: dict[str, str] = {}
-"""Checks measured but not shipped, with the measured reason (see the README's QC section)."""
+"""Checks measured but not shipped, with the measured reason (see docs/qc.md)."""
 
 
 # ---- one series, as predict sees it --------------------------------------------------------------

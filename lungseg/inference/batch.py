@@ -552,13 +552,13 @@ class DaskExecutor:
             try:
                 self.client = Client(address, timeout="30s")
             except Exception as exc:  # OSError, TimeoutError, TypeError of a TLS setting missing...
-                hint = (" (a tls:// scheduler needs Dask's TLS settings: see the README, Cohorts)"
+                hint = (" (a tls:// scheduler needs Dask's TLS settings: see docs/cohorts.md)"
                         if address.startswith("tls://") else "")
                 raise BatchError(f"cannot connect to the Dask scheduler at {address}: "
                                  f"{type(exc).__name__}: {exc}{hint}") from None
             self.description = f"on the Dask cluster at {address}"
         else:
-            # No memory limit: a worker's peak is known (~0.8 GB for 150 slices of 512², README), and
+            # No memory limit: a worker's peak is known (~0.8 GB for 150 slices of 512², docs/cohorts.md), and
             # Dask's default share of RAM per worker would pause or restart workers on small machines.
             self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                         host="127.0.0.1", dashboard_address="127.0.0.1:0", memory_limit=0,

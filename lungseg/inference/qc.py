@@ -45,7 +45,7 @@ STATUSES = ("pass", "review", "fail")
 SCORES_VERSION = 6
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
-"""The shipped limits (``python -m lungseg.evaluation.qc_calibrate`` writes them; see the README)."""
+"""The shipped limits (``python -m lungseg.evaluation.qc_calibrate`` writes them; see docs/qc.md)."""
 
 PADDING_BELOW_HU = -1500.0
 """Values below this are taken as padding outside the reconstruction circle (scanners write -2000,

@@ -1,4 +1,4 @@
-"""The README's numbers, generated from the committed run's outputs (never typed by hand).
+"""The README's and docs/' numbers, generated from the committed run's outputs (never typed by hand).
 
 Blocks between ``<!-- BEGIN lungseg:NAME -->`` and ``<!-- END lungseg:NAME -->`` are rendered from
 ``figures/summary.json`` and ``figures/provenance.json``; :func:`update` rewrites them after a full
@@ -123,20 +123,30 @@ def render(text: str, new: dict[str, str]) -> str:
     return _BLOCK.sub(lambda m: m.group(1) + new.get(m.group(2), m.group(3)) + m.group(4), text)
 
 
-def stale(readme: Path = README, figures_dir: str | Path = paths.FIGURES) -> list[str]:
-    """Names of the README blocks whose text differs from what the outputs give."""
+def pages() -> list[Path]:
+    """The files that hold generated blocks: the README and the pages of ``docs/``."""
+    return [README, *sorted((paths.ROOT / "docs").glob("*.md"))]
+
+
+def stale(readme: Path | None = None, figures_dir: str | Path = paths.FIGURES) -> list[str]:
+    """Names of the generated blocks (of ``readme``, else of every :func:`pages` file) whose text
+    differs from what the outputs give."""
     new = blocks(figures_dir)
-    return [m.group(2) for m in _BLOCK.finditer(readme.read_text())
-            if m.group(2) in new and m.group(3) != new[m.group(2)]]
+    return [m.group(2) for page in ([readme] if readme else pages())
+            for m in _BLOCK.finditer(page.read_text()) if m.group(2) in new and m.group(3) != new[m.group(2)]]
 
 
-def update(readme: Path = README, figures_dir: str | Path = paths.FIGURES) -> bool:
-    """Rewrite the generated blocks; True when the README changed."""
-    text = readme.read_text()
-    out = render(text, blocks(figures_dir))
-    if out != text:
-        writing.atomic_write_text(readme, out)
-    return out != text
+def update(readme: Path | None = None, figures_dir: str | Path = paths.FIGURES) -> bool:
+    """Rewrite the generated blocks (of ``readme``, else of every :func:`pages` file); True when a
+    file changed."""
+    new, changed = blocks(figures_dir), False
+    for page in [readme] if readme else pages():
+        text = page.read_text()
+        out = render(text, new)
+        if out != text:
+            writing.atomic_write_text(page, out)
+            changed = True
+    return changed
 
 
 def bench_block(figures_dir: str | Path = paths.FIGURES) -> str:

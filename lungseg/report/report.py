@@ -127,7 +127,7 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         from lungseg.report import readme
 
         if readme.update():
-            print("== README.md: generated result blocks updated from figures/", flush=True)
+            print("== README.md and docs/: generated result blocks updated from figures/", flush=True)
     return 0
 
 
