@@ -27,3 +27,16 @@ def test_import_contract_is_kept() -> None:
     out = subprocess.run([str(lint), "--no-cache"], cwd=paths.ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout and "kept" in out.stdout
+
+
+def test_each_rule_is_written_once() -> None:
+    """A second definition of the cohort columns, the series rule or the threshold check fails here."""
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+
+    def holders(text: str) -> list[str]:
+        return sorted(p.name for p, t in sources.items() if text in t)
+
+    assert holders('("source", "series_uid"') == ["batch.py"]  # the cohort table's columns
+    assert holders("def preference(") == ["series.py"]  # which series of a study to segment
+    assert holders("strictly between 0 and 1") == ["postprocess.py"]  # the threshold's range
+    assert holders("DEFAULT_PROFILE =") == ["config.py"]

@@ -3,7 +3,8 @@
 Folds interleave the sorted case ids (fold ``f`` = cases ``f, f+k, f+2k, ...``), so with the 12 LCTSC
 cases and k = 3 fold 2 is exactly the report's held-out patients (002, 005, 008, 011) and its run is
 the held-out run itself. Inside each fold the threshold and the post-processing are chosen on the
-fold's *training* patients only (:mod:`lungseg.inference.postprocess`), then applied to its test patients.
+fold's *training* patients only (the one rule, :mod:`lungseg.evaluation.tuning`), then applied to its test
+patients.
 Both the ground truth (one label in the course masks) and the prediction are split into right and
 left lung by the same geometric rule (:func:`lungseg.inference.sides.split_lungs`).
 """

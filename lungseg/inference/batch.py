@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from lungseg.inference import predict, qc, runtime
+from lungseg.inference import postprocess, predict, qc, runtime
 from lungseg.io import dicom, series, writing
 from lungseg.network import runs
 
@@ -652,16 +652,22 @@ def row(entry: Entry, status: str, message: str = "", stats: dict | None = None,
     return r
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a cohort.csv, in file order (the one reader: batch and the cohort report)."""
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
 def read_cohort(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     """Rows of an earlier cohort.csv by (source, series_uid); empty when there is none."""
     try:
-        text = path.read_text(encoding="utf-8")
+        rows = read_rows(path)
     except OSError:
         return {}
-    return {(r.get("source", ""), r.get("series_uid", "")): r for r in csv.DictReader(io.StringIO(text))}
+    return {(r.get("source", ""), r.get("series_uid", "")): r for r in rows}
 
 
 def cohort_text(rows: Iterable[dict[str, str]]) -> str:
+    """cohort.csv's text (the one writer): :data:`COLUMNS`, rows sorted by source and series."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -783,8 +789,10 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | Non
     ckpt = choice.path
     weights = predict.weights_file(ckpt)
     threshold, clean = predict.inference_settings(ckpt, threshold, clean)
-    if not 0.0 < threshold < 1.0:
-        raise predict.PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
+    try:
+        postprocess.check_threshold(threshold)
+    except ValueError as err:
+        raise predict.PredictError(f"--{err}") from None
     dev = predict.resolve_device(device)
     engine = predict.resolve_runtime(runtime_name, dev)
     if engine == "onnxruntime":

@@ -19,12 +19,18 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` when it is a probability strictly between 0 and 1 (the one check of every command
+    and of :func:`binarize`); ValueError otherwise."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold is a probability strictly between 0 and 1, got {threshold}")
+    return threshold
+
+
 def binarize(logits, threshold: float = 0.5):
     """The one thresholding rule: bool mask where sigmoid(``logits``) > ``threshold`` (a probability
     strictly between 0 and 1), for numpy arrays and torch tensors alike."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold is a probability strictly between 0 and 1, got {threshold}")
-    return logits > logit(threshold)
+    return logits > logit(check_threshold(threshold))
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -329,7 +329,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
             recursive: bool | None = None, runtime_name: str = "auto", check: bool = True) -> dict:
-    """Segment the series in ``dicom_dir`` and write NIfTI, DICOM SEG, overview and stats into
+    """Segment the series in ``dicom_dir`` (a DICOM folder, or a NIfTI/NRRD/MetaImage file: see
+    :mod:`lungseg.io.imagefile`) and write NIfTI, DICOM SEG, RTSTRUCT, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
     current directory. ``checkpoint``: a run folder or weights file, or a :func:`choose_model` choice;
     None = the default model (recorded with the reason in ``stats["model"]``). ``threshold``/``clean``
@@ -353,8 +354,10 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     choice = choose_model(checkpoint)
     ckpt = choice.path
     threshold, clean = inference_settings(ckpt, threshold, clean)
-    if not 0.0 < threshold < 1.0:
-        raise PredictError(f"--threshold is a probability strictly between 0 and 1, got {threshold}")
+    try:
+        postprocess.check_threshold(threshold)
+    except ValueError as err:
+        raise PredictError(f"--{err}") from None
     network = load_network(ckpt, device, runtime_name, batch_size)
     clock.lap("load_model_s")
     if image_file is not None:

@@ -1,14 +1,16 @@
 """Refresh what nbval compares: the stored outputs of the notebooks' checked cells.
 
 ``python -m lungseg.report.checked [01_dicom ...]`` runs each numbered notebook with its own (quick)
-defaults, as ``pytest --nbval`` does, and copies the outputs of its ``# NBVAL_CHECK_OUTPUT`` cells, and
-only those, into the notebook file. Run it after a change that is meant to change a checked value, and
-review the diff: every changed line is a result the tests will hold the code to.
+defaults in the test session's environment, as ``pytest --nbval`` does, and copies the outputs of its
+``# NBVAL_CHECK_OUTPUT`` cells, and only those, into the notebook file. Run it after a change that is
+meant to change a checked value, and review the diff: every changed line is a result the tests will
+hold the code to.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,12 +50,20 @@ def refresh(notebook: Path, kernel: str = KERNEL) -> list[str]:
     return changed
 
 
+def nbval_environment() -> dict[str, str]:
+    """The environment nbval runs the notebooks in (``conftest.py`` sets it for the test session): the
+    tests' own build folder, and the smoke profile named explicitly."""
+    return {"LUNGSEG_BUILD": os.environ.get("LUNGSEG_TEST_BUILD") or str(paths.ROOT / ".build-tests"),
+            "LUNGSEG_PROFILE": "quick"}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lungseg.report.checked", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("only", nargs="*", help="notebook stems (default: all numbered notebooks, in order)")
     ap.add_argument("--kernel", default=KERNEL)
     args = ap.parse_args(argv)
+    os.environ.update(nbval_environment())  # the kernels inherit it: they see what nbval's see
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         if args.only and not any(nb.stem.startswith(o) for o in args.only):
             continue

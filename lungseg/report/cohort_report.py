@@ -12,7 +12,6 @@ notebook's own default and its test.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -26,18 +25,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lungseg import paths
-from lungseg.inference import qc
+from lungseg.inference import batch, qc
 from lungseg.io import writing
 from lungseg.report import execute
 
-COHORT_CSV = "cohort.csv"
+COHORT_CSV = batch.COHORT
 REPORT_HTML = "report.html"
 MARK = "<!-- written by lungseg.report.cohort_report -->"
 """In the head of every report.html it writes: another file of that name is never replaced."""
 NOTEBOOK = paths.ROOT / "notebooks" / "04_cohort.ipynb"
-COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "right_lung_ml", "left_lung_ml",
-           "lung_volume_ml", "lungs_touching", "qc_status", "qc_reasons", "seconds", "model")
-"""cohort.csv's columns, in order (the batch command's spec)."""
+COLUMNS = batch.COLUMNS
+"""cohort.csv's columns: the one definition is :data:`lungseg.inference.batch.COLUMNS`."""
 NUMBERS = ("slices", "right_lung_ml", "left_lung_ml", "lung_volume_ml", "seconds")
 QC_ORDER = {"fail": 0, "review": 1, "pass": 2, "": 3}
 QC_COLOURS = {"fail": "tab:red", "review": "tab:orange", "pass": "tab:green", "": "tab:grey"}
@@ -91,8 +89,7 @@ def load(out_dir: str | os.PathLike[str]) -> list[Series]:
     table = out / COHORT_CSV
     if not table.is_file():
         raise FileNotFoundError(f"no {COHORT_CSV} in {out}: not a batch output folder")
-    with open(table, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = batch.read_rows(table)
     series = []
     for row in rows:
         for key in NUMBERS:
@@ -107,7 +104,7 @@ def load(out_dir: str | os.PathLike[str]) -> list[Series]:
 def counts(cohort: Sequence[Series]) -> dict[str, int]:
     """Series per batch status and, for done series, per QC verdict."""
     out = {"series": len(cohort)}
-    for s in ("done", "failed", "skipped"):
+    for s in (batch.DONE, batch.FAILED, batch.SKIPPED):
         out[s] = sum(c.status == s for c in cohort)
     for v in ("pass", "review", "fail"):
         out[f"QC {v}"] = sum(c.status == "done" and c.qc_status == v for c in cohort)
@@ -232,7 +229,7 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
 # ---- a small real cohort ------------------------------------------------------------------------
 
 def _row(**values: object) -> dict:
-    return {c: values.get(c, "") for c in COLUMNS}
+    return {**dict.fromkeys(COLUMNS, ""), **{k: str(v) for k, v in values.items()}}
 
 
 def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.PathLike[str] | None = None,
@@ -271,24 +268,20 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
         try:
             stats = predict.predict(src, out / name, checkpoint)
         except (predict.PredictError, ValueError, OSError) as exc:
-            rows.append(_row(source=str(src), status="failed", message=str(exc),
+            rows.append(_row(source=str(src), status=batch.FAILED, message=str(exc),
                              seconds=f"{time.perf_counter() - t0:.2f}"))
             continue
-        rows.append(_row(source=str(src), series_uid=stats["series_uid"], status="done", output=name,
+        rows.append(_row(source=str(src), series_uid=stats["series_uid"], status=batch.DONE, output=name,
                          slices=stats["slices"], right_lung_ml=f"{stats['right_lung_ml']:.1f}",
                          left_lung_ml=f"{stats['left_lung_ml']:.1f}",
                          lung_volume_ml=f"{stats['lung_volume_ml']:.1f}",
                          lungs_touching=stats["lungs_touching"],
                          **qc.qc_columns(stats), seconds=f"{time.perf_counter() - t0:.2f}",
                          model=stats["model"]["name"]))
-    rows.append(_row(source=str(images / "Case_005" / "scout"), status="skipped",
+    rows.append(_row(source=str(images / "Case_005" / "scout"), status=batch.SKIPPED,
                      message="a localizer (scout) series, not an axial CT volume", seconds="0.00"))
 
-    def write(fh) -> None:
-        text = _csv_text(rows)
-        fh.write(text.encode())
-
-    writing.atomic_write(out / COHORT_CSV, write)
+    writing.atomic_write_text(out / COHORT_CSV, batch.cohort_text(rows))
     return out
 
 
@@ -296,13 +289,3 @@ def _z(f: Path) -> float:
     import pydicom
 
     return float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
-
-
-def _csv_text(rows: Sequence[dict]) -> str:
-    import io
-
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
