@@ -47,4 +47,6 @@ def test_the_installed_wheel_finds_its_released_model(tmp_path: Path) -> None:
     assert source == "released" and Path(model) == site / "lungseg" / "released" / "lungseg-cpu-lctsc12"
     shipped = (site / "lungseg" / "released" / "lungseg-cpu-lctsc12" / "model.pt").read_bytes()
     assert shipped == (paths.MODELS / "lungseg-cpu-lctsc12" / "model.pt").read_bytes()
-    assert "LCTSC" in (site / "lungseg-0.1.0.dist-info" / "licenses" / "LICENSE").read_text()
+    licences = site / "lungseg-0.1.0.dist-info" / "licenses"
+    assert "Apache License" in (licences / "LICENSE").read_text()
+    assert "LCTSC" in (licences / "NOTICE").read_text()
