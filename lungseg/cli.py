@@ -25,6 +25,8 @@ from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
 PROG = "python -m lungseg"
 EXIT_ERROR = 1
+EXIT_QC = 3
+"""``predict --fail-on-qc fail|review``: the mask was written, but QC judged it at or below that level."""
 DEBUG_ENV = "LUNGSEG_DEBUG"
 """Set to show the full traceback of a user error."""
 # Failures that are the user's input, reported as one line rather than a traceback.
@@ -52,6 +54,9 @@ a smoke test, as 02_train recorded it in build/runs/reports/PROFILE.json (its ru
 threshold and post-processing 03_eval chose on the training patients); when there is none, the
 released model in models/ (trained on all 12 LCTSC cases, see its MODEL_CARD.md). The model used and
 why is printed and recorded in stats.json ("model").
+
+exit status: 0 done; 1 bad input or a failed run (one line on stderr, nothing written); 3 with
+--fail-on-qc, when QC judged the written mask at or below that level.
 """
 
 
@@ -86,6 +91,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="replace an OUT_DIR holding an earlier predict output (nothing else)")
     p.add_argument("--no-qc", action="store_false", dest="qc",
                    help="skip the quality control of the mask (only to time predict without it)")
+    p.add_argument("--fail-on-qc", choices=("fail", "review"), default=None,
+                   help=f"exit with status {EXIT_QC} when QC's verdict is this or worse (fail; or review "
+                        "and fail); the outputs are written all the same")
     _add_series_options(p)
     p.set_defaults(func=_run_predict)
 
@@ -113,7 +121,8 @@ def _run_predict(args: argparse.Namespace) -> int:
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
     if "qc" in stats:
         print(qc.verdict_line(stats["qc"]))
-    return 0
+    worse = {"fail": ("fail",), "review": ("fail", "review")}.get(args.fail_on_qc or "", ())
+    return EXIT_QC if stats.get("qc", {}).get("status") in worse else 0
 
 
 BATCH_EPILOG = f"""\

@@ -101,15 +101,24 @@ def _bad(tmp_path: Path, kind: str) -> Path:
         path = tmp_path / "nan.nrrd"
         sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 8, 8), np.nan, dtype=np.float32)), str(path))
     elif kind == "huge":
-        img = sitk.GetImageFromArray(np.full((4, 8, 8), 1e6, dtype=np.float32))
+        img = sitk.GetImageFromArray(np.linspace(-1000, 1e6, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8))
         sitk.WriteImage(img, str(path))
+    elif kind in ("uint8", "labels", "positive", "rgb"):
+        rng = np.random.default_rng(0)
+        data = {"uint8": rng.integers(0, 255, (4, 8, 8)).astype(np.uint8),
+                "labels": rng.integers(0, 3, (4, 8, 8)).astype(np.int16),
+                "positive": rng.integers(0, 4095, (4, 8, 8)).astype(np.int16),
+                "rgb": rng.integers(0, 255, (4, 8, 8, 3)).astype(np.uint8)}[kind]
+        sitk.WriteImage(sitk.GetImageFromArray(data, isVector=kind == "rgb"), str(path))
     return path
 
 
 @pytest.mark.parametrize("kind, message", [("corrupt", "not a readable"), ("2d", "2D image"),
                                            ("4d", "4D image"), ("sheared", "not orthogonal"),
                                            ("sheared_nrrd", "not orthogonal"),
-                                           ("nan", "NaN"), ("nan_nrrd", "NaN"), ("huge", "int16 range")])
+                                           ("nan", "NaN"), ("nan_nrrd", "NaN"), ("huge", "int16 range"),
+                                           ("uint8", "8-bit"), ("labels", "label map"),
+                                           ("positive", "no voxel below 0"), ("rgb", "3 component")])
 def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:
     path = _bad(tmp_path, kind)
     with pytest.raises(imagefile.ImageFileError, match=message) as err:

@@ -299,6 +299,13 @@ def test_predict_records_and_prints_the_verdict(tmp_path: Path, capsys: pytest.C
     assert f"QC: {stats['qc']['status']}" in out
     assert run_cli("predict", series, "--out", tmp_path / "n", "--checkpoint", ckpt, "--no-qc") == 0
     assert "qc" not in json.loads((tmp_path / "n" / "stats.json").read_text())
+    # a synthetic phantom and an untrained model: QC does not pass it, and --fail-on-qc says so
+    assert stats["qc"]["status"] in ("review", "fail")
+    expected = {"review": 3, "fail": 3 if stats["qc"]["status"] == "fail" else 0}
+    for level, status in expected.items():
+        out = tmp_path / f"q-{level}"
+        assert run_cli("predict", series, "--out", out, "--checkpoint", ckpt, "--fail-on-qc", level) == status
+        assert (out / "stats.json").is_file()  # written all the same
 
 
 # ---- a real case --------------------------------------------------------------------------------

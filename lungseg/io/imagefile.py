@@ -5,8 +5,9 @@ DICOM series gives, so that ``predict`` treats both alike.
 Geometry is SimpleITK's, which is DICOM's (LPS): the direction of the first two image axes gives the
 ImageOrientationPatient, slices are put in ascending order along their normal (a file stored the other
 way round, as RAS-oriented NIfTI often is, is reversed in memory), and :func:`mask_image` maps a mask
-back onto the file's own grid and header, whatever its orientation. A sheared or oblique grid, a 2D or
-4D image, a vector image, and intensities that cannot be HU are refused with the file named.
+back onto the file's own grid and header, whatever its orientation. A sheared grid, a 2D or 4D image, a
+vector (RGB) image, 8-bit or windowed intensities, a label map and values that cannot be HU are refused
+with the file named; an oblique grid is refused by :mod:`lungseg.io.orient`, as for DICOM.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ORTHOGONAL_TOL = 1e-3
 """Largest |cos| between the slice axis and the in-plane axes, or deviation from the normal, still
 taken as an orthogonal grid."""
 HU_LIMITS = (-32768, 32767)
+LABEL_MAP_VALUES = 16
+"""An image with no more distinct values (sampled) is a label map, not a CT."""
 SORT_KEY = "image file geometry (SimpleITK direction and origin)"
 
 
@@ -94,7 +97,17 @@ def _hu(path: Path, values: np.ndarray) -> np.ndarray:
         raise ImageFileError(f"{path}: voxels of type {values.dtype} are not CT intensities")
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise ImageFileError(f"{path}: NaN or infinite voxel values")
+    if values.dtype.itemsize == 1:
+        raise ImageFileError(f"{path}: 8-bit voxels ({values.dtype}): a display or windowed image, not a "
+                             "CT in Hounsfield units")
+    sample = values.ravel()[:: max(1, values.size // 200_000)]  # a label map shows in any sample
+    if len(np.unique(sample)) <= LABEL_MAP_VALUES:
+        raise ImageFileError(f"{path}: at most {LABEL_MAP_VALUES} distinct values: a label map or mask, "
+                             "not a CT in Hounsfield units")
     lo, hi = float(values.min()), float(values.max())
+    if lo >= 0:
+        raise ImageFileError(f"{path}: no voxel below 0 (values {lo:g} to {hi:g}); in HU the air in a chest "
+                             "CT is about -1000: stored values without their rescale, or a windowed image?")
     if lo < HU_LIMITS[0] or hi > HU_LIMITS[1]:
         raise ImageFileError(f"{path}: values {lo:g} to {hi:g} exceed the int16 range of CT numbers; "
                              "is it a CT in Hounsfield units?")
