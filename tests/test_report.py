@@ -56,23 +56,31 @@ def test_unknown_profile_and_notebook_selection() -> None:
     assert report.main(["--profile", "nope"]) == 2  # a message, not a traceback
 
 
-def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys) -> None:
+def _one_notebook_report(tmp_path, monkeypatch, name: str, parameters: str, profile: dict,
+                         cells: list[str]) -> None:
+    """A report of one notebook ``name`` (a tagged ``parameters`` cell, then ``cells``) and a profile
+    "t" giving it ``profile``, in ``tmp_path``, with the report runner pointed at them."""
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
     nb.metadata["language_info"] = {"name": "python"}
-    params = nbformat.v4.new_code_cell("x = 1  # a parameter")
+    params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("y = x + 1"),
-                nbformat.v4.new_code_cell("raise ValueError(f'broken {x}')")]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
     (tmp_path / "notebooks").mkdir()
-    nbformat.write(nb, tmp_path / "notebooks" / "01_fail.ipynb")
+    nbformat.write(nb, tmp_path / "notebooks" / f"{name}.ipynb")
     (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "t.yaml").write_text("01_fail:\n  x: 7\n")
+    lines = "".join(f"  {k}: {v}\n" for k, v in profile.items())
+    (tmp_path / "params" / "t.yaml").write_text(f"{name}:\n{lines}")
     monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
     monkeypatch.setattr(config, "PROFILES", tmp_path / "params")
     monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
+
+
+def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys) -> None:
+    _one_notebook_report(tmp_path, monkeypatch, "01_fail", "x = 1  # a parameter", {"x": 7},
+                         ["y = x + 1", "raise ValueError(f'broken {x}')"])
     assert report.run("t", kernel="python3") == 1
     err = capsys.readouterr().err
     assert "FAILED: " in err and "01_fail.ipynb, cell" in err and "ValueError: broken 7" in err
@@ -86,11 +94,7 @@ def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monke
 
     import nbformat
 
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
-    params = nbformat.v4.new_code_cell("n = 1")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
+    _one_notebook_report(tmp_path, monkeypatch, "01_fig", "n = 1", {"n": 3}, [
         "from matplotlib.figure import Figure\n"
         "from lungseg.progress import bar\n"
         "from lungseg.report import plots\n"
@@ -98,14 +102,7 @@ def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monke
         "    pass\n"
         "fig = Figure()\n"
         "fig.subplots().plot([0, 1])\n"
-        "plots.show(fig)")]
-    (tmp_path / "notebooks").mkdir()
-    nbformat.write(nb, tmp_path / "notebooks" / "01_fig.ipynb")
-    (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "t.yaml").write_text("01_fig:\n  n: 3\n")
-    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
-    monkeypatch.setattr(config, "PROFILES", tmp_path / "params")
-    monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
+        "plots.show(fig)"])
     assert report.run("t", kernel="python3") == 0
     executed = tmp_path / "build" / "executed" / "t"
     outputs = nbformat.read(executed / "01_fig.ipynb", 4).cells[-1].outputs
