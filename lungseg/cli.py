@@ -91,6 +91,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="replace an OUT_DIR holding an earlier predict output (nothing else)")
     p.add_argument("--no-qc", action="store_false", dest="qc",
                    help="skip the quality control of the mask (only to time predict without it)")
+    p.add_argument("--record-input", action="store_true",
+                   help="write the input's absolute path into stats.json (by default only a hash of it: "
+                        "folder names are often patient identifiers)")
     p.add_argument("--fail-on-qc", choices=("fail", "review"), default=None,
                    help=f"exit with status {EXIT_QC} when QC's verdict is this or worse (fail; or review "
                         "and fail); the outputs are written all the same")
@@ -115,7 +118,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
     stats = predict.predict(args.dicom_dir, args.out, choice, args.device, args.batch_size,
                             args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
-                            args.runtime, args.qc)
+                            args.runtime, args.qc, args.record_input)
     t = stats["timings_s"]
     print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
           f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")

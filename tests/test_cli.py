@@ -347,6 +347,13 @@ def test_predict_on_a_real_case_with_a_tiny_model(tmp_path: Path) -> None:
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_uid
     assert seg.PatientID == first.PatientID
     assert {f.name: f.stat().st_mtime_ns for f in REAL_CASE.iterdir()} == before
+    # No input path or folder name (often an MRN) in stats.json unless asked for
+    text = (out / predict.STATS_NAME).read_text()
+    assert str(REAL_CASE) not in text and REAL_CASE.name not in text
+    assert json.loads(text)["input_id"] == predict.input_id(vol)
+    named = tmp_path / "named"
+    assert run_cli("predict", REAL_CASE, "--out", named, "--checkpoint", ckpt, "--record-input") == 0
+    assert json.loads((named / predict.STATS_NAME).read_text())["input"] == str(REAL_CASE)
 
 
 def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:

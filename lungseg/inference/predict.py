@@ -9,6 +9,7 @@ Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -243,13 +244,21 @@ class _Clock:
 
 # ---- the command -------------------------------------------------------------------------------
 
+def input_id(volume: dicom.Volume) -> str:
+    """16 hex of the SHA-256 of the input's absolute path (the DICOM folder or the image file): the same
+    input gets the same id, and the id gives away neither path nor folder name."""
+    source = volume.files[0] if volume.sort_key == imagefile.SORT_KEY else str(Path(volume.files[0]).parent)
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: Network,
            model_choice: runs.ModelChoice, threshold: float, clean: bool) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
     return {
         "lungseg_version": __version__,
-        "input": str(Path(volume.files[0]).parent),
+        # No input path or folder name (often an MRN): a pseudonymous id of it; --record-input adds it.
+        "input_id": input_id(volume),
         "series_uid": volume.series_uid,
         "acquisition_plane": series.plane_name(volume.orientation),
         "image_orientation_patient": list(volume.orientation),
@@ -289,7 +298,9 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
     export.write_nifti(labels, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
     canon, _ = orient.canonical(volume)
-    overlay.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME)
+    # Titled by the series, never by the input's folder or file name (often an MRN).
+    title = f"predicted lungs, series …{volume.series_uid[-16:]}" if volume.series_uid else "predicted lungs"
+    overlay.write_overview(canon, reo.to_canonical(labels), tmp / OVERVIEW_NAME, title)
     clock.lap("overview_s")
     if image_file is not None:
         written = [NIFTI_NAME, OVERVIEW_NAME]
@@ -328,7 +339,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
-            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True) -> dict:
+            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True,
+            record_input: bool = False) -> dict:
     """Segment the series in ``dicom_dir`` (a DICOM folder, or a NIfTI/NRRD/MetaImage file: see
     :mod:`lungseg.io.imagefile`) and write NIfTI, DICOM SEG, RTSTRUCT, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
@@ -340,7 +352,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     its mask back to the acquisition grid for the outputs; oblique series are refused.
     ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
     ``check``: judge the mask (:mod:`lungseg.inference.qc`; ``stats["qc"]``); False only to time predict
-    without it."""
+    without it. ``record_input``: also write the input's absolute path into stats.json (by default only
+    :func:`input_id`)."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     image_file = dicom_dir if imagefile.is_image_file(dicom_dir) else None
     if image_file is None and not dicom_dir.is_dir():
@@ -369,7 +382,8 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         volume = dicom.load_series(dicom_dir, series_uid, recursive)
     clock.lap("read_dicom_s")
     return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
-                          sources=[dicom_dir], check=check, image_file=image_file)
+                          sources=[dicom_dir], check=check, image_file=image_file,
+                          extra={"input": str(dicom_dir)} if record_input else None)
 
 
 def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
@@ -408,7 +422,8 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
                                label=stage_label) as tmp:
         stats["outputs"] = [*_write_outputs(tmp, volume, labels, reo, clock, image_file), STATS_NAME]
         if image_file is not None:
-            stats["input"] = {"image_file": image_file.name, "reader": imagefile.SORT_KEY}
+            stats["input_file"] = {"format": mask_like_name(image_file).split(".", 1)[1],
+                                   "reader": imagefile.SORT_KEY}
         stats["timings_s"] = {**clock.stages, "total_s": round(sum(clock.stages.values()), 3)}
         # Per slice and per core, so machines of different sizes compare (threads = cores used).
         per_slice = clock.stages["inference_s"] / max(1, canon.shape[0])
