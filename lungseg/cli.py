@@ -49,11 +49,11 @@ The side of each lung comes from the DICOM geometry (ImageOrientationPatient/Ima
 never from array indices; any axis-aligned series (prone, feet first, coronal) is reoriented for the
 model and the outputs written on the series' own grid. Oblique series are refused.
 
-default checkpoint: the held-out-patient run (split "cases") of the latest local report that is not
-a smoke test, as 02_train recorded it in build/runs/reports/PROFILE.json (its run.json holds the
-threshold and post-processing 03_eval chose on the training patients); when there is none, the
-released model in models/ (trained on all 12 LCTSC cases, see its MODEL_CARD.md). The model used and
-why is printed and recorded in stats.json ("model").
+default model: the released model in models/ (trained on all 12 LCTSC cases, see its MODEL_CARD.md),
+whatever was trained locally, so that the same command gives the same masks every day.
+--checkpoint report takes the held-out-patient run of the latest local report that is not a smoke
+test (its run.json holds the threshold and post-processing 03_eval chose); --checkpoint PATH a run
+folder or model.pt. The model used and why is printed and recorded in stats.json ("model").
 
 exit status: 0 done; 1 bad input or a failed run (one line on stderr, nothing written); 3 with
 --fail-on-qc, when QC judged the written mask at or below that level.
@@ -72,7 +72,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                         "NRRD/MetaImage (no DICOM SEG/RTSTRUCT: no DICOM slices to reference)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder (created)")
     p.add_argument("--checkpoint", metavar="PATH",
-                   help="a run's model.pt or run folder (default: see below)")
+                   help="a run's model.pt or run folder, or \"report\" (the latest local report's "
+                        "run); default: the released model")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ... "
                                                     "(default %(default)s)")
     p.add_argument("--runtime", choices=predict.RUNTIMES, default="auto",

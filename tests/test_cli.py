@@ -219,39 +219,41 @@ def _fake_run(folder: Path, name: str, steps: int = 0) -> SimpleNamespace:
     return SimpleNamespace(run_dir=folder / name, config=SimpleNamespace(max_steps_per_epoch=steps))
 
 
-def test_default_model_is_the_latest_real_report_else_the_released_model(
+def test_the_default_is_the_released_model_and_report_runs_are_asked_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(runs, "RELEASED", tmp_path / "models" / "none")
     monkeypatch.delenv(runs.PROFILE_ENV, raising=False)  # the tests' own 03_eval setting
-    with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
+    with pytest.raises(predict.PredictError, match="no released model"):
         predict.default_checkpoint()
+    with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
+        predict.choose_model("report")
     released = _fake_run(tmp_path / "models", "rel").run_dir
     monkeypatch.setattr(runs, "RELEASED", released)
-    choice = predict.choose_model()
-    assert (choice.path, choice.source) == (released, "released")
-    assert "no local report run" in choice.reason
     cpu = {"cases": _fake_run(tmp_path, "a"), "slices": _fake_run(tmp_path, "b")}
     runs.record_profile_runs("cpu", cpu, [], "cases", "figures")
-    assert predict.default_checkpoint() == tmp_path / "a"
-    assert predict.choose_model().source == "report"
+    # One model every time: a local report does not change the default.
+    choice = predict.choose_model()
+    assert (choice.path, choice.source) == (released, "released") and "--checkpoint report" in choice.reason
+    assert predict.choose_model("report").path == tmp_path / "a"
+    assert predict.choose_model("report").source == "report"
     time.sleep(0.01)
     paper = {"slices": _fake_run(tmp_path, "c"), "cases": _fake_run(tmp_path, "d")}
     runs.record_profile_runs("paper", paper, [], "slices", "figures")
-    assert predict.default_checkpoint() == tmp_path / "d"  # latest report, its held-out run
+    assert predict.choose_model("report").path == tmp_path / "d"  # latest report, its held-out run
     assert runs.default_run("cpu") == tmp_path / "a"
     # A newer smoke-test report (capped epochs, as the quick profile and the tests train) is never
-    # the default: the latest real report stays, and the reason names what was skipped.
+    # chosen: the latest real report stays, and the reason names what was skipped.
     time.sleep(0.01)
     quick = {"cases": _fake_run(tmp_path, "e", steps=4), "slices": _fake_run(tmp_path, "f", steps=4)}
     runs.record_profile_runs("quick", quick, [], "cases", "build/quick")
-    choice = predict.choose_model()
+    choice = predict.choose_model("report")
     assert choice.path == tmp_path / "d" and "skipped: quick" in choice.reason
-    # Only smoke reports: the released model, never the smoke run.
+    # Only smoke reports: no report run to take, said with what was skipped.
     for name in ("cpu", "paper"):
         (tmp_path / "runs" / "reports" / f"{name}.json").unlink()
-    choice = predict.choose_model()
-    assert (choice.path, choice.source) == (released, "released") and "skipped: quick" in choice.reason
+    with pytest.raises(predict.PredictError, match="skipped: quick"):
+        predict.choose_model("report")
     # A record from before the smoke flag is judged by its main run's manifest.
     rec = json.loads((tmp_path / "runs" / "reports" / "quick.json").read_text())
     del rec["smoke"]

@@ -54,13 +54,16 @@ class PredictError(RuntimeError):
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def choose_model(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None) -> runs.ModelChoice:
-    """The model to use and why: ``checkpoint`` when given, else :func:`lungseg.network.runs.default_model`
-    (the latest local report that is not a smoke test, else the released model)."""
+    """The model to use and why: ``checkpoint`` when given (a run folder or weights file, or
+    ``"report"``: :func:`lungseg.network.runs.report_model`), else the released model
+    (:func:`lungseg.network.runs.default_model`)."""
     if isinstance(checkpoint, runs.ModelChoice):
         return checkpoint
-    if checkpoint:
-        return runs.given_model(checkpoint)
     try:
+        if str(checkpoint or "") == runs.REPORT:
+            return runs.report_model()
+        if checkpoint:
+            return runs.given_model(checkpoint)
         return runs.default_model()
     except runs.RunNotFoundError as exc:
         raise PredictError(f"{exc} ({NO_RUN_HINT})") from None

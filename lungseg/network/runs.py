@@ -425,25 +425,34 @@ def released_model(folder: Path | None = None) -> ModelChoice | None:
     return ModelChoice(folder, name, "released", "")
 
 
-def default_model(folder: Path | None = None) -> ModelChoice:
-    """The model ``predict``, ``batch`` and the viewer use without ``--checkpoint``: the held-out-patient
-    run of the latest local report that is not a smoke test, else the released model in ``models/``.
-    RunNotFoundError when neither exists."""
-    skipped = sorted(r["profile"] for r in _records(folder) if is_smoke(r))
-    note = f"; smoke-test reports are never a default (skipped: {', '.join(skipped)})" if skipped else ""
-    try:
-        rec = latest_profile_record(folder)
-        run_dir = default_run(rec["profile"], "cases", folder)
-        return ModelChoice(run_dir, f"{rec['profile']} report run {run_dir.name}", "report",
-                           f"the held-out-patient run of the latest local report ({rec['profile']} profile, "
-                           f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(rec['written']))}){note}")
-    except RunNotFoundError as exc:
-        local = str(exc)
+REPORT = "report"
+"""``--checkpoint report``: the held-out-patient run of the latest local report (:func:`report_model`)."""
+
+
+def default_model() -> ModelChoice:
+    """The model ``predict``, ``batch`` and the viewer use without ``--checkpoint``: always the released
+    model (the same masks whatever was trained locally); RunNotFoundError when it is missing."""
     released = released_model()
     if released is None:
-        raise RunNotFoundError(f"no model to use: {local}; and no released model in {RELEASED}")
+        raise RunNotFoundError(f"no released model in {RELEASED} (a copy of the package without it?); "
+                               f"pass --checkpoint {REPORT} or a run folder")
     return ModelChoice(released.path, released.name, "released",
-                       f"no local report run in {(folder or RUNS) / 'reports'}{note}, so the released model")
+                       "the default: the released model (--checkpoint report: the latest local report's run)")
+
+
+def report_model(folder: Path | None = None) -> ModelChoice:
+    """``--checkpoint report``: the held-out-patient run of the latest local report that is not a smoke
+    test; RunNotFoundError when there is none."""
+    skipped = sorted(r["profile"] for r in _records(folder) if is_smoke(r))
+    note = f"; smoke-test reports are never chosen (skipped: {', '.join(skipped)})" if skipped else ""
+    try:
+        rec = latest_profile_record(folder)
+    except RunNotFoundError as exc:
+        raise RunNotFoundError(f"{exc}{note}") from None
+    run_dir = default_run(rec["profile"], "cases", folder)
+    return ModelChoice(run_dir, f"{rec['profile']} report run {run_dir.name}", REPORT,
+                       f"asked for: the held-out-patient run of the latest local report ({rec['profile']} "
+                       f"profile, {time.strftime('%Y-%m-%d %H:%M', time.localtime(rec['written']))}){note}")
 
 
 def given_model(path: str | os.PathLike[str]) -> ModelChoice:
