@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg import paths
+from lungseg import __version__, paths
 from lungseg.inference import postprocess, predict, qc
 from lungseg.io import writing
 from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, Volume
 
-PROG = "python -m lungseg"
+PROG = "lungseg" if Path(sys.argv[0]).name == "lungseg" else "python -m lungseg"
+"""How usage texts name the command: as it was typed (the installed script, or the module)."""
 EXIT_ERROR = 1
 EXIT_QC = 3
 """``predict --fail-on-qc fail|review``: the mask was written, but QC judged it at or below that level."""
@@ -342,6 +343,7 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(sub)
     _add_batch(sub)
