@@ -99,7 +99,8 @@ def timing_block(summary: dict, provenance: dict) -> str:
                     f"trains them: **about {_minutes(total - train_nb + trained)} in all** (the other "
                     "notebooks plus the training times above).")
         else:
-            out += f" It trained all {len(training)} models: **{_minutes(total)} in all**."
+            # (the twin trained without simulated dense lung is trained too, and not listed above)
+            out += f" It trained its models: **{_minutes(total)} in all**."
         out += "\n"
     return out
 
