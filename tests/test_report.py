@@ -141,3 +141,13 @@ def test_the_front_page_and_discussions_quote_the_committed_run() -> None:
     assert f"3D Dice of {held['mean']:.4f}" in discussion.evaluation(summary)
     assert f"QC flags {bad['flagged']} of {bad['series']} bad masks" in discussion.quality_control(qc_eval)
     assert "(03_eval did not run" in front.front_page({"profile": "x"})
+
+
+def test_every_checked_cell_is_stored_as_run() -> None:
+    """nbval refuses a checked cell stored without an execution count ("unrun reference cell")."""
+    import nbformat
+
+    for nb in report.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"):
+        for cell in nbformat.read(nb, 4).cells:
+            if cell.cell_type == "code" and cell.source.startswith("# NBVAL_CHECK_OUTPUT"):
+                assert cell.execution_count is not None and cell.outputs, f"{nb.name}: {cell.source[:80]}"

@@ -42,8 +42,10 @@ def refresh(notebook: Path, kernel: str = KERNEL) -> list[str]:
     changed = []
     for cell in nb.cells:
         if cell.id in checked_ids(nb):
-            if ran[cell.id].outputs != cell.outputs:
+            if ran[cell.id].outputs != cell.outputs or cell.execution_count is None:
                 cell.outputs = ran[cell.id].outputs
+                # nbval skips a cell stored without an execution count ("unrun reference cell")
+                cell.execution_count = ran[cell.id].execution_count
                 changed.append(cell.id)
     if changed:
         nbformat.write(nb, notebook)
