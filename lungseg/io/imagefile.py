@@ -73,16 +73,16 @@ def _check_nifti(path: Path) -> None:
             raise ImageFileError(f"{path}: NaN or infinite voxel values")
 
 
-def _grid(path: Path, image) -> tuple[np.ndarray, bool]:
+def _grid(path: Path, dimension: int, components: int, size: tuple[int, ...],
+          direction: tuple[float, ...]) -> tuple[np.ndarray, bool]:
     """The (3, 3) direction matrix (columns: the i, j, k axes in LPS) and whether k runs against the
     slice normal; ImageFileError for a grid lungseg cannot take without resampling."""
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageFileError(f"{path}: a {image.GetDimension()}D image of "
-                             f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel; lungseg "
-                             "reads one 3D CT volume of scalar voxels")
-    if min(image.GetSize()) < 2:
-        raise ImageFileError(f"{path}: size {image.GetSize()} is not a volume")
-    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if dimension != 3 or components != 1:
+        raise ImageFileError(f"{path}: a {dimension}D image of {components} component(s) per voxel; "
+                             "lungseg reads one 3D CT volume of scalar voxels")
+    if min(size) < 2:
+        raise ImageFileError(f"{path}: size {size} is not a volume")
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
     normal = np.cross(d[:, 0], d[:, 1])
     if (abs(d[:, 0] @ d[:, 1]) > ORTHOGONAL_TOL or abs(abs(d[:, 2] @ normal) - 1) > ORTHOGONAL_TOL
             or abs(np.linalg.norm(normal) - 1) > ORTHOGONAL_TOL):
@@ -121,7 +121,8 @@ def load_image(path: str | os.PathLike[str]) -> Volume:
 
     path = Path(path).absolute()
     image = _read(path)
-    d, reverse = _grid(path, image)
+    d, reverse = _grid(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize(),
+                       image.GetDirection())
     hu = _hu(path, sitk.GetArrayFromImage(image))  # (k, j, i) = (slice, row, column); a copy: a view
     # would outlive the image it points into
     sx, sy, sz = image.GetSpacing()
@@ -146,12 +147,17 @@ def write_mask_like(mask: np.ndarray, source: str | os.PathLike[str], out: str |
     import SimpleITK as sitk
 
     source = Path(source)
-    image = _read(source)
-    _, reverse = _grid(source, image)
+    header = sitk.ImageFileReader()  # the header only: the voxels were read once, by load_image
+    header.SetFileName(str(source))
+    header.ReadImageInformation()
+    _, reverse = _grid(source, header.GetDimension(), header.GetNumberOfComponents(), header.GetSize(),
+                       header.GetDirection())
     stored = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8)[::-1] if reverse else mask, dtype=np.uint8)
-    if stored.shape != sitk.GetArrayViewFromImage(image).shape:
+    if stored.shape[::-1] != tuple(header.GetSize()):
         raise ValueError(f"mask shape {stored.shape} does not match {source}")
     out_image = sitk.GetImageFromArray(stored)
-    out_image.CopyInformation(image)
+    out_image.SetOrigin(header.GetOrigin())
+    out_image.SetSpacing(header.GetSpacing())
+    out_image.SetDirection(header.GetDirection())
     sitk.WriteImage(out_image, str(out), useCompression=True)
     return Path(out)
