@@ -44,4 +44,4 @@ if [ "${1:-}" = "--tests" ]; then
   shift
   exec "$venv/bin/python" -m pytest "$@"
 fi
-exec "$venv/bin/python" -m lungseg.report "$@"
+exec "$venv/bin/python" -m lungseg report "$@"

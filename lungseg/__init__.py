@@ -7,9 +7,9 @@ pyproject.toml, checked by tests/test_layers.py; docs/code.md):
 - ``network``: the UNet, the training config and profiles, preprocessing, the run registry;
 - ``inference``: logits (PyTorch or ONNX Runtime), post-processing, right/left split, quality control,
   ``predict`` and ``batch``;
-- ``train``: the training loop (``python -m lungseg.train``) and data parallelism;
+- ``train``: the training loop (``lungseg train``) and data parallelism;
 - ``evaluation``: metrics in mm, evaluation, the tuning rule, cross-validation, QC calibration;
-- ``report``: the papermill runner (``python -m lungseg.report``), figures, tables, README blocks,
+- ``report``: the papermill runner (``lungseg report``), figures, tables, README blocks,
   the viewer, the cohort report, the released model, benchmarks.
 
 Top level: ``cli`` (``python -m lungseg``), ``paths`` and ``progress`` (the one progress bar).

@@ -1,8 +1,10 @@
-"""Command line: ``python -m lungseg COMMAND`` (predict, batch, convert, anonymise, train, evaluate).
+"""Command line: ``lungseg COMMAND`` (or ``python -m lungseg COMMAND``), the one entry point.
 
-``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.inference.batch`);
-the others are thin wrappers over the package (:mod:`lungseg.io.cache`/:mod:`lungseg.io.dicom`,
-:mod:`lungseg.io.anonymise`, and the 02/03 notebooks run by :func:`lungseg.report.report.run`).
+``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.inference.batch`, a subpackage);
+``qc`` judges an existing mask (:mod:`lungseg.inference.judge`); ``convert`` and ``anonymise`` wrap
+:mod:`lungseg.io`. The project's commands (train, report, release, calibrate, bench, checked) keep
+their options beside their code (``add_arguments``/``command`` in the module) and are registered here,
+so that ``python -m lungseg.X`` is only an alias of ``lungseg X``.
 Every subcommand has ``--help``.
 """
 
@@ -199,6 +201,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
 
 def _run_batch(args: argparse.Namespace) -> int:
     from lungseg.inference import batch
+    from lungseg.inference.batch import plan
 
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -206,7 +209,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.part and args.scheduler:
         raise ValueError("--part runs without Dask: give either --part or --scheduler")
-    part = batch.parse_part(args.part) if args.part else None
+    part = plan.parse_part(args.part) if args.part else None
     choice = predict.choose_model(args.checkpoint)
     print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
     summary = batch.run(args.root, args.out, choice, workers=args.workers, scheduler=args.scheduler,
@@ -321,26 +324,86 @@ def _run_anonymise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_notebook(sub: argparse._SubParsersAction, name: str, notebook: str, what: str) -> None:
-    p = sub.add_parser(name, help=f"{what} (runs notebooks/{notebook}.ipynb)",
-                       description=f"{what}: executes notebooks/{notebook}.ipynb headless with the "
-                                   "parameters of params/NAME.yaml (lungseg.report.report.run); the executed "
-                                   "copy goes to build/executed/NAME/.")
-    p.add_argument("--profile", default=None, help="params/NAME.yaml: quick, cpu or paper "
-                                                   "(default: paper with CUDA, else cpu)")
-    p.add_argument("--data", metavar="DIR", help=f"data directory (default ${paths.DATA_ENV} or data/)")
-    p.set_defaults(func=lambda a: _run_notebook(a, notebook))
+def _add_qc(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("qc", help="judge an existing lung mask of a CT (QC verdict, no network)",
+                       description="Judge a lung mask that already exists (another tool's, or edited) with "
+                                   "lungseg's quality control under the shipped limits. The mask (NIfTI, "
+                                   "NRRD or MetaImage; any label above 0 is lung) must lie on the CT's own "
+                                   "grid. The confidence checks need the network and are skipped.\n\n"
+                                   "exit status: 0 judged; 1 bad input; 3 with --fail-on-qc, when the "
+                                   "verdict is at or below that level.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ct", metavar="CT", help="DICOM folder or image file of the CT")
+    p.add_argument("mask", metavar="MASK", help="the lung mask file on the CT's grid")
+    p.add_argument("--series", metavar="UID", help="the series to judge when CT holds several")
+    p.add_argument("--json", metavar="FILE", help="also write the QC record as JSON")
+    p.add_argument("--fail-on-qc", choices=("fail", "review"),
+                   help="exit 3 when the verdict is this or worse")
+    p.set_defaults(func=_qc)
 
 
-def _run_notebook(args: argparse.Namespace, notebook: str) -> int:
-    from lungseg.report import report
+def _qc(args: argparse.Namespace) -> int:
+    from lungseg.inference import judge
 
-    paths.data_dir(args.data)  # fails early with the expected layout
-    return report.run(args.profile or report.default_profile(), args.data, only=[notebook])
+    record = judge.judge(args.ct, args.mask, args.series)
+    print(qc.verdict_line(record))
+    print(f"  right lung {record['right_lung_ml']} mL, left lung {record['left_lung_ml']} mL; "
+          f"checks skipped without the network: {', '.join(record['skipped_checks'])}")
+    if args.json:
+        writing.atomic_write_text(Path(args.json), json.dumps(record, indent=1) + "\n")
+    return _qc_exit(record["status"], args.fail_on_qc)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def _qc_exit(status: str, fail_on: str | None) -> int:
+    """0, or :data:`EXIT_QC` when ``fail_on`` is set and ``status`` is at or below it."""
+    if fail_on and qc.STATUSES.index(status) >= qc.STATUSES.index(fail_on):
+        return EXIT_QC
+    return 0
+
+
+def _add_module(sub: argparse._SubParsersAction, name: str, module: str, help_text: str) -> None:
+    """A subcommand whose options and action live in ``module`` (``add_arguments``, ``command``),
+    imported only when the subcommand runs or asks for help: ``predict`` does not pay for Jupyter."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    mod.add_arguments(p)
+    if hasattr(mod, "command"):  # else its own sub-subcommands set ``func`` (bench)
+        p.set_defaults(func=mod.command)
+
+
+PROJECT_COMMANDS = (
+    ("train", "lungseg.train.train", "train (or resume, or load) the run of a profile, without a notebook"),
+    ("report", "lungseg.report.report", "execute the report's notebooks headless (./run_all.sh calls it)"),
+    ("release", "lungseg.report.release", "train the release recipe on every case and write models/"),
+    ("calibrate", "lungseg.evaluation.qc_calibrate", "fit the QC limits on the cross-validation folds"),
+    ("bench", "lungseg.report.bench", "benchmarks (DICOM reading, training)"),
+    ("checked", "lungseg.report.checked", "refresh the notebooks' checked outputs as nbval runs them"),
+)
+"""Subcommands of the project (a checkout with the data), after the user's commands."""
+
+
+def _deprecated_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="deprecated: use `report --only 03_eval`")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--data", metavar="DIR")
+
+    def run(args: argparse.Namespace) -> int:
+        from lungseg.report import report
+
+        warnings.warn("`evaluate` is deprecated and will be removed: use `report --only 03_eval`",
+                      DeprecationWarning, stacklevel=1)
+        paths.data_dir(args.data)
+        return report.run(args.profile or report.default_profile(), args.data, only=["03_eval"])
+
+    p.set_defaults(func=run)
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (a project subcommand's module is imported only when
+    ``argv`` names it, or asks for the top-level help)."""
     ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -349,8 +412,14 @@ def parser() -> argparse.ArgumentParser:
     _add_batch(sub)
     _add_convert(sub)
     _add_anonymise(sub)
-    _add_notebook(sub, "train", "02_train", "Train (or load) the run of a profile")
-    _add_notebook(sub, "evaluate", "03_eval", "Evaluate the run of a profile")
+    _add_qc(sub)
+    words = set(argv or ())
+    for name, module, help_text in PROJECT_COMMANDS:
+        if argv is None or name in words:
+            _add_module(sub, name, module, help_text)
+        else:  # listed in the help; its options are only read when it is the command
+            sub.add_parser(name, help=help_text)
+    _deprecated_evaluate(sub)
     return ap
 
 
@@ -362,12 +431,14 @@ def _show_note(message: Warning | str, category: type[Warning], filename: str, l
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; user errors print one line on stderr and return 1."""
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("always", category=DicomWarning)  # the user must see each note
             warnings.filterwarnings("always", category=predict.SideWarning)
+            warnings.filterwarnings("always", category=DeprecationWarning, module=__name__)
             warnings.showwarning = _show_note
             return func(args)
     except USER_ERRORS as exc:

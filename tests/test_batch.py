@@ -34,6 +34,7 @@ from synthetic import edit, write_series
 
 from lungseg import cli, paths
 from lungseg.inference import batch, predict
+from lungseg.inference.batch import discover, plan, table
 from lungseg.io import writing
 
 TIMEOUT_S = 120
@@ -234,10 +235,11 @@ def test_bad_roots_and_outputs_are_one_line_errors(tree: tuple[Path, dict[str, s
 
 
 def test_output_names_never_nest_and_show_only_the_source_path() -> None:
-    def scan(folder: str, uid: str) -> batch.SeriesScan:
-        return batch.SeriesScan(folder, uid, "s", "CT", True, False, (1, 0, 0, 0, 1, 0), 1.0, 1.0, ["a"], "k")
+    def scan(folder: str, uid: str) -> discover.SeriesScan:
+        return discover.SeriesScan(folder, uid, "s", "CT", True, False, (1, 0, 0, 0, 1, 0), 1.0, 1.0, ["a"],
+                                   "k")
 
-    names = batch.output_names([scan("a", "1"), scan("a/b", "2"), scan("c", "3"), scan("c", "4"),
+    names = plan.output_names([scan("a", "1"), scan("a/b", "2"), scan("c", "3"), scan("c", "4"),
                                 scan(".", "5")])
     assert names == {("a", "1"): "a/series-1", ("a/b", "2"): "a/b", ("c", "3"): "c/series-3",
                      ("c", "4"): "c/series-4", (".", "5"): "series-5"}
@@ -291,7 +293,7 @@ def test_kill_9_then_rerun_finishes_without_recomputing(tmp_path: Path, ckpt: Pa
     assert 2 <= len(finished) < 14
     for folder in finished:  # no half-written series folder under its real name
         marker = json.loads((out / folder / writing.MARKER).read_text())
-        assert batch.is_complete(out / folder, marker["batch"])
+        assert table.is_complete(out / folder, marker["batch"])
     visible = {p.parent.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
                and not any(part.startswith(".") for part in p.relative_to(out).parts)} - {"."}
     assert visible <= set(finished)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from synthetic import write_case
 
-from lungseg import paths
-from lungseg.report import bench
+from lungseg import cli, paths
 
 CASE = "Case_900"
 
@@ -19,7 +18,7 @@ def test_dicom_benchmark_prints_a_table(tmp_path: Path, monkeypatch: pytest.Monk
     write_case(tmp_path / "DATA", CASE, n=4)
     argv = ["dicom", "--cases", CASE, "--repeat", "1", "--data", str(tmp_path / "DATA"),
             "--cache-dir", str(tmp_path / "bench-cache")]
-    assert bench.main(argv) == 0
+    assert cli.main(["bench", *argv]) == 0
     out = capsys.readouterr().out
     assert "naive/cold" in out
     assert any(line.startswith(CASE) and line.split()[1] == "4" for line in out.splitlines())
@@ -29,4 +28,4 @@ def test_dicom_benchmark_prints_a_table(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_repeat_must_be_positive() -> None:
     with pytest.raises(SystemExit):
-        bench.main(["dicom", "--repeat", "0"])
+        cli.main(["bench", "dicom", "--repeat", "0"])

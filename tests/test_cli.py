@@ -36,7 +36,8 @@ from lungseg.train import train
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 N_SLICES = 6
-SUBCOMMANDS = ("predict", "batch", "convert", "anonymise", "train", "evaluate")
+SUBCOMMANDS = ("predict", "batch", "convert", "anonymise", "qc", "train", "report", "release", "calibrate",
+               "bench", "checked", "evaluate")
 
 
 @pytest.fixture
@@ -307,13 +308,27 @@ def test_anonymise_wrapper_removes_phi(tmp_path: Path) -> None:
         assert PHI["PatientName"] not in str(ds)
 
 
-@pytest.mark.parametrize(("command", "notebook"), [("train", "02_train"), ("evaluate", "03_eval")])
-def test_notebook_wrappers_call_report_run(command: str, notebook: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("argv", "notebooks"), [(("report", "--only", "02_train"), ["02_train"]),
+                                                  (("evaluate",), ["03_eval"])])
+def test_notebook_commands_call_report_run(argv: tuple[str, ...], notebooks: list[str], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     calls = []
     monkeypatch.setattr(report, "run", lambda *a, **k: calls.append((a, k)) or 0)
-    assert run_cli(command, "--profile", "quick", "--data", tmp_path) == 0
-    assert calls == [(("quick", str(tmp_path)), {"only": [notebook]})]
+    if argv[0] == "evaluate":  # deprecated: warned, then the same call as report --only 03_eval
+        assert run_cli(*argv, "--profile", "quick", "--data", tmp_path) == 0
+        assert "deprecated" in capsys.readouterr().err  # one "note:" line
+        assert calls == [(("quick", str(tmp_path)), {"only": notebooks})]
+    else:
+        assert run_cli(*argv, "--profile", "quick", "--data", tmp_path) == 0
+        assert calls == [(("quick", str(tmp_path), notebooks, report.KERNEL), {})]
+
+
+def test_module_aliases_are_the_one_command_line() -> None:
+    """``python -m lungseg.train`` and ``python -m lungseg.report`` are the subcommands, not other tools."""
+    for module, command in (("lungseg.train", "train"), ("lungseg.report", "report")):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and f"usage: python -m lungseg {command}" in out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

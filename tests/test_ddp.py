@@ -21,7 +21,7 @@ import torch
 from lungseg import paths
 
 TOLERANCE = 0.02
-ARGS = ["-m", "lungseg.train.train", "--profile", "quick", "--set", "dropout=0", "epochs=2",
+ARGS = ["-m", "lungseg.train", "--profile", "quick", "--set", "dropout=0", "epochs=2",
         "max_steps_per_epoch=3", "image_size=32", "threads=1"]
 
 

@@ -14,7 +14,7 @@ from corpus import ORIENTATIONS, write_oriented
 
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.inference import fov, inference, predict, runtime
+from lungseg.inference import fov, inference, predict, resample, runtime
 from lungseg.io import dicom, orient, series
 from lungseg.network import runs
 
@@ -62,9 +62,9 @@ def test_square_slices_keep_the_previous_path_bit_for_bit(tmp_path: Path) -> Non
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=16)
     session = predict.onnx_session(ckpt)
     hu = np.random.default_rng(0).integers(-1024, 400, size=(3, 48, 48)).astype(np.int16)
-    expected = runtime.resample(
-        session._run(runtime.resample(session.normalise(hu), runtime.area_matrix(48, 16)), "x", False, 4),
-        runtime.bilinear_matrix(16, 48))
+    expected = resample.resample(
+        session._run(resample.resample(session.normalise(hu), resample.area_matrix(48, 16)), "x", False, 4),
+        resample.bilinear_matrix(16, 48))
     np.testing.assert_array_equal(session.logits(hu, spacing=(0.7, 0.7)), expected)
     np.testing.assert_array_equal(session.logits(hu), expected)
 

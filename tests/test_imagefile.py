@@ -162,3 +162,58 @@ def test_a_plain_axial_volume_round_trips(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.hu, hu)
     assert back.spacing == pytest.approx(vol.spacing) and back.orientation == pytest.approx(vol.orientation)
     np.testing.assert_allclose(back.positions, vol.positions, atol=1e-6)
+
+
+def _mask_image(mask: np.ndarray, volume: dicom.Volume, order: str) -> sitk.Image:
+    """A mask on ``volume``'s grid, stored as :func:`_image` stores the CT in that ``order``."""
+    img = _image(replace(volume, hu=mask.astype(np.int16)), order)
+    return sitk.Cast(img, sitk.sitkUInt8)
+
+
+@pytest.fixture(scope="module")
+def slab_truth(slab: dicom.Volume) -> np.ndarray:
+    full = dicom.load_mask(REAL_CASE.parents[1] / "Segmentations" / "Case_000_seg.npz")
+    return np.asarray(full[SLAB]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("order", ["as is", "reversed", "mirrored"])
+def test_a_mask_file_is_read_onto_the_ct_grid(tmp_path: Path, slab: dicom.Volume, slab_truth: np.ndarray,
+                                              order: str) -> None:
+    """Whatever order the file stores its voxels in, the labels land on the DICOM series' voxels."""
+    path = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(_mask_image(slab_truth, slab, order), str(path))
+    np.testing.assert_array_equal(imagefile.load_mask_on(path, slab), slab_truth)
+
+
+def test_a_mask_on_another_grid_is_refused(tmp_path: Path, slab: dicom.Volume, slab_truth: np.ndarray) -> None:
+    shifted = _mask_image(slab_truth, slab, "as is")
+    shifted.SetOrigin(tuple(v + s for v, s in zip(shifted.GetOrigin(), (0.0, 0.0, slab.spacing[0]), strict=True)))
+    coarse = _mask_image(slab_truth[:, ::2, ::2], replace(slab, hu=np.asarray(slab.hu)[:, ::2, ::2],
+                                                          spacing=(slab.spacing[0], slab.spacing[1] * 2,
+                                                                   slab.spacing[2] * 2)), "as is")
+    for name, img in (("shifted.nii.gz", shifted), ("coarse.nrrd", coarse)):
+        sitk.WriteImage(img, str(tmp_path / name))
+        with pytest.raises(imagefile.ImageFileError, match=name):
+            imagefile.load_mask_on(tmp_path / name, slab)
+    ct = tmp_path / "ct.nrrd"
+    sitk.WriteImage(_image(slab), str(ct))
+    with pytest.raises(imagefile.ImageFileError, match="not labels"):
+        imagefile.load_mask_on(ct, slab)  # an image given as the mask
+
+
+def test_qc_judges_a_mask_made_elsewhere(tmp_path: Path, slab: dicom.Volume, slab_truth: np.ndarray,
+                                         capsys) -> None:
+    """Known answer: the true lungs of a 12-slice slab run through the top and bottom slices, so QC
+    says the scan cuts the lungs; --fail-on-qc review turns that into exit 3, and the JSON says why."""
+    ct, mask = tmp_path / "ct.mha", tmp_path / "lungs.nii.gz"
+    sitk.WriteImage(_image(slab, "reversed"), str(ct))
+    sitk.WriteImage(_mask_image(slab_truth, slab, "mirrored"), str(mask))
+    assert run_cli("qc", ct, mask, "--json", tmp_path / "qc.json", "--fail-on-qc", "review") == 3
+    record = json.loads((tmp_path / "qc.json").read_text())
+    assert record["status"] in ("review", "fail") and {"cut_top", "cut_bottom"} & set(record["checks"])
+    assert record["right_lung_ml"] > 0 and record["left_lung_ml"] > 0
+    assert record["scores"]["uncertain_share"] is None and "flip_dice" not in record["scores"]
+    assert "QC:" in capsys.readouterr().out
+    assert run_cli("qc", ct, ct) == 1  # the CT given as the mask: one line, no traceback
+    err = capsys.readouterr().err
+    assert "ct.mha" in err and "not labels" in err and "Traceback" not in err

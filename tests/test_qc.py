@@ -14,7 +14,7 @@ import pytest
 from builders import run_cli, write_checkpoint
 from synthetic import write_series
 
-from lungseg import paths
+from lungseg import cli, paths
 from lungseg.evaluation import failures, qc_calibrate
 from lungseg.inference import qc, sides
 from lungseg.io import dicom
@@ -203,7 +203,7 @@ def test_qc_columns_and_the_verdict_line() -> None:
 def test_the_shipped_thresholds_name_known_checks() -> None:
     shipped = qc.load_thresholds()
     if not shipped:
-        pytest.skip("no shipped thresholds (python -m lungseg.evaluation.qc_calibrate writes them)")
+        pytest.skip("no shipped thresholds (lungseg calibrate writes them)")
     names = {c.name for c in qc.CHECKS}
     assert set(shipped["checks"]) <= names
     for name, r in shipped["checks"].items():
@@ -346,5 +346,5 @@ def test_a_real_case_passes_and_its_cut_and_shifted_variants_are_flagged(real_ca
 
 def test_calibration_entry_point_describes_its_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        qc_calibrate.main(["--help"])
+        cli.main(["calibrate", "--help"])
     assert exit_.value.code == 0 and "--profile" in capsys.readouterr().out

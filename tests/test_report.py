@@ -7,6 +7,7 @@ import dataclasses
 import papermill as pm
 import pytest
 
+from lungseg import cli
 from lungseg.network import config
 from lungseg.report import report
 
@@ -53,7 +54,7 @@ def test_unknown_profile_and_notebook_selection() -> None:
     assert [nb.stem for nb in report.notebooks(["02"])] == ["02_train"]
     with pytest.raises(ValueError, match="no notebook matches"):
         report.notebooks(["99"])
-    assert report.main(["--profile", "nope"]) == 2  # a message, not a traceback
+    assert cli.main(["report", "--profile", "nope"]) == 2  # a message, not a traceback
 
 
 def _one_notebook_report(tmp_path, monkeypatch, name: str, parameters: str, profile: dict,

@@ -17,7 +17,7 @@ from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import write_series
 
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, predict, runtime
+from lungseg.inference import inference, predict, resample, runtime
 from lungseg.io import dicom
 from lungseg.network import runs
 from lungseg.train import train
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is 
 def test_area_matrix_is_torchs_area_interpolation(n_in: int, n_out: int) -> None:
     x = torch.rand(3, 1, n_in, n_in, generator=torch.Generator().manual_seed(n_in))
     expected = F.interpolate(x, size=(n_out, n_out), mode="area")[:, 0].numpy()
-    got = runtime.resample(x[:, 0].numpy(), runtime.area_matrix(n_in, n_out))
+    got = resample.resample(x[:, 0].numpy(), resample.area_matrix(n_in, n_out))
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
@@ -37,7 +37,7 @@ def test_area_matrix_is_torchs_area_interpolation(n_in: int, n_out: int) -> None
 def test_bilinear_matrix_is_torchs_bilinear_interpolation(n_in: int, n_out: int) -> None:
     x = torch.randn(3, 1, n_in, n_in, generator=torch.Generator().manual_seed(n_in))
     expected = F.interpolate(x, size=(n_out, n_out), mode="bilinear", align_corners=False)[:, 0].numpy()
-    got = runtime.resample(x[:, 0].numpy(), runtime.bilinear_matrix(n_in, n_out))
+    got = resample.resample(x[:, 0].numpy(), resample.bilinear_matrix(n_in, n_out))
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

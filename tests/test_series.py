@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from synthetic import edit, write_series
 
-from lungseg.inference import batch
+from lungseg.inference.batch import discover, plan
 from lungseg.io import dicom, series
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -63,8 +63,8 @@ def test_predict_and_batch_choose_the_same_series(tmp_path: Path) -> None:
     assert volume.series_uid == axial_uid and volume.shape[0] == 6
     assert any(axial_uid in str(w.message) and series.RULE in str(w.message) for w in caught)
     names = sorted(p.name for p in (tmp_path / "study").iterdir())
-    scan = batch.scan_folder(str(tmp_path), "study", names)
-    entries = batch.plan(scan.series)
+    scan = discover.scan_folder(str(tmp_path), "study", names)
+    entries = plan.plan(scan.series)
     todo = [e.scan.uid for e in entries if e.status == "todo"]
     assert todo == [axial_uid]
     skipped = next(e for e in entries if e.scan.uid == mpr_uid)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from lungseg.inference import runtime
+from lungseg.inference import resample
 from lungseg.io.dicom import Volume
 
 SOUND_KINDS = ("original", "mild_noise", "trim", "shift", "smooth")
@@ -103,8 +103,8 @@ def _crop(volume: Volume, truth: np.ndarray, y0: int, x0: int, side: int) -> tup
 
 
 def _resize(stack: np.ndarray, n: int) -> np.ndarray:
-    """(z, s, s) → (z, n, n) float32, bilinear (as :mod:`lungseg.inference.runtime` upsamples logits)."""
-    return runtime.resample(stack.astype(np.float32), runtime.bilinear_matrix(stack.shape[-1], n))
+    """(z, s, s) → (z, n, n) float32, bilinear (as :mod:`lungseg.inference.resample` upsamples logits)."""
+    return resample.resample(stack.astype(np.float32), resample.bilinear_matrix(stack.shape[-1], n))
 
 
 def _consolidation(volume: Volume, truth: np.ndarray, share: float,

@@ -1,6 +1,6 @@
 """Calibrate the quality control's limits and measure it on held-out patients.
 
-``python -m lungseg.evaluation.qc_calibrate [--profile cpu]`` writes
+``lungseg calibrate [--profile cpu]`` writes
 ``lungseg/inference/qc_thresholds.json`` (the limits
 ``predict`` uses); ``notebooks/05_qc.ipynb`` shows the held-out evaluation. Both start from one table
 (:func:`score_table`): every case of the report is predicted by the cross-validation fold model that
@@ -197,9 +197,9 @@ def score_task(task: SeriesTask) -> dict | str:
     cannot be made. Runs in a worker: the run and the case are loaded once per process."""
     import torch
 
-    from lungseg.inference import batch
+    from lungseg.inference.batch import tasks
 
-    threads = batch.dask_worker_threads()
+    threads = tasks.dask_worker_threads()
     if threads:  # a one-thread worker: torch and ONNX Runtime must not take every core each
         torch.set_num_threads(threads)
     run = _LOADED.get(task.run_dir) or _LOADED.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
@@ -221,12 +221,12 @@ def score_task(task: SeriesTask) -> dict | str:
 def _executor(workers: int | None, tasks: int):
     """Where the table's series run: a local Dask cluster when it pays (several workers, more series
     than workers), else this process."""
-    from lungseg.inference import batch
+    from lungseg.inference.batch import executors
 
-    workers = batch.default_workers() if workers is None else workers
+    workers = executors.default_workers() if workers is None else workers
     if workers > 1 and tasks > workers:
-        return batch.DaskExecutor(workers=workers)
-    return batch.InProcess()
+        return executors.DaskExecutor(workers=workers)
+    return executors.InProcess()
 
 
 # ---- the rule and the held-out protocol -----------------------------------------------------------
@@ -447,9 +447,8 @@ def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResu
     return report.folds()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lungseg.evaluation.qc_calibrate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``lungseg calibrate``."""
     ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
                     help="whose cross-validation folds (default %(default)s)")
     ap.add_argument("--runs", nargs="+", default=(), metavar="RUN_DIR", help="fold run folders instead")
@@ -459,7 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=str(qc.THRESHOLDS_FILE),
                     help="thresholds file (default: the shipped one)")
-    args = ap.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lungseg calibrate``: score the failure table on the fold runs, fit and write the limits."""
     folds = fold_runs(args.profile, args.runs)
     kinds = [k for k in args.kinds.split(",") if k]
     rows = score_table(folds, kinds, args.per_kind, args.seed, args.data)
@@ -473,7 +475,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "sound": h["sound"]["series"], "missed": h["bad"]["missed"],
                       "false_alarms": h["sound"]["flagged_series"]}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

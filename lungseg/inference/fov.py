@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungseg.inference.runtime import area_matrix, bilinear_matrix
+from lungseg.inference.resample import area_matrix, bilinear_matrix
 
 AIR_HU = -1024
 """The padding value in HU (air), whatever the input mode (normalised with the slice)."""

@@ -5,7 +5,7 @@ spacing, the network's logits, the thresholded mask and the final right/left lab
 canonical grid (:mod:`lungseg.io.orient`: slice index ascending towards the head) -- plus, optionally,
 one test-time change (the image mirrored left-right on a few slices, run through the network again).
 :func:`assess` compares the scores with limits kept as data in ``qc_thresholds.json`` beside this
-module, written by ``python -m lungseg.evaluation.qc_calibrate`` (:mod:`lungseg.evaluation.qc_calibrate`)
+module, written by ``lungseg calibrate`` (:mod:`lungseg.evaluation.qc_calibrate`)
 from the
 cross-validation predictions of the training patients and failures made from them.
 
@@ -45,7 +45,7 @@ STATUSES = ("pass", "review", "fail")
 SCORES_VERSION = 6
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 THRESHOLDS_FILE = Path(__file__).with_name("qc_thresholds.json")
-"""The shipped limits (``python -m lungseg.evaluation.qc_calibrate`` writes them; see docs/qc.md)."""
+"""The shipped limits (``lungseg calibrate`` writes them; see docs/qc.md)."""
 
 PADDING_BELOW_HU = -1500.0
 """Values below this are taken as padding outside the reconstruction circle (scanners write -2000,
@@ -466,7 +466,7 @@ def flip_dice(hu: np.ndarray, raw: np.ndarray, logits_of: LogitsFn, threshold_lo
     return 2.0 * np.count_nonzero(again & first) / total if total else 1.0
 
 
-def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray, raw: np.ndarray,
+def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray | None, raw: np.ndarray,
             labels: np.ndarray, threshold: float, logits_of: LogitsFn | None = None,
             timings: dict[str, float] | None = None) -> dict[str, float | None]:
     """Every QC score of one prediction, all arrays (z, y, x) on the canonical grid (slice index
@@ -493,7 +493,8 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray, raw: n
     scores.update(wall_scores(hu, labels, spacing))
     lap("wall_s")
     s = (slice(None, None, SUBSAMPLE),) * 3
-    scores["uncertain_share"] = uncertain_share(logits, int(np.count_nonzero(mask[s])))
+    scores["uncertain_share"] = (None if logits is None  # a mask judged without the network (lungseg qc)
+                                 else uncertain_share(logits, int(np.count_nonzero(mask[s]))))
     lap("confidence_s")
     if logits_of is not None:
         p = float(threshold)

@@ -161,3 +161,58 @@ def write_mask_like(mask: np.ndarray, source: str | os.PathLike[str], out: str |
     out_image.SetDirection(header.GetDirection())
     sitk.WriteImage(out_image, str(out), useCompression=True)
     return Path(out)
+
+
+MASK_MAX_LABELS = 64
+"""A mask file holds at most this many distinct values (0 and labels); more is an image, not a mask."""
+GRID_TOL = 1e-3
+"""Tolerance (in voxels) when matching a mask's grid to the CT's."""
+
+
+def load_mask_on(path: str | os.PathLike[str], volume: Volume) -> np.ndarray:
+    """The labels of the mask file ``path`` (NIfTI/NRRD/MetaImage) as a (z, y, x) uint8 array on
+    ``volume``'s grid (any volume: DICOM series or image file). The mask must lie on the same voxels
+    (same size, spacing, origin; axes may be stored in another order or direction): no resampling.
+    ImageFileError otherwise, naming the file and the mismatch."""
+    import SimpleITK as sitk
+
+    path = Path(path).absolute()
+    image = _read(path)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageFileError(f"{path}: a {image.GetDimension()}D image of "
+                             f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel; a mask is "
+                             "one 3D label volume")
+    values = sitk.GetArrayFromImage(image)  # (k, j, i)
+    labels = np.unique(values[:: max(1, values.shape[0] // 64)])
+    if (np.issubdtype(values.dtype, np.floating) and not np.all(labels == np.round(labels))) \
+            or len(labels) > MASK_MAX_LABELS or labels.min() < 0 or labels.max() > 255:
+        raise ImageFileError(f"{path}: voxel values are not labels (0 = background, small positive "
+                             "integers = structures): is it an image rather than a mask?")
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    mask_to_lps = np.eye(4)
+    mask_to_lps[:3, :3] = d * np.asarray(image.GetSpacing(), dtype=float)
+    mask_to_lps[:3, 3] = image.GetOrigin()
+    from lungseg.io.orient import voxel_to_lps
+
+    m = np.linalg.inv(voxel_to_lps(volume)) @ mask_to_lps  # mask (i, j, k) -> CT (i, j, k)
+    rot, shift = m[:3, :3], m[:3, 3]
+    target = volume.shape[::-1]  # (x, y, z) sizes of the CT
+    order, signs = np.argmax(np.abs(rot), axis=0), np.sign(rot[np.argmax(np.abs(rot), axis=0), range(3)])
+    expected = np.zeros((3, 3))
+    expected[order, range(3)] = signs
+    ijk = values.transpose(2, 1, 0)
+    if sorted(order) != [0, 1, 2] or not np.allclose(rot, expected, atol=GRID_TOL):
+        raise ImageFileError(f"{path}: the mask's voxels are not the CT's (another spacing or a rotated "
+                             "grid); resample it onto the CT first")
+    out = np.moveaxis(ijk, range(3), order)
+    for axis in range(3):
+        mask_axis = int(np.flatnonzero(order == axis)[0])
+        start = 0.0 if signs[mask_axis] > 0 else target[axis] - 1.0
+        if abs(shift[axis] - start) > GRID_TOL or out.shape[axis] != target[axis]:
+            raise ImageFileError(f"{path}: the mask's grid ({values.shape[::-1]} voxels, origin "
+                                 f"{tuple(round(v, 2) for v in image.GetOrigin())}) is not the CT's "
+                                 f"({tuple(target)} voxels, origin "
+                                 f"{tuple(round(v, 2) for v in volume.origin)})")
+        if signs[mask_axis] < 0:
+            out = np.flip(out, axis)
+    return np.ascontiguousarray(out.transpose(2, 1, 0), dtype=np.uint8)

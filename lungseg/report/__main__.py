@@ -1,5 +1,7 @@
-"""``python -m lungseg.report``: the papermill runner (:func:`lungseg.report.report.main`)."""
+"""``python -m lungseg.report``: an alias of ``lungseg report`` (what ``./run_all.sh`` calls)."""
 
-from lungseg.report.report import main
+import sys
 
-raise SystemExit(main())
+from lungseg.cli import main
+
+raise SystemExit(main(["report", *sys.argv[1:]]))

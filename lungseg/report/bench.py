@@ -1,4 +1,4 @@
-"""Benchmarks, one subcommand each: ``python -m lungseg.report.bench dicom|train [options]``.
+"""Benchmarks, one subcommand each: ``lungseg bench dicom|train [options]``.
 
 ``dicom`` times, per case and in one process, three ways of getting a case's HU volume:
 
@@ -178,14 +178,8 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_dic
                                                                           add_train_parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lungseg.report.bench", description="lungseg benchmarks")
-    sub = ap.add_subparsers(dest="command", required=True)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmarks of ``lungseg bench`` (one sub-subcommand each)."""
+    sub = ap.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for add in SUBCOMMANDS:
         add(sub)
-    args = ap.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``python -m lungseg.report.bench train``: training and inference throughput, project loop vs naive loop.
+"""``lungseg bench train``: training and inference throughput, project loop vs naive loop.
 
 In one process, at the report's settings (512², batch 3) and at the cpu profile's (``--size``,
 ``--batch``), it times:

@@ -1,6 +1,6 @@
 """Refresh what nbval compares: the stored outputs of the notebooks' checked cells.
 
-``python -m lungseg.report.checked [01_dicom ...]`` runs each numbered notebook with its own (quick)
+``lungseg checked [01_dicom ...]`` runs each numbered notebook with its own (quick)
 defaults in the test session's environment, as ``pytest --nbval`` does, and copies the outputs of its
 ``# NBVAL_CHECK_OUTPUT`` cells, and only those, into the notebook file. Run it after a change that is
 meant to change a checked value, and review the diff: every changed line is a result the tests will
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -59,12 +58,14 @@ def nbval_environment() -> dict[str, str]:
             "LUNGSEG_PROFILE": "quick"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lungseg.report.checked", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``lungseg checked``."""
     ap.add_argument("only", nargs="*", help="notebook stems (default: all numbered notebooks, in order)")
     ap.add_argument("--kernel", default=KERNEL)
-    args = ap.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lungseg checked``: re-execute the notebooks as nbval does and refresh the checked outputs."""
     os.environ.update(nbval_environment())  # the kernels inherit it: they see what nbval's see
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         if args.only and not any(nb.stem.startswith(o) for o in args.only):
@@ -73,7 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{nb.name}: {len(changed)} checked cell(s) changed"
               + (f" ({', '.join(changed)})" if changed else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -152,10 +152,10 @@ def update(readme: Path | None = None, figures_dir: str | Path = paths.FIGURES) 
 
 def bench_block(figures_dir: str | Path = paths.FIGURES) -> str:
     """Training-step and inference throughput per CPU kind, from ``bench_train_*.json`` (written by
-    ``python -m lungseg.report.bench train --save figures``)."""
+    ``lungseg bench train --save figures``)."""
     files = sorted(paths.resolve(figures_dir).glob("bench_train_*.json"))
     if not files:
-        return "(no saved benchmark: `python -m lungseg.report.bench train --save figures`)\n"
+        return "(no saved benchmark: `lungseg bench train --save figures`)\n"
     rows = []
     for f in files:
         b = json.loads(f.read_text())
@@ -305,7 +305,7 @@ def _share(k: int, n: int) -> str:
 def qc_block(figures_dir: str | Path = paths.FIGURES, thresholds: Path = qc.THRESHOLDS_FILE) -> str:
     """The quality control's held-out rates, per kind and per check, and the shipped rule, from
     ``qc_evaluation.json`` (written by 05_qc) and ``lungseg/inference/qc_thresholds.json`` (written by
-    ``python -m lungseg.evaluation.qc_calibrate``)."""
+    ``lungseg calibrate``)."""
     f = paths.resolve(figures_dir) / "qc_evaluation.json"
     if not f.is_file():
         return "(not measured: run 05_qc, `./run_all.sh --only 05_qc`)\n"

@@ -1,4 +1,4 @@
-"""Release one model into the repository: ``python -m lungseg.report.release [--profile cpu]``.
+"""Release one model into the repository: ``lungseg release [--profile cpu]``.
 
 The released model is the report's default recipe (``params/PROFILE.yaml``, section 02_train) trained
 on every case of the data set (split ``all``), so that ``predict`` works on a fresh clone without
@@ -30,7 +30,7 @@ TOOL = "release"
 CARD = "MODEL_CARD.md"
 SUMMARY = paths.FIGURES / "summary.json"
 PROVENANCE = paths.FIGURES / "provenance.json"
-COMMAND = "python -m lungseg.report.release --profile {profile}"
+COMMAND = "lungseg release --profile {profile}"
 
 LCTSC_ATTRIBUTION = (
     "Yang J, Sharp G, Veeraraghavan H, van Elmpt W, Dekker A, Lustberg T, Gooding M. *Data from Lung CT "
@@ -237,15 +237,17 @@ def model_card(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lungseg.report.release",
-                                 description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``lungseg release``."""
     ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
                     help="the recipe (params/NAME.yaml, 02_train); default %(default)s")
     ap.add_argument("--runs", default=None, help="runs folder for the training run (default build/runs)")
     ap.add_argument("--data", default="", help="data directory (default $LUNGSEG_DATA or data/)")
     ap.add_argument("--out", default=str(runs.RELEASED), help="release folder (default %(default)s)")
-    args = ap.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lungseg release``: train the release recipe on every case and write models/."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -259,7 +261,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"released {out} (threshold {settings['threshold']}, post-processing {settings['postprocess']})")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

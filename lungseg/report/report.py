@@ -1,6 +1,6 @@
 """Run the report: execute the numbered notebooks headless with papermill, one profile at a time.
 
-``python -m lungseg.report [--profile NAME] [--data DIR] [--only 01_dicom ...]`` — what
+``lungseg report [--profile NAME] [--data DIR] [--only 01_dicom ...]`` — what
 ``./run_all.sh`` calls once the environment is ready. A profile is ``params/NAME.yaml`` with one
 section of parameters per notebook. Executed copies go to ``build/executed/NAME/`` with a
 ``provenance.json`` (profile, parameters, git commit, date, machine, wall time per notebook).
@@ -177,15 +177,17 @@ def publish_provenance(profile: str) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lungseg.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``lungseg report``."""
     ap.add_argument("--profile", default=None,
                     help="params/NAME.yaml (default: paper with CUDA, else cpu)")
     ap.add_argument("--data", default=None, help=f"data directory (default ${paths.DATA_ENV} or data/)")
     ap.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks, e.g. 01_dicom")
     ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default %(default)s)")
-    args = ap.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lungseg report``: execute the profile's notebooks (all, or ``--only``)."""
     data = args.data or os.environ.get(paths.DATA_ENV)
     try:
         paths.data_dir(data)  # fail early with the expected layout
@@ -193,7 +195,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ProfileError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,7 @@
-"""``python -m lungseg.train``: training without the notebook (:func:`lungseg.train.train.main`)."""
+"""``python -m lungseg.train`` (and ``torchrun -m lungseg.train``): an alias of ``lungseg train``."""
 
-from lungseg.train.train import main
+import sys
 
-raise SystemExit(main())
+from lungseg.cli import main
+
+raise SystemExit(main(["train", *sys.argv[1:]]))

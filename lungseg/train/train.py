@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -334,33 +333,30 @@ def fit_folds(base: TrainConfig, k: int, runs_dir: str | os.PathLike[str] | None
     return [fit(cfg, runs_dir=runs_dir) for cfg in config.fold_configs(base, k)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lungseg.train --profile NAME [--set key=value ...]``; under
-    ``torchrun --nproc_per_node N`` the same command trains with N processes. The last line printed
-    is JSON with ``run_dir`` and the history."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m lungseg.train", description=main.__doc__)
+def add_arguments(ap) -> None:
+    """The options of ``lungseg train``: ``--profile NAME [--set key=value ...]``; under
+    ``torchrun --nproc_per_node N -m lungseg train`` the same command trains with N processes."""
     ap.add_argument("--profile", default=config.DEFAULT_PROFILE,
                     help="params/NAME.yaml (its 02_train section); default %(default)s")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override a training parameter, e.g. epochs=3 dropout=0")
     ap.add_argument("--runs", default=None, help="runs folder (default build/runs)")
-    args = ap.parse_args(argv)
+
+
+def command(args) -> int:
+    """``lungseg train``: train (or resume, or load) the profile's run without the notebook. The last
+    line printed is JSON with ``run_dir`` and the history."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bad = [item for item in args.set if "=" not in item]
     if bad:
-        ap.error(f"--set takes KEY=VALUE, got {bad}")
-    try:
-        cfg = config.config_from_profile(args.profile, dict(item.split("=", 1) for item in args.set))
-        result = fit(cfg, runs_dir=args.runs)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--set takes KEY=VALUE, got {bad}")
+    cfg = config.config_from_profile(args.profile, dict(item.split("=", 1) for item in args.set))
+    result = fit(cfg, runs_dir=args.runs)
     if int(os.environ.get("RANK", "0")) == 0:
         _export_for_predict(result)
         print(json.dumps({"run_dir": str(result.run_dir), "history": result.history}))
     return 0
+
 
 
 def _export_for_predict(result: TrainResult) -> None:
@@ -373,7 +369,3 @@ def _export_for_predict(result: TrainResult) -> None:
         if not target.is_file():
             prep = runtime.preprocessing_of(result.config, model.REFERENCE_INPUT_OFFSET_HU)
             runtime.export(result.model, prep, target)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

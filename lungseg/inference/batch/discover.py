@@ -1,0 +1,207 @@
+"""Batch step 1, discovery: every folder under ROOT scanned (one header per file), files grouped into
+series by SeriesInstanceUID; runs in this process or on the workers (paths and header summaries only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from lungseg.io import dicom, series
+
+DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (a DICOMDIR)
+
+
+SCAN_IN_PROCESS_FILES = 5000
+"""Trees with fewer files are scanned in this process (~1-2 ms a file), larger ones on the workers."""
+
+
+@dataclass
+class SeriesScan:
+    """What the headers of one series say (no patient attribute): its files relative to ``folder``
+    (relative to ROOT, POSIX, "." for ROOT itself)."""
+
+    folder: str
+    uid: str
+    study: str
+    modality: str
+    image: bool
+    """The files declare images (an image SOP class or Rows)."""
+    localizer: bool
+    """ImageType holds LOCALIZER, or the files lie in several orientations (a 3-plane scout)."""
+    orientation: tuple[float, ...] | None
+    thickness: float | None
+    """Median SliceThickness (mm), None when absent."""
+    step: float | None
+    """Median distance between consecutive slice positions along the normal (mm)."""
+    files: list[str]
+    key: str
+    """Hash of the files' names, sizes and modification times: the input's identity on a rerun."""
+    extra_files: list[str] = field(default_factory=list)
+    """Damaged files of the same folder: reading the series fails on them, as predict's would."""
+    derived: bool = False
+    """Every ImageType says DERIVED (a reformat: MPR, MIP)."""
+
+    @property
+    def facts(self) -> series.SeriesFacts:
+        """What the series rule (:mod:`lungseg.io.series`) reads of this series."""
+        return series.SeriesFacts(uid=self.uid, modality=self.modality, images=len(self.files),
+                                  orientation=self.orientation, localizer=self.localizer,
+                                  derived=self.derived, thickness=self.thickness, step=self.step,
+                                  has_pixels=self.image)
+
+    @property
+    def plane(self) -> str:
+        return self.facts.plane
+
+    @property
+    def slice_mm(self) -> float | None:
+        return self.facts.slice_mm
+
+    def paths(self, root: Path) -> list[Path]:
+        return [root / self.folder / f for f in [*self.files, *self.extra_files]]
+
+
+@dataclass
+class FolderScan:
+    """The series of one folder and its damaged DICOM files ``(name, message)``."""
+
+    folder: str
+    series: list[SeriesScan]
+    bad: list[tuple[str, str]]
+
+
+def walk(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder relative to ``root`` in POSIX form, sorted names of its files) for every folder
+    below ``root`` holding files; hidden names skipped; linked folders followed, each real folder
+    once."""
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = sorted(f for f in files if not f.startswith("."))
+        if names:
+            yield Path(top).relative_to(root).as_posix(), names
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return float(np.median(values)) if len(values) else None
+
+
+def _numbers(value: object) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in (value if isinstance(value, Sequence) and not isinstance(value, str)
+                                          else [value]))
+    except (TypeError, ValueError):
+        return None
+    return values if all(np.isfinite(values)) else None
+
+
+def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
+    """Read one header per file of ``root/folder`` (pixel data skipped) and group the DICOM files
+    into series. Runs on a worker: takes and returns paths and header summaries only."""
+    base = Path(root) / folder
+    groups: dict[str, dict] = {}
+    bad: list[tuple[str, str]] = []
+    for name in names:
+        path = base / name
+        if name.upper() == "DICOMDIR" or not path.is_file():  # an index; a broken link, a socket...
+            continue
+        if not dicom.is_dicom(path):
+            if path.suffix.lower() in dicom.DICOM_SUFFIXES:
+                bad.append((name, str(dicom.mislabelled(path))))
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's notes on odd values: the reader validates
+                ds = dicom.read_dataset(path, stop_before_pixels=True)
+                if str(ds.get("SOPClassUID", "")) == DIRECTORY_SOP_CLASS:
+                    continue
+                st = path.stat()
+                uid = str(ds.get("SeriesInstanceUID", "") or "")
+                g = groups.setdefault(uid, {
+                    "files": [], "stat": [], "study": str(ds.get("StudyInstanceUID", "") or ""),
+                    "modality": str(ds.get("Modality", "") or ""), "image": False, "types": set(),
+                    "iops": set(), "iop": None, "pos": [], "thick": []})
+                g["files"].append(name)
+                g["stat"].append((name, st.st_size, st.st_mtime_ns))
+                g["image"] |= dicom.should_hold_image(ds)
+                g["types"].add("\\".join(str(v) for v in (ds.get("ImageType") or [])).upper())
+                iop = _numbers(ds.get("ImageOrientationPatient"))
+                if iop is not None and len(iop) == 6:
+                    g["iops"].add(tuple(round(v, 3) for v in iop))
+                    g["iop"] = g["iop"] or iop
+                    pos = _numbers(ds.get("ImagePositionPatient"))
+                    if pos is not None and len(pos) == 3:
+                        g["pos"].append(float(np.dot(pos, np.cross(iop[:3], iop[3:]))))
+                thick = _numbers(ds.get("SliceThickness"))
+                if thick and thick[0] > 0:
+                    g["thick"].append(thick[0])
+        except dicom.DicomSeriesError as exc:
+            bad.append((name, str(exc)))
+        except Exception as exc:  # a damaged header value
+            bad.append((name, f"{path}: unreadable or truncated DICOM file ({exc})"))
+    if "" in groups and len(groups) > 1:  # beside series with UIDs: headers cut short, or damaged
+        bad += [(name, f"{base / name}: no SeriesInstanceUID (truncated or damaged DICOM file)")
+                for name in groups.pop("")["files"]]
+    found = []
+    for uid, g in groups.items():
+        steps = np.diff(np.sort(g["pos"]))
+        steps = steps[steps > dicom.DUPLICATE_ATOL_MM]
+        key = hashlib.sha256(json.dumps(sorted(g["stat"])).encode()).hexdigest()[:16]
+        found.append(SeriesScan(
+            folder=folder, uid=uid, study=g["study"], modality=g["modality"], image=g["image"],
+            localizer=any("LOCALIZER" in t for t in g["types"]) or len(g["iops"]) > 1,
+            derived=series.is_derived(sorted(g["types"])),
+            orientation=g["iop"], thickness=_median(g["thick"]), step=_median(steps), files=g["files"],
+            key=key))
+    return FolderScan(folder, found, bad)
+
+
+def merge_scans(scans: Iterable[FolderScan]) -> tuple[list[SeriesScan], list[FolderScan]]:
+    """Series of every folder, one per SeriesInstanceUID (a series split over folders is read from
+    their common folder); damaged files join the series of their folder. Also returns the folders
+    holding damaged files but no series (each a failed row)."""
+    by_uid: dict[str, list[SeriesScan]] = defaultdict(list)
+    orphans = []
+    for scan in scans:
+        for s in scan.series:
+            s.extra_files = [name for name, _ in scan.bad]
+            by_uid[s.uid].append(s)
+        if scan.bad and not scan.series:
+            orphans.append(scan)
+    merged = []
+    for parts in by_uid.values():
+        if len(parts) == 1:
+            merged.append(parts[0])
+            continue
+        common = os.path.commonpath([p.folder if p.folder != "." else "" for p in parts] or [""]) or "."
+
+        def rel(p: SeriesScan, names: list[str], common: str = common) -> list[str]:
+            return [PurePosixPath(os.path.relpath(PurePosixPath(p.folder) / n, common)).as_posix()
+                    for n in names]
+
+        first = parts[0]
+        merged.append(replace(
+            first, folder=common, files=[f for p in parts for f in rel(p, p.files)],
+            extra_files=[f for p in parts for f in rel(p, p.extra_files)],
+            image=any(p.image for p in parts), localizer=any(p.localizer for p in parts),
+            thickness=_median([p.thickness for p in parts if p.thickness]),
+            step=min((p.step for p in parts if p.step), default=None),
+            key=hashlib.sha256("".join(sorted(p.key for p in parts)).encode()).hexdigest()[:16]))
+    return sorted(merged, key=lambda s: (s.folder, s.uid)), orphans
+
+
+def scan_item(item: tuple[str, str, list[str]]) -> FolderScan:
+    return scan_folder(*item)
