@@ -1,6 +1,7 @@
 """Command line: ``lungseg COMMAND`` (or ``python -m lungseg COMMAND``), the one entry point.
 
-``predict`` segments a new DICOM series, ``batch`` every series of a cohort (:mod:`lungseg.inference.batch`, a subpackage);
+``predict`` segments a new DICOM series, ``batch`` every series of a cohort
+(:mod:`lungseg.inference.batch`, a subpackage);
 ``qc`` judges an existing mask (:mod:`lungseg.inference.judge`); ``convert`` and ``anonymise`` wrap
 :mod:`lungseg.io`. The project's commands (train, report, release, calibrate, bench, checked) keep
 their options beside their code (``add_arguments``/``command`` in the module) and are registered here,

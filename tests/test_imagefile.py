@@ -185,9 +185,11 @@ def test_a_mask_file_is_read_onto_the_ct_grid(tmp_path: Path, slab: dicom.Volume
     np.testing.assert_array_equal(imagefile.load_mask_on(path, slab), slab_truth)
 
 
-def test_a_mask_on_another_grid_is_refused(tmp_path: Path, slab: dicom.Volume, slab_truth: np.ndarray) -> None:
+def test_a_mask_on_another_grid_is_refused(tmp_path: Path, slab: dicom.Volume,
+                                          slab_truth: np.ndarray) -> None:
     shifted = _mask_image(slab_truth, slab, "as is")
-    shifted.SetOrigin(tuple(v + s for v, s in zip(shifted.GetOrigin(), (0.0, 0.0, slab.spacing[0]), strict=True)))
+    step = (0.0, 0.0, slab.spacing[0])
+    shifted.SetOrigin(tuple(v + s for v, s in zip(shifted.GetOrigin(), step, strict=True)))
     coarse = _mask_image(slab_truth[:, ::2, ::2], replace(slab, hu=np.asarray(slab.hu)[:, ::2, ::2],
                                                           spacing=(slab.spacing[0], slab.spacing[1] * 2,
                                                                    slab.spacing[2] * 2)), "as is")

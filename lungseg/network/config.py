@@ -22,7 +22,7 @@ from lungseg.network.disease import DiseaseSpec
 PROFILES = paths.ROOT / "params"
 DEFAULT_PROFILE = "cpu"
 """The recipe without a GPU: the report's default, the released model's, the QC calibration's and
-``python -m lungseg.train``'s (``lungseg.report.report.default_profile`` picks ``paper`` on CUDA)."""
+``lungseg train``'s (``lungseg.report.report.default_profile`` picks ``paper`` on CUDA)."""
 SCHEDULES = ("constant", "cosine", "onecycle")
 SPLITS = ("slices", "cases", "all")
 """``all`` trains on every slice of every case (the released model; no test set, no curve)."""
@@ -79,6 +79,8 @@ class TrainConfig:
     """(low, high) HU that simulated ground glass adds to aerated lung."""
     disease_noise_hu: list[float] = field(default_factory=lambda: [5.0, 40.0])
     """(low, high) standard deviation (HU) of the texture laid on simulated dense lung."""
+    disease_full: float = 0.0
+    """Chance that a simulated consolidation or ground glass fills the slice's whole chosen lung."""
     curve_slices: int = 0
     """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
     spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
@@ -130,7 +132,7 @@ class TrainConfig:
             return float(v[0]), float(v[1])
 
         return DiseaseSpec(float(self.disease_p), tuple(self.disease_kinds), pair(self.disease_dense_hu),
-                           pair(self.disease_ggo_hu), pair(self.disease_noise_hu))
+                           pair(self.disease_ggo_hu), pair(self.disease_noise_hu), float(self.disease_full))
 
     def with_speed_switches(self) -> TrainConfig:
         """A copy with the "auto" layout/precision switches made explicit: measured on this machine
@@ -227,7 +229,7 @@ class TrainingPlan:
 
 def training_plan(profile: str, overrides: dict[str, str] | None = None) -> TrainingPlan:
     """The profile's 02_train section as a plan: :func:`config_from_profile` (the call
-    ``python -m lungseg.train`` makes) plus the section's ``compare_split``, ``cv_folds`` and
+    ``lungseg train`` makes) plus the section's ``compare_split``, ``cv_folds`` and
     ``compare_disease``."""
     section = load_profile(profile).get("02_train", {})
     return TrainingPlan(config_from_profile(profile, overrides), str(section.get("compare_split", "") or ""),

@@ -39,7 +39,9 @@ class DiseaseSpec:
     ``p``: share of the lung-holding slices of a batch that get disease. ``dense_hu``: (low, high) HU
     of consolidated and collapsed lung (real: about -100 to +70). ``ggo_hu``: (low, high) HU added to
     aerated lung by ground glass (real ground glass: about -750 to -300 HU). ``noise_hu``: (low, high)
-    standard deviation of the texture laid on dense lung.
+    standard deviation of the texture laid on dense lung. ``full``: chance that a consolidation or
+    ground-glass region fills the whole chosen lung of the slice (a lower lobe's slices below the
+    fissure, an opacified hemithorax), which a share drawn from (0.1, 1) almost never does.
     """
 
     p: float = 0.0
@@ -47,13 +49,15 @@ class DiseaseSpec:
     dense_hu: tuple[float, float] = (-100.0, 70.0)
     ggo_hu: tuple[float, float] = (150.0, 500.0)
     noise_hu: tuple[float, float] = (5.0, 40.0)
+    full: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown disease kinds {sorted(unknown)}; expected some of {', '.join(KINDS)}")
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"disease_p must lie in [0, 1], got {self.p}")
+        for name in ("p", "full"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"disease_{name} must lie in [0, 1], got {getattr(self, name)}")
         for name in ("dense_hu", "ggo_hu", "noise_hu"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
@@ -147,7 +151,8 @@ def _diseased(hu: torch.Tensor, lung: torch.Tensor, spec: DiseaseSpec, gen: torc
         a = _collapse_region(where, _u(gen, 0.15, 0.9), gen)
         dense = _u(gen, max(spec.dense_hu[0], -20.0), spec.dense_hu[1]) + _texture(s, sigma * 0.5, gen)
         return hu * (1 - a) + a * dense
-    a = _region(where, _pick(gen, PLACES), _u(gen, 0.1, 1.0), gen)
+    whole = float(torch.rand((), generator=gen)) < spec.full
+    a = where.float() if whole else _region(where, _pick(gen, PLACES), _u(gen, 0.1, 1.0), gen)
     if kind == "ggo":
         return hu + a * (_u(gen, *spec.ggo_hu) + _texture(s, sigma, gen))
     dense = _u(gen, *spec.dense_hu) + _texture(s, sigma, gen)
