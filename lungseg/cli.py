@@ -102,6 +102,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail-on-qc", choices=("fail", "review"), default=None,
                    help=f"exit with status {EXIT_QC} when QC's verdict is this or worse (fail; or review "
                         "and fail); the outputs are written all the same")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors and notes (no progress bar, no summary): for scripts, "
+                        "which read the exit status and stats.json")
     _add_series_options(p)
     p.set_defaults(func=_run_predict)
 
@@ -120,17 +123,18 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     choice = predict.choose_model(args.checkpoint)
-    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    if not args.quiet:
+        print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
     stats = predict.predict(args.dicom_dir, args.out, choice, args.device, args.batch_size,
                             args.threshold, args.postprocess, args.overwrite, args.series, args.recursive,
-                            args.runtime, args.qc, args.record_input)
+                            args.runtime, args.qc, args.record_input, progress=not args.quiet)
     t = stats["timings_s"]
-    print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
-          f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
-    if "qc" in stats:
-        print(qc.verdict_line(stats["qc"]))
-    worse = {"fail": ("fail",), "review": ("fail", "review")}.get(args.fail_on_qc or "", ())
-    return EXIT_QC if stats.get("qc", {}).get("status") in worse else 0
+    if not args.quiet:
+        print(f"{args.out}: lung volume {stats['lung_volume_ml']:.0f} mL over {stats['slices']} slices, "
+              f"{t['total_s']:.1f} s (inference {t['inference_s']:.1f} s)")
+        if "qc" in stats:
+            print(qc.verdict_line(stats["qc"]))
+    return _qc_exit(stats["qc"]["status"], args.fail_on_qc) if "qc" in stats else 0
 
 
 BATCH_EPILOG = f"""\
@@ -196,7 +200,8 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="slices per inference batch (as predict)")
     p.add_argument("--report", action="store_true",
                    help="then render the cohort report OUT/report.html (notebooks/04_cohort.ipynb)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors and failed series (no progress bar, no summary)")
     p.set_defaults(func=_run_batch)
 
 
@@ -212,13 +217,15 @@ def _run_batch(args: argparse.Namespace) -> int:
         raise ValueError("--part runs without Dask: give either --part or --scheduler")
     part = plan.parse_part(args.part) if args.part else None
     choice = predict.choose_model(args.checkpoint)
-    print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
+    if not args.quiet:
+        print(f"model: {choice.name} ({choice.reason or choice.source})", file=sys.stderr)
     summary = batch.run(args.root, args.out, choice, workers=args.workers, scheduler=args.scheduler,
                         part=part, retry_failed=args.retry_failed, all_series=args.all_series,
                         threshold=args.threshold, clean=args.postprocess, device=args.device,
                         runtime_name=args.runtime, batch_size=args.batch_size, progress=not args.quiet)
     for line in summary.lines():
-        print(line)
+        if not args.quiet or line.startswith(("failed:", "... and")):
+            print(line)
     if args.report:
         from lungseg.report import cohort_report
 

@@ -120,6 +120,14 @@ def test_seg_reads_back_with_frames_codes_and_reference(tmp_path: Path, series: 
 
 # ---- predict ----------------------------------------------------------------------------------
 
+def test_quiet_predict_prints_nothing_and_still_writes(tmp_path: Path, series: Path, ckpt: Path,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("predict", series, "--out", tmp_path / "out", "--checkpoint", ckpt, "--quiet") == 0
+    out, err = capfd.readouterr()
+    assert out == "" and all(": note: " in line for line in err.splitlines())  # notes stay: they warn
+    assert (tmp_path / "out" / predict.STATS_NAME).is_file()
+
+
 def test_predict_writes_consistent_outputs(tmp_path: Path, series: Path, ckpt: Path) -> None:
     p, logits = median_threshold(series, ckpt)
     out = tmp_path / "out"

@@ -111,3 +111,16 @@ def test_predict_on_a_fresh_build_uses_the_released_model(
     truth = np.asarray(cache.load_case(CASE).mask, dtype=bool)
     assert metrics.volume_dice(labels > 0, truth) > 0.95
     assert set(np.unique(labels)) == {0, sides.RIGHT, sides.LEFT}
+
+
+def test_released_manifest_is_strict_json_without_machine_paths() -> None:
+    """run.json is read by any JSON parser (no NaN for the test loss a run on every case lacks) and
+    names no folder of the machine it was made on."""
+    text = (RELEASED / runs.MANIFEST).read_text()
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{name} in the released run.json is not JSON")
+
+    json.loads(text, parse_constant=no_constant)
+    assert str(paths.ROOT) not in text and str(Path.home()) not in text
+    assert "dir" not in json.loads(text)["data"]

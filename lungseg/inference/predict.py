@@ -343,7 +343,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
             recursive: bool | None = None, runtime_name: str = "auto", check: bool = True,
-            record_input: bool = False) -> dict:
+            record_input: bool = False, progress: bool = True) -> dict:
     """Segment the series in ``dicom_dir`` (a DICOM folder, or a NIfTI/NRRD/MetaImage file: see
     :mod:`lungseg.io.imagefile`) and write NIfTI, DICOM SEG, RTSTRUCT, overview and stats into
     ``out_dir`` (created whole or not at all); return the stats. Relative paths are taken from the
@@ -356,7 +356,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
     ``check``: judge the mask (:mod:`lungseg.inference.qc`; ``stats["qc"]``); False only to time predict
     without it. ``record_input``: also write the input's absolute path into stats.json (by default only
-    :func:`input_id`)."""
+    :func:`input_id`). ``progress``: the inference's progress bar."""
     dicom_dir, out_dir = Path(dicom_dir).absolute(), Path(out_dir).absolute()
     image_file = dicom_dir if imagefile.is_image_file(dicom_dir) else None
     if image_file is None and not dicom_dir.is_dir():
@@ -374,7 +374,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         postprocess.check_threshold(threshold)
     except ValueError as err:
         raise PredictError(f"--{err}") from None
-    network = load_network(ckpt, device, runtime_name, batch_size)
+    network = load_network(ckpt, device, runtime_name, batch_size, progress=progress)
     clock.lap("load_model_s")
     if image_file is not None:
         try:

@@ -151,7 +151,8 @@ def _diseased(hu: torch.Tensor, lung: torch.Tensor, spec: DiseaseSpec, gen: torc
         a = _collapse_region(where, _u(gen, 0.15, 0.9), gen)
         dense = _u(gen, max(spec.dense_hu[0], -20.0), spec.dense_hu[1]) + _texture(s, sigma * 0.5, gen)
         return hu * (1 - a) + a * dense
-    whole = float(torch.rand((), generator=gen)) < spec.full
+    # Drawn only when asked for, so that a spec without it keeps the very draws of earlier runs.
+    whole = spec.full > 0 and float(torch.rand((), generator=gen)) < spec.full
     a = where.float() if whole else _region(where, _pick(gen, PLACES), _u(gen, 0.1, 1.0), gen)
     if kind == "ggo":
         return hu + a * (_u(gen, *spec.ggo_hu) + _texture(s, sigma, gen))

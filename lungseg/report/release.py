@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -99,10 +100,32 @@ def release(run: runs.TrainResult, settings: dict, accuracy: dict, profile: str,
         "tuning": {"threshold_study": settings["threshold_study"],
                    "postprocess_study": settings["postprocess_study"]},
         "expected_accuracy": accuracy, "licence": LICENCE, "attribution": LCTSC_ATTRIBUTION}
+    manifest = public_manifest(manifest)
     with writing.staged_folder(out, TOOL, overwrite=True) as tmp:
         shutil.copyfile(weights, tmp / runs.WEIGHTS)
-        runs.write_manifest(tmp, manifest)
+        writing.atomic_write_text(tmp / runs.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False) + "\n")
         writing.atomic_write_text(tmp / CARD, model_card(manifest))
+    return out
+
+
+def _finite(value: object) -> object:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The run's manifest as the release publishes it: strict JSON (a run on every case has no test
+    loss: None, not NaN) and no path of the machine it was made on (the data folder is named by its
+    cases' content keys only)."""
+    out = _finite(manifest)
+    out["data"] = {k: v for k, v in out.get("data", {}).items() if k != "dir"}
+    out["config"] = {**out.get("config", {}), "data_dir": ""}
     return out
 
 
