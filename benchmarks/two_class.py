@@ -100,7 +100,7 @@ def main() -> int:
         case = cache.load_case(cid, cfg.data_dir or None)
         truth = sides.split_lungs(np.asarray(case.mask), case.volume)
         logits = inference.run_logits(run.model, cfg, case.volume.hu)
-        binary = sides.split_lungs(inference.segment(logits, 0.5, True), case.volume)
+        binary = sides.split_lungs(postprocess.segment(logits, 0.5, True), case.volume)
         out["binary + side rule"][cid] = per_lung(case, binary, truth)
         out["two-class network"][cid] = per_lung(case, two_class_labels(net2, cfg, case), truth)
     summary = {approach: {lung: {k: float(np.mean([r[lung][k] for r in per.values()]))

@@ -23,7 +23,7 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
     STRUCTURE_NAMES,
     summary_rows,
 )
-from lungseg.inference import inference, sides
+from lungseg.inference import inference, postprocess, sides
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
 from lungseg.network.runs import ProfileRuns, TrainResult
@@ -84,7 +84,7 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
     rows = []
     test_logits = logits_of(test_cases)
     for case, lg in zip(test_cases, test_logits, strict=True):
-        pred = inference.segment(lg, threshold, use_pp)
+        pred = postprocess.segment(lg, threshold, use_pp)
         for row in lung_rows(case, pred, truths.get(case.case_id)):
             rows.append({**row, "fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold,
                          "postprocess": use_pp})
@@ -119,7 +119,7 @@ def worst_patient_errors(report: ProfileRuns, rows: Sequence[dict], cases: Seque
     worst = worst_patient(rows)
     case = next(c for c in cases if c.case_id == worst["case"])
     run = next(r for r in report.folds() if worst["case"] in r.config.test_cases)
-    pred = inference.segment(inference.run_logits(run.model, run.config, case.volume.hu, device),
+    pred = postprocess.segment(inference.run_logits(run.model, run.config, case.volume.hu, device),
                              worst["threshold"], worst["postprocess"])
     return worst, case, pred, error_profile(case, pred)
 

@@ -243,8 +243,7 @@ def run_scorer(run: TrainResult, with_qc: bool = True) -> Scorer:
             verdict = qc.assess(row["scores"])
             return {"dice": row["dice"], "status": verdict.status, "checks": verdict.flagged}
         logits = inference.run_logits(run.model, run.config, np.asarray(variant.volume.hu), "cpu")
-        mask = postprocess.binarize(logits, threshold)
-        mask = postprocess.clean(mask) if clean else mask
+        mask = postprocess.segment(logits, threshold, clean)  # the mask of segment.segment, no sides
         return {"dice": metrics.volume_dice(mask, variant.truth), "status": ""}
 
     return score

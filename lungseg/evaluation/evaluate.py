@@ -28,7 +28,7 @@ def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold
     optionally after :func:`lungseg.inference.postprocess.clean`."""
     rows = []
     for case, lg in zip(cases, logits, strict=True):
-        pred = inference.segment(lg, threshold, clean)
+        pred = postprocess.segment(lg, threshold, clean)
         row = {"case": case.case_id}
         row.update(metrics.per_patient_metrics(pred, np.asarray(case.mask), case.volume.spacing))
         rows.append(row)

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from lungseg import paths
 from lungseg.evaluation import failures, metrics
-from lungseg.inference import inference, postprocess, predict, qc, sides
+from lungseg.inference import inference, predict, qc, segment
 from lungseg.io import cache, writing
 from lungseg.network import config, runs
 from lungseg.network.runs import TrainResult
@@ -70,16 +70,14 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
     t0 = time.perf_counter()
     logits = inference.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
     inference_s = time.perf_counter() - t0
-    raw = postprocess.binarize(logits, threshold)
-    final = postprocess.clean(raw) if clean else raw
-    labels, _ = sides.split_lungs_with_info(final, volume)
     timings: dict[str, float] = {}
 
     def logits_of(hu: np.ndarray) -> np.ndarray:
         return inference.run_logits(run.model, run.config, hu, "cpu")
 
-    scores = qc.measure(volume.hu, volume.spacing, logits, raw, labels, threshold, logits_of, timings)
-    dice = metrics.volume_dice(final, truth)
+    seg = segment.segment(volume, logits, threshold, clean, logits_of, True, timings)
+    scores = seg.scores
+    dice = metrics.volume_dice(seg.mask, truth)
     cut, empty = variant.lungs_cut, not truth.any()
     why = [w for w, on in (("Dice < 0.90", dice < BAD_DICE), ("lungs cut", cut), ("no lung", empty)) if on]
     sound_kind = variant.kind in failures.SOUND_KINDS

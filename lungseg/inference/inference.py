@@ -19,8 +19,6 @@ from lungseg.progress import bar as progress_bar
 
 binarize = postprocess.binarize
 """The one thresholding rule (:func:`lungseg.inference.postprocess.binarize`)."""
-segment = postprocess.segment
-"""Threshold, then optionally post-process (:func:`lungseg.inference.postprocess.segment`)."""
 
 
 

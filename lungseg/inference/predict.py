@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lungseg import __version__
-from lungseg.inference import postprocess, qc, runtime, sides
+from lungseg.inference import postprocess, runtime, segment, sides
 from lungseg.io import dicom, export, imagefile, orient, overlay, rtstruct, series, writing
 from lungseg.network import runs
 
@@ -202,9 +202,6 @@ class Network:
         return self.session.logits(hu, batch_size=self.batch_size)
 
 
-_Network = Network  # the name before batch used it
-
-
 def load_network(checkpoint: Path, device: str = "auto", runtime_name: str = "auto",
                  batch_size: int | None = None, threads: int | None = None,
                  progress: bool = True) -> Network:
@@ -212,9 +209,6 @@ def load_network(checkpoint: Path, device: str = "auto", runtime_name: str = "au
     ``runtime_name`` (:data:`RUNTIMES`), as ``predict`` loads it."""
     dev = resolve_device(device)
     return Network(checkpoint, dev, resolve_runtime(runtime_name, dev), batch_size, threads, progress)
-
-
-segment = postprocess.segment
 
 
 # ---- output folder -----------------------------------------------------------------------------
@@ -243,6 +237,11 @@ class _Clock:
         now = time.perf_counter()
         self.stages[name] = round(now - self._t, 3)
         self._t = now
+
+    def split(self, name: str, part: str, seconds: float) -> None:
+        """Move ``seconds`` of the stage ``name`` into a stage ``part`` of their own."""
+        self.stages[name] = round(self.stages[name] - seconds, 3)
+        self.stages[part] = round(seconds, 3)
 
 
 # ---- the command -------------------------------------------------------------------------------
@@ -329,15 +328,6 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
             clean if clean is not None else bool(saved.get("postprocess", True)))
 
 
-def quality(canon: dicom.Volume, logits: np.ndarray, raw: np.ndarray, labels: np.ndarray,
-            threshold: float, network: _Network | None) -> qc.QCResult:
-    """The QC verdict of a prediction (:mod:`lungseg.inference.qc`), all arrays on the canonical grid; with
-    ``network``, the flip agreement runs it on a few mirrored slices."""
-    scores = qc.measure(canon.hu, canon.spacing, logits, raw, labels, threshold,
-                        network.logits_of if network is not None else None)
-    return qc.assess(scores)
-
-
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
@@ -404,8 +394,9 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
     clock.lap("inference_s")
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
-    raw = postprocess.binarize(logits, threshold)
-    canon_labels, split = sides.split_lungs_with_info(postprocess.clean(raw) if clean else raw, canon)
+    qc_timings: dict[str, float] = {}
+    seg = segment.segment(canon, logits, threshold, clean, network.logits_of, check, qc_timings)
+    canon_labels, split = seg.labels, seg.split
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"
         warnings.warn(f"{volume.case_id}: the predicted lungs form one part with no neck to split at; "
@@ -413,11 +404,11 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
                       SideWarning, stacklevel=2)
     labels = reo.to_native(canon_labels)
     clock.lap("postprocess_s")
-    verdict = quality(canon, logits, raw, canon_labels, threshold, network) if check else None
-    clock.lap("qc_s")
+    clock.split("postprocess_s", "qc_s", sum(qc_timings.values()))
+    verdict = seg.verdict
     stats = _stats(volume, labels, split, network, choice, threshold, clean)
     stats["reoriented_for_inference"] = not reo.is_identity
-    del logits, raw
+    del logits, seg
     stats.update(extra or {})
     if verdict is not None:
         stats["qc"] = verdict.to_dict()

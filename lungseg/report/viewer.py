@@ -32,7 +32,7 @@ def over(top: tuple[float, ...], bottom: tuple[float, ...]) -> tuple[float, floa
 def draw_slice(case: Case, prediction: np.ndarray | None, z: int, window: tuple[float, float],
                show_gt: bool = True, show_pred: bool = True) -> Figure:
     """One axial slice ``z`` (HU, ``window``) with ground truth (green) and the final prediction, with a
-    legend: a bool (z, y, x) mask (red), as :func:`lungseg.inference.inference.segment` gives with the
+    legend: a bool (z, y, x) mask (red), as :func:`lungseg.inference.postprocess.segment` gives with the
     run's chosen
     threshold and post-processing, or its right/left labels (1/2, :mod:`lungseg.inference.sides`) in the
     colours of ``overview.png``."""
