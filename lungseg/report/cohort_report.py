@@ -286,6 +286,6 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
 
 
 def _z(f: Path) -> float:
-    import pydicom
+    from lungseg.io import dicom
 
-    return float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    return float(dicom.read_dataset(f, stop_before_pixels=True).ImagePositionPatient[2])
