@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 import torch
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -19,7 +20,7 @@ from synthetic import DEFAULT_Z0
 
 from lungseg import cli, paths
 from lungseg.inference import predict
-from lungseg.io import anonymise, cache, dicom
+from lungseg.io import anonymise, cache, dicom, orient
 from lungseg.network import model
 from lungseg.train import train
 
@@ -167,3 +168,22 @@ def case_dir(case_id: str) -> Path:
     if not folder.is_dir() or not paths.mask_file(data, case_id).is_file():
         pytest.skip(f"{case_id} is not unpacked in {data}")
     return folder
+
+
+def image_of(volume: dicom.Volume, order: str = "as is") -> sitk.Image:
+    """``volume`` as a SimpleITK image with its LPS geometry; ``order`` "reversed": slices stored
+    head to foot with the slice axis pointing down (RAS-converted NIfTI often is); "mirrored": columns
+    stored from the patient's left, the first axis pointing right."""
+    d = orient.axis_directions(volume)[::-1].T.copy()  # columns: directions of i (x), j (y), k (z)
+    hu = np.asarray(volume.hu)
+    origin = np.asarray(volume.origin, dtype=float)
+    dz, _, dx = volume.spacing
+    if order == "reversed":
+        hu, origin, d[:, 2] = hu[::-1], origin + (hu.shape[0] - 1) * dz * d[:, 2], -d[:, 2]
+    if order == "mirrored":
+        hu, origin, d[:, 0] = hu[:, :, ::-1], origin + (hu.shape[2] - 1) * dx * d[:, 0], -d[:, 0]
+    img = sitk.GetImageFromArray(np.ascontiguousarray(hu))
+    img.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
+    img.SetOrigin(tuple(float(v) for v in origin))
+    img.SetDirection(tuple(d.ravel()))
+    return img

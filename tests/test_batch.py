@@ -20,13 +20,15 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from builders import write_checkpoint
+import SimpleITK as sitk
+from builders import image_of, write_checkpoint
 from corpus import ORIENTATIONS, write_oriented
 from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
@@ -35,7 +37,7 @@ from synthetic import edit, write_series
 from lungseg import cli, paths
 from lungseg.inference import batch, predict
 from lungseg.inference.batch import discover, plan, table
-from lungseg.io import writing
+from lungseg.io import dicom, writing
 
 TIMEOUT_S = 120
 
@@ -396,3 +398,35 @@ def test_the_default_local_cluster_gives_the_masks_of_one_process(tmp_path: Path
         assert r["status"] == "done"
         np.testing.assert_array_equal(np.asarray(nifti(out / r["output"]).dataobj),
                                       np.asarray(nifti(tmp_path / "one" / r["output"]).dataobj))
+
+
+def test_image_files_beside_dicom_series_are_segmented_and_said_so(tmp_path: Path, ckpt: Path) -> None:
+    """A NIfTI export beside its DICOM series, an NRRD in a folder of its own and a label map given as
+    a CT: the files are found, segmented on their own grid (the NIfTI's mask is the DICOM series'),
+    cohort.csv says which input is which, the label map fails with its reason, a rerun reuses all."""
+    root, out = tmp_path / "export", tmp_path / "out"
+    write_series(root / "P010" / "ct", n=6, intercept=-2048.0)  # HU about -1000: air, as in a CT
+    vol = dicom.load_series(root / "P010" / "ct")
+    sitk.WriteImage(image_of(vol), str(root / "P010" / "ct.nii.gz"))
+    (root / "P011").mkdir()
+    sitk.WriteImage(image_of(vol, "reversed"), str(root / "P011" / "scan.nrrd"))
+    (root / "P012").mkdir()
+    sitk.WriteImage(image_of(replace(vol, hu=(np.asarray(vol.hu) > -500).astype(np.int16))),
+                    str(root / "P012" / "labels.nii.gz"))
+    before = tree_checksums(root)
+    assert run_batch(root, "--out", out, "--checkpoint", ckpt) == 1  # the label map failed
+    rows = cohort(out)
+    dcm, nii, nrrd, bad = rows["P010/ct"], rows["P010/ct.nii.gz"], rows["P011/scan.nrrd"], rows[
+        "P012/labels.nii.gz"]
+    assert (dcm["input"], nii["input"], nrrd["input"], bad["input"]) == ("dicom", "nifti", "nrrd", "nifti")
+    assert dcm["status"] == nii["status"] == nrrd["status"] == batch.DONE and nii["series_uid"] == ""
+    assert bad["status"] == batch.FAILED
+    assert "label map" in bad["message"] and "labels.nii.gz" in bad["message"]
+    assert nii["output"] == "P010/ct-nifti" and nrrd["output"] == "P011"
+    assert (out / "P011" / "lung_mask.nrrd").is_file() and not (out / "P011" / predict.SEG_NAME).exists()
+    np.testing.assert_array_equal(np.asarray(nifti(out / dcm["output"]).dataobj),
+                                  np.asarray(nifti(out / nii["output"]).dataobj))
+    assert tree_checksums(root) == before  # the input is only read
+    mtimes = stats_mtimes(out)
+    assert run_batch(root, "--out", out, "--checkpoint", ckpt) == 1
+    assert stats_mtimes(out) == mtimes  # finished files are not recomputed

@@ -12,31 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from builders import REAL_CASE, run_cli, volume_of, write_checkpoint
+from builders import REAL_CASE, image_of, run_cli, volume_of, write_checkpoint
 
 from lungseg.inference import postprocess, predict, sides
 from lungseg.io import dicom, imagefile, orient
 
 SLAB = slice(60, 72)  # 12 slices of Case_000 through both lungs: small files, real anatomy
-
-
-def _image(volume: dicom.Volume, order: str = "as is") -> sitk.Image:
-    """``volume`` as a SimpleITK image with its LPS geometry; ``order`` "reversed": slices stored
-    head to foot with the slice axis pointing down (RAS-converted NIfTI often is); "mirrored": columns
-    stored from the patient's left, the first axis pointing right."""
-    d = orient.axis_directions(volume)[::-1].T.copy()  # columns: directions of i (x), j (y), k (z)
-    hu = np.asarray(volume.hu)
-    origin = np.asarray(volume.origin, dtype=float)
-    dz, _, dx = volume.spacing
-    if order == "reversed":
-        hu, origin, d[:, 2] = hu[::-1], origin + (hu.shape[0] - 1) * dz * d[:, 2], -d[:, 2]
-    if order == "mirrored":
-        hu, origin, d[:, 0] = hu[:, :, ::-1], origin + (hu.shape[2] - 1) * dx * d[:, 0], -d[:, 0]
-    img = sitk.GetImageFromArray(np.ascontiguousarray(hu))
-    img.SetSpacing(tuple(float(s) for s in volume.spacing[::-1]))
-    img.SetOrigin(tuple(float(v) for v in origin))
-    img.SetDirection(tuple(d.ravel()))
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +36,8 @@ def slab() -> dicom.Volume:
 def test_a_file_gives_the_dicom_series_volume(tmp_path: Path, slab: dicom.Volume, suffix: str,
                                               order: str) -> None:
     path = tmp_path / f"ct{suffix}"
-    sitk.WriteImage(_image(slab, order), str(path))
-    vol = imagefile.load_image(path)
+    sitk.WriteImage(image_of(slab, order), str(path))
+    vol = imagefile.loadimage_of(path)
     (canon_file, _), (canon_dicom, _) = orient.canonical(vol), orient.canonical(slab)
     np.testing.assert_array_equal(canon_file.hu, canon_dicom.hu)  # same voxels, same place
     np.testing.assert_allclose(orient.voxel_to_lps(canon_file), orient.voxel_to_lps(canon_dicom), atol=1e-3)
@@ -67,8 +48,8 @@ def test_a_file_gives_the_dicom_series_volume(tmp_path: Path, slab: dicom.Volume
 @pytest.mark.parametrize("order", ["as is", "reversed", "mirrored"])
 def test_a_mask_goes_back_onto_the_files_own_grid(tmp_path: Path, slab: dicom.Volume, order: str) -> None:
     src = tmp_path / "ct.nrrd"
-    sitk.WriteImage(_image(slab, order), str(src))
-    vol = imagefile.load_image(src)
+    sitk.WriteImage(image_of(slab, order), str(src))
+    vol = imagefile.loadimage_of(src)
     mask = (np.asarray(vol.hu) < -400).astype(np.uint8)  # any mask tied to the anatomy
     out = imagefile.write_mask_like(mask, src, tmp_path / "m.nrrd")
     written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(src))
@@ -122,14 +103,14 @@ def _bad(tmp_path: Path, kind: str) -> Path:
 def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:
     path = _bad(tmp_path, kind)
     with pytest.raises(imagefile.ImageFileError, match=message) as err:
-        imagefile.load_image(path)
+        imagefile.loadimage_of(path)
     assert str(path) in str(err.value)
 
 
 def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: dicom.Volume, capsys) -> None:
     src = tmp_path / "in" / "ct.mha"
     src.parent.mkdir()
-    sitk.WriteImage(_image(slab, "reversed"), str(src))
+    sitk.WriteImage(image_of(slab, "reversed"), str(src))
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=64)
     assert run_cli("predict", src, "--out", tmp_path / "out", "--checkpoint", ckpt, "--threshold", "0.5") == 0
@@ -140,7 +121,7 @@ def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: d
         stats["outputs"])
     # The labels in the file (stored head to foot) are those of the DICOM slab, predicted in process.
     on_file = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "lung_mask.mha")))[::-1]
-    _, reo = orient.canonical(imagefile.load_image(src))
+    _, reo = orient.canonical(imagefile.loadimage_of(src))
     canon, _ = orient.canonical(slab)
     threshold, clean = predict.inference_settings(ckpt, 0.5, None)
     raw = postprocess.binarize(predict.load_network(ckpt, "cpu").logits(canon), threshold)
@@ -157,16 +138,16 @@ def test_a_plain_axial_volume_round_trips(tmp_path: Path) -> None:
     hu = np.arange(4 * 6 * 6, dtype=np.int16).reshape(4, 6, 6) - 1000
     vol = volume_of(hu, (2.5, 0.8, 0.8))
     path = tmp_path / "p.nii.gz"
-    sitk.WriteImage(_image(vol), str(path))
-    back = imagefile.load_image(path)
+    sitk.WriteImage(image_of(vol), str(path))
+    back = imagefile.loadimage_of(path)
     np.testing.assert_array_equal(back.hu, hu)
     assert back.spacing == pytest.approx(vol.spacing) and back.orientation == pytest.approx(vol.orientation)
     np.testing.assert_allclose(back.positions, vol.positions, atol=1e-6)
 
 
-def _mask_image(mask: np.ndarray, volume: dicom.Volume, order: str) -> sitk.Image:
+def _maskimage_of(mask: np.ndarray, volume: dicom.Volume, order: str) -> sitk.Image:
     """A mask on ``volume``'s grid, stored as :func:`_image` stores the CT in that ``order``."""
-    img = _image(replace(volume, hu=mask.astype(np.int16)), order)
+    img = image_of(replace(volume, hu=mask.astype(np.int16)), order)
     return sitk.Cast(img, sitk.sitkUInt8)
 
 
@@ -181,16 +162,16 @@ def test_a_mask_file_is_read_onto_the_ct_grid(tmp_path: Path, slab: dicom.Volume
                                               order: str) -> None:
     """Whatever order the file stores its voxels in, the labels land on the DICOM series' voxels."""
     path = tmp_path / "mask.nii.gz"
-    sitk.WriteImage(_mask_image(slab_truth, slab, order), str(path))
+    sitk.WriteImage(_maskimage_of(slab_truth, slab, order), str(path))
     np.testing.assert_array_equal(imagefile.load_mask_on(path, slab), slab_truth)
 
 
 def test_a_mask_on_another_grid_is_refused(tmp_path: Path, slab: dicom.Volume,
                                           slab_truth: np.ndarray) -> None:
-    shifted = _mask_image(slab_truth, slab, "as is")
+    shifted = _maskimage_of(slab_truth, slab, "as is")
     step = (0.0, 0.0, slab.spacing[0])
     shifted.SetOrigin(tuple(v + s for v, s in zip(shifted.GetOrigin(), step, strict=True)))
-    coarse = _mask_image(slab_truth[:, ::2, ::2], replace(slab, hu=np.asarray(slab.hu)[:, ::2, ::2],
+    coarse = _maskimage_of(slab_truth[:, ::2, ::2], replace(slab, hu=np.asarray(slab.hu)[:, ::2, ::2],
                                                           spacing=(slab.spacing[0], slab.spacing[1] * 2,
                                                                    slab.spacing[2] * 2)), "as is")
     for name, img in (("shifted.nii.gz", shifted), ("coarse.nrrd", coarse)):
@@ -198,7 +179,7 @@ def test_a_mask_on_another_grid_is_refused(tmp_path: Path, slab: dicom.Volume,
         with pytest.raises(imagefile.ImageFileError, match=name):
             imagefile.load_mask_on(tmp_path / name, slab)
     ct = tmp_path / "ct.nrrd"
-    sitk.WriteImage(_image(slab), str(ct))
+    sitk.WriteImage(image_of(slab), str(ct))
     with pytest.raises(imagefile.ImageFileError, match="not labels"):
         imagefile.load_mask_on(ct, slab)  # an image given as the mask
 
@@ -208,8 +189,8 @@ def test_qc_judges_a_mask_made_elsewhere(tmp_path: Path, slab: dicom.Volume, sla
     """Known answer: the true lungs of a 12-slice slab run through the top and bottom slices, so QC
     says the scan cuts the lungs; --fail-on-qc review turns that into exit 3, and the JSON says why."""
     ct, mask = tmp_path / "ct.mha", tmp_path / "lungs.nii.gz"
-    sitk.WriteImage(_image(slab, "reversed"), str(ct))
-    sitk.WriteImage(_mask_image(slab_truth, slab, "mirrored"), str(mask))
+    sitk.WriteImage(image_of(slab, "reversed"), str(ct))
+    sitk.WriteImage(_maskimage_of(slab_truth, slab, "mirrored"), str(mask))
     assert run_cli("qc", ct, mask, "--json", tmp_path / "qc.json", "--fail-on-qc", "review") == 3
     record = json.loads((tmp_path / "qc.json").read_text())
     assert record["status"] in ("review", "fail") and {"cut_top", "cut_bottom"} & set(record["checks"])

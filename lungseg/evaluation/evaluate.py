@@ -22,7 +22,8 @@ from lungseg.network import data, model, runs
 from lungseg.network.config import TrainConfig
 
 
-def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray], threshold: float = 0.5,
+def volume_scores(cases: Sequence[Case], logits: Sequence[np.ndarray],
+                  threshold: float = postprocess.DEFAULT_THRESHOLD,
                   clean: bool = False) -> list[dict]:
     """Per-patient 3D metrics (Dice, HD95 mm, MSD mm, volumes mL) at a probability ``threshold``,
     optionally after :func:`lungseg.inference.postprocess.clean`."""

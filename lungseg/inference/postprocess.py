@@ -27,7 +27,7 @@ def check_threshold(threshold: float) -> float:
     return threshold
 
 
-def binarize(logits, threshold: float = 0.5):
+def binarize(logits, threshold: float = DEFAULT_THRESHOLD):
     """The one thresholding rule: bool mask where sigmoid(``logits``) > ``threshold`` (a probability
     strictly between 0 and 1), for numpy arrays and torch tensors alike."""
     return logits > logit(check_threshold(threshold))

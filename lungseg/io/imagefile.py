@@ -28,6 +28,9 @@ HU_LIMITS = (-32768, 32767)
 LABEL_MAP_VALUES = 16
 """An image with no more distinct values (sampled) is a label map, not a CT."""
 SORT_KEY = "image file geometry (SimpleITK direction and origin)"
+FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
+           ".mhd": "metaimage"}
+"""The format of each suffix, as ``batch``'s cohort table names it (``input``: dicom or one of these)."""
 
 
 class ImageFileError(ValueError):
@@ -37,6 +40,21 @@ class ImageFileError(ValueError):
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True for a path whose name ends in one of :data:`SUFFIXES` (case-insensitive)."""
     return str(path).lower().endswith(SUFFIXES)
+
+
+def format_of(path: str | os.PathLike[str]) -> str:
+    """"nifti", "nrrd" or "metaimage" for an image file name; ValueError for any other name."""
+    name = str(path).lower()
+    for suffix, kind in FORMATS.items():
+        if name.endswith(suffix):
+            return kind
+    raise ValueError(f"{path}: not a {', '.join(SUFFIXES)} file")
+
+
+def stem_of(path: str | os.PathLike[str]) -> str:
+    """The file name without its image suffix (``ct.nii.gz`` → ``ct``)."""
+    name = Path(path).name
+    return name[: -len(next(s for s in SUFFIXES if name.lower().endswith(s)))]
 
 
 def _read(path: Path):
@@ -133,7 +151,7 @@ def load_image(path: str | os.PathLike[str]) -> Volume:
         origin = origin + (nz - 1) * sz * d[:, 2]
     normal = np.cross(d[:, 0], d[:, 1])
     positions = float(origin @ normal) + sz * np.arange(nz)
-    name = path.name[: -len(next(s for s in SUFFIXES if path.name.lower().endswith(s)))]
+    name = stem_of(path)
     return Volume(hu=np.ascontiguousarray(hu), spacing=(float(sz), float(sy), float(sx)),
                   origin=tuple(float(v) for v in origin), positions=positions,
                   files=(str(path),) * nz, case_id=name, series_uid="", orientation=tuple(d[:, :2].T.ravel()),

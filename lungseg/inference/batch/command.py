@@ -177,7 +177,7 @@ def _run(root: Path, out: Path, settings: Settings, executor: Lazy,
     scan_s = time.perf_counter() - t_scan
     entries = plan(series, all_series)
     tasks = {e.output: Task(str(root), str(out), e.scan.folder, tuple(e.scan.files + e.scan.extra_files),
-                            e.scan.uid, e.output, e.scan.key, settings)
+                            e.scan.uid, e.output, e.scan.key, settings, e.scan.input)
              for e in entries if e.status == "todo"}
     mine = take_part(entries, part)
     cohort = Cohort(out, entries, {k: t.fingerprint for k, t in tasks.items()}, [e.output for e in mine])

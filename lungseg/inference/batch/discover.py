@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from lungseg.io import dicom, series
+from lungseg.io import dicom, imagefile, series
 
 DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (a DICOMDIR)
 
@@ -48,6 +48,19 @@ class SeriesScan:
     """Damaged files of the same folder: reading the series fails on them, as predict's would."""
     derived: bool = False
     """Every ImageType says DERIVED (a reformat: MPR, MIP)."""
+    input: str = "dicom"
+    """"dicom" (a series of files), or the format of one image file (:data:`lungseg.io.imagefile.FORMATS`:
+    the file is ``files[0]`` and ``uid`` its name; it is read, and refused if it is not CT in HU, when
+    segmented)."""
+
+    @property
+    def is_file(self) -> bool:
+        return self.input != "dicom"
+
+    @property
+    def source(self) -> str:
+        """The input relative to ROOT: the series' folder, or the image file."""
+        return (PurePosixPath(self.folder) / self.files[0]).as_posix() if self.is_file else self.folder
 
     @property
     def facts(self) -> series.SeriesFacts:
@@ -114,9 +127,13 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
     base = Path(root) / folder
     groups: dict[str, dict] = {}
     bad: list[tuple[str, str]] = []
+    files: list[SeriesScan] = []
     for name in names:
         path = base / name
         if name.upper() == "DICOMDIR" or not path.is_file():  # an index; a broken link, a socket...
+            continue
+        if imagefile.is_image_file(name):
+            files.append(_file_scan(base, folder, name, names))
             continue
         if not dicom.is_dicom(path):
             if path.suffix.lower() in dicom.DICOM_SUFFIXES:
@@ -166,7 +183,19 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
             derived=series.is_derived(sorted(g["types"])),
             orientation=g["iop"], thickness=_median(g["thick"]), step=_median(steps), files=g["files"],
             key=key))
-    return FolderScan(folder, found, bad)
+    return FolderScan(folder, found + files, bad)
+
+
+def _file_scan(base: Path, folder: str, name: str, names: Sequence[str]) -> SeriesScan:
+    """One image file as a series of its own (its header is read when it is segmented). The key
+    covers the files that share its stem (a .mhd/.nhdr header's data file)."""
+    stem = imagefile.stem_of(name)
+    mine = [n for n in names if n == name or (n.startswith(stem + ".") and not imagefile.is_image_file(n))]
+    stat = [(n, (base / n).stat().st_size, (base / n).stat().st_mtime_ns) for n in sorted(mine)]
+    return SeriesScan(folder=folder, uid=name, study=f"file:{folder}/{name}", modality="CT", image=True,
+                      localizer=False, orientation=None, thickness=None, step=None, files=[name],
+                      key=hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:16],
+                      input=imagefile.format_of(name))
 
 
 def merge_scans(scans: Iterable[FolderScan]) -> tuple[list[SeriesScan], list[FolderScan]]:
@@ -175,8 +204,12 @@ def merge_scans(scans: Iterable[FolderScan]) -> tuple[list[SeriesScan], list[Fol
     holding damaged files but no series (each a failed row)."""
     by_uid: dict[str, list[SeriesScan]] = defaultdict(list)
     orphans = []
+    files = []
     for scan in scans:
         for s in scan.series:
+            if s.is_file:
+                files.append(s)
+                continue
             s.extra_files = [name for name, _ in scan.bad]
             by_uid[s.uid].append(s)
         if scan.bad and not scan.series:
@@ -200,7 +233,7 @@ def merge_scans(scans: Iterable[FolderScan]) -> tuple[list[SeriesScan], list[Fol
             thickness=_median([p.thickness for p in parts if p.thickness]),
             step=min((p.step for p in parts if p.step), default=None),
             key=hashlib.sha256("".join(sorted(p.key for p in parts)).encode()).hexdigest()[:16]))
-    return sorted(merged, key=lambda s: (s.folder, s.uid)), orphans
+    return sorted(merged + files, key=lambda s: (s.folder, s.uid)), orphans
 
 
 def scan_item(item: tuple[str, str, list[str]]) -> FolderScan:

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 from lungseg.inference.batch.discover import SeriesScan
 from lungseg.inference.batch.table import SKIPPED
-from lungseg.io import series
+from lungseg.io import imagefile, series
 
 SERIES_PREFIX = "series-"
 """Output sub-folder ``series-UID`` where a folder holds several series."""
@@ -43,7 +43,7 @@ def plan(scans: Sequence[SeriesScan], all_series: bool = False) -> list[Entry]:
     entries = {(s.folder, s.uid): Entry(s, "todo") for s in scans}
     studies: dict[str, list[Entry]] = defaultdict(list)
     for e in entries.values():
-        reason = series.not_a_volume(e.scan.facts)
+        reason = "" if e.scan.is_file else series.not_a_volume(e.scan.facts)  # a file: read when run
         if reason:
             e.status, e.reason = SKIPPED, reason
         else:
@@ -82,8 +82,8 @@ def _choose_in_study(members: list[Entry]) -> None:
 
 def output_names(series: Sequence[SeriesScan]) -> dict[tuple[str, str], str]:
     """Output folder of each series, relative to OUT: its folder's path relative to ROOT, or
-    ``FOLDER/series-UID`` where the folder holds several series, is ROOT itself, or has series in
-    folders below it (so that no output folder lies inside another). Nothing else goes into a
+    ``FOLDER/series-UID`` (an image file: ``FOLDER/STEM-FORMAT``) where the folder holds several series,
+    is ROOT itself, or has series in folders below it (so that no output folder lies inside another). Nothing else goes into a
     name, so it never shows an identifier the source path does not."""
     per_folder: dict[str, int] = defaultdict(int)
     for s in series:
@@ -93,7 +93,8 @@ def output_names(series: Sequence[SeriesScan]) -> dict[tuple[str, str], str]:
     names = {}
     for s in series:
         plain = per_folder[s.folder] == 1 and s.folder != "." and s.folder not in parents
-        sub = PurePosixPath(s.folder) / f"{SERIES_PREFIX}{s.uid or 'unknown'}"
+        sub = PurePosixPath(s.folder) / (f"{imagefile.stem_of(s.files[0])}-{s.input}" if s.is_file
+                                         else f"{SERIES_PREFIX}{s.uid or 'unknown'}")
         names[(s.folder, s.uid)] = s.folder if plain else sub.as_posix()
     taken = sorted(names.values())
     for a, b in zip(taken, taken[1:], strict=False):

@@ -27,7 +27,7 @@ COHORT = "cohort.csv"
 
 COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "right_lung_ml", "left_lung_ml",
            "lung_volume_ml", "lungs_touching", "qc_status", "qc_reasons", "seconds", "model", "modality",
-           "plane", "slice_mm")
+           "plane", "slice_mm", "input")
 """The cohort table's columns; ``qc_*``: the verdict of :mod:`lungseg.inference.qc` (empty unless done)."""
 
 
@@ -65,8 +65,11 @@ def row(entry: Entry, status: str, message: str = "", stats: dict | None = None,
     """A cohort row (every column, as text); ``model`` for a row without stats (a failure)."""
     s = entry.scan
     r = dict.fromkeys(COLUMNS, "")
-    r.update(source=s.folder, series_uid=s.uid, status=status, message=message,
-             modality=s.modality, plane=s.plane, slice_mm=_fmt(s.slice_mm, 3).rstrip("0").rstrip("."))
+    r.update(source=s.source, series_uid="" if s.is_file else s.uid, status=status, message=message,
+             modality=s.modality, plane=s.plane, slice_mm=_fmt(s.slice_mm, 3).rstrip("0").rstrip("."),
+             input=s.input)
+    if s.is_file:  # what the header says is known once the file is read
+        r.update(modality="", plane="")
     if status != SKIPPED:
         r["output"] = entry.output
         r["model"] = model
@@ -173,11 +176,14 @@ def remove_stale_cohort_files(out: Path) -> None:
 
 
 def is_complete(folder: Path, fingerprint: dict) -> bool:
-    """True when ``folder`` holds predict's five files, marked by lungseg, made with ``fingerprint``
+    """True when ``folder`` holds every output its stats.json lists (predict's five files for a DICOM
+    series; no SEG or RTSTRUCT for an image file), marked by lungseg, made with ``fingerprint``
     (model, settings, input files)."""
     marker = writing.read_marker(folder)
-    return (marker is not None and marker.get("tool") == predict.TOOL and marker.get("batch") == fingerprint
-            and all((folder / n).is_file() for n in predict.OUTPUT_NAMES))
+    if marker is None or marker.get("tool") != predict.TOOL or marker.get("batch") != fingerprint:
+        return False
+    outputs = read_stats(folder).get("outputs") or predict.OUTPUT_NAMES
+    return (folder / predict.STATS_NAME).is_file() and all((folder / n).is_file() for n in outputs)
 
 
 def read_stats(folder: Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lungseg.inference import predict
 from lungseg.inference.batch.table import DONE, FAILED, is_complete, read_stats
-from lungseg.io import dicom
+from lungseg.io import dicom, imagefile
 from lungseg.network import runs
 
 STAGE_LABEL = "batch-"
@@ -56,6 +56,8 @@ class Task:
     output: str
     source_key: str
     settings: Settings
+    input: str = "dicom"
+    """"dicom", or the format of the one image file ``files[0]``."""
 
     @property
     def fingerprint(self) -> dict:
@@ -133,12 +135,17 @@ def run_task(task: Task) -> Outcome:
             warnings.simplefilter("always", dicom.DicomWarning)
             warnings.simplefilter("always", predict.SideWarning)
             clock = predict._Clock()
-            volume = dicom.load_files([folder / f for f in task.files], folder.name, task.series_uid)
+            image_file = folder / task.files[0] if task.input != "dicom" else None
+            if image_file is not None:
+                volume = imagefile.load_image(image_file)
+            else:
+                volume = dicom.load_files([folder / f for f in task.files], folder.name, task.series_uid)
             clock.lap("read_dicom_s")
             s = task.settings
             stats = predict.segment_series(network, volume, out_dir, s.choice, s.threshold,
-                                           s.postprocess, clock, overwrite=True, sources=[folder],
-                                           extra={"batch": task.fingerprint}, stage_label=STAGE_LABEL)
+                                           s.postprocess, clock, overwrite=True,
+                                           sources=[image_file or folder], extra={"batch": task.fingerprint},
+                                           stage_label=STAGE_LABEL, image_file=image_file)
         notes = [f"note: {w.message}" for w in caught
                  if issubclass(w.category, dicom.DicomWarning | predict.SideWarning)]
         return Outcome(task.output, DONE, "; ".join(notes), stats, time.perf_counter() - t0)
