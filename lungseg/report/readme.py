@@ -115,6 +115,7 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
             "leakage": leakage_block(summary), "dense": dense_block(summary),
             "timing": timing_block(summary, provenance),
             "bench": bench_block(folder), "twoclass": two_class_block(folder),
+            "denserecipe": dense_recipe_block(folder),
             "predict": predict_block(folder), "batch": batch_block(folder), "qc": qc_block(folder),
             "qctime": qc_timing_block(folder)}
 
@@ -190,6 +191,22 @@ def two_class_block(figures_dir: str | Path = paths.FIGURES) -> str:
     return (f"Held-out patients {', '.join(c[-3:] for c in d['held_out'])}, means, threshold 0.5 with "
             f"post-processing; the two-class network trained in {d['two_class_train_s']:.0f} s with the same "
             "recipe:\n\n" + tables.markdown(rows) + "\n")
+
+
+def dense_recipe_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """The dense-lung recipe study on training patients, from ``dense_recipe_study.json`` (written from
+    ``benchmarks/dense_recipe.py``'s runs)."""
+    f = paths.resolve(figures_dir) / "dense_recipe_study.json"
+    if not f.is_file():
+        return "(not measured: `python benchmarks/dense_recipe.py NAME [key=value ...]`)\n"
+    d = json.loads(f.read_text())
+    kinds = ("original", "lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift")
+    def changes(r: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in r["changes"].items() if v) or "none"
+
+    rows = [{"run": r["name"], "changes to the cpu recipe": changes(r),
+             **{k: f"{r[k]:.3f}" for k in kinds}, "train s": r["train_s_native_bf16"]} for r in d["runs"]]
+    return d["what"] + "\n\n" + tables.markdown(rows) + "\n"
 
 
 def predict_block(figures_dir: str | Path = paths.FIGURES) -> str:

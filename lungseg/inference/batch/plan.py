@@ -82,8 +82,9 @@ def _choose_in_study(members: list[Entry]) -> None:
 
 def output_names(series: Sequence[SeriesScan]) -> dict[tuple[str, str], str]:
     """Output folder of each series, relative to OUT: its folder's path relative to ROOT, or
-    ``FOLDER/series-UID`` (an image file: ``FOLDER/STEM-FORMAT``) where the folder holds several series,
-    is ROOT itself, or has series in folders below it (so that no output folder lies inside another). Nothing else goes into a
+    ``FOLDER/series-UID`` (an image file: ``FOLDER/STEM-FORMAT``) where the folder holds several
+    series, is ROOT itself, or has series in folders below it (so that no output folder lies inside
+    another). Nothing else goes into a
     name, so it never shows an identifier the source path does not."""
     per_folder: dict[str, int] = defaultdict(int)
     for s in series:
