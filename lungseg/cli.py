@@ -374,7 +374,19 @@ def _add_module(sub: argparse._SubParsersAction, name: str, module: str, help_te
     imported only when the subcommand runs or asks for help: ``predict`` does not pay for Jupyter."""
     import importlib
 
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:  # the base install: no torch, Jupyter or papermill
+        p = sub.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")  # takes any words
+        p.add_argument("rest", nargs="*")
+
+        def missing(args: argparse.Namespace, exc: ImportError = exc) -> int:
+            print(f"{PROG} {name}: needs {exc.name or 'a package'} (not installed): "
+                  "pip install 'lungseg[report]'", file=sys.stderr)
+            return EXIT_ERROR
+
+        p.set_defaults(func=missing)
+        return
     p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     mod.add_arguments(p)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import sys
@@ -99,12 +100,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConf
 # ---- inference ---------------------------------------------------------------------------------
 
 def _torch_is_cpu_only() -> bool:
-    """True when the installed torch is a CPU-only build (a ``+cpu`` wheel) on a system without
-    Apple MPS: then ``auto`` is the CPU, known without importing torch (~2 s)."""
+    """True when there is no torch (the base install: ONNX Runtime on the CPU) or the installed torch
+    is a CPU-only build (a ``+cpu`` wheel) on a system without Apple MPS: then ``auto`` is the CPU,
+    known without importing torch (~2 s)."""
     try:
         return importlib.metadata.version("torch").endswith("+cpu") and sys.platform != "darwin"
     except importlib.metadata.PackageNotFoundError:
-        return False
+        return importlib.util.find_spec("torch") is None
 
 
 def resolve_device(name: str) -> str:
@@ -140,12 +142,19 @@ def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Sessio
 
 
 def onnx_export(checkpoint: Path) -> Path:
-    """The cached ONNX export of a checkpoint's weights (``build/onnx/``), made on first use."""
+    """The ONNX model of a checkpoint's weights: the one a release ships beside them (no torch
+    needed), else the cached export (``build/onnx/``), made on first use (with torch)."""
     weights = weights_file(checkpoint)
+    shipped = runtime.shipped_model(weights)
+    if shipped is not None:
+        return shipped
     cached = runtime.cached_model(weights)
     if not cached.is_file():
-        from lungseg.network.model import REFERENCE_INPUT_OFFSET_HU
-
+        try:
+            from lungseg.network.model import REFERENCE_INPUT_OFFSET_HU
+        except ImportError:  # the base install: ONNX Runtime only
+            raise PredictError(f"{weights}: no ONNX export ships with these weights, and making one needs "
+                               "PyTorch: pip install 'lungseg[report]' (or use the released model)") from None
         net, cfg = load_checkpoint(weights)
         runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
     return cached

@@ -49,6 +49,10 @@ def choose(name: str, device: str) -> str:
         raise ValueError("--runtime onnxruntime: ONNX Runtime is not installed (pip install onnxruntime)")
     return "onnxruntime"
 META_KEY = "lungseg"
+WEIGHTS_KEY = "lungseg_weights_sha256"
+"""ONNX metadata: the SHA-256 of the ``model.pt`` the export was made from."""
+SHIPPED = "model.onnx"
+"""The export a release ships beside its ``model.pt``, so that predict needs no torch."""
 
 
 def available() -> bool:
@@ -70,11 +74,24 @@ def cached_model(weights: Path) -> Path:
     return CACHE_DIR / f"{digest}-v{EXPORT_VERSION}.onnx"
 
 
-def export(net, preprocessing: dict, path: Path) -> Path:
+def shipped_model(weights: Path) -> Path | None:
+    """The ONNX export shipped beside ``weights`` (a release's :data:`SHIPPED`) when it was made from
+    those very weights (its metadata names their SHA-256), else None."""
+    path = Path(weights).with_name(SHIPPED)
+    if not path.is_file():
+        return None
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    made_from = meta.custom_metadata_map.get(WEIGHTS_KEY)
+    return path if made_from == writing.sha256_file(weights) else None
+
+
+def export(net, preprocessing: dict, path: Path, weights_sha256: str | None = None) -> Path:
     """Export the UNet ``net`` (a torch module, in eval mode on the CPU: a copy, ``net`` is left as
     it is; input (N, 1, S, S) float32, S = ``preprocessing["image_size"]``) to ONNX at ``path``
-    (atomic), with ``preprocessing`` (image_size, input_mode, hu_window, raw_offset_hu) as metadata.
-    Needs torch and ``onnx``."""
+    (atomic), with ``preprocessing`` (image_size, input_mode, hu_window, raw_offset_hu) as metadata,
+    and ``weights_sha256`` (the weights file it was made from) when given. Needs torch and ``onnx``."""
     import copy
     import io
 
@@ -93,7 +110,10 @@ def export(net, preprocessing: dict, path: Path) -> Path:
                           input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(preprocessing)})
+    props = {META_KEY: json.dumps(preprocessing)}
+    if weights_sha256:
+        props[WEIGHTS_KEY] = weights_sha256
+    onnx.helper.set_model_props(proto, props)
     path.parent.mkdir(parents=True, exist_ok=True)
     writing.atomic_write(path, lambda f: f.write(proto.SerializeToString()))
     return path

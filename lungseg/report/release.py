@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from lungseg import paths
+from lungseg.inference import runtime
 from lungseg.io import writing
-from lungseg.network import config, runs
+from lungseg.network import config, model, runs
 
 TOOL = "release"
 CARD = "MODEL_CARD.md"
@@ -103,6 +104,9 @@ def release(run: runs.TrainResult, settings: dict, accuracy: dict, profile: str,
     manifest = public_manifest(manifest)
     with writing.staged_folder(out, TOOL, overwrite=True) as tmp:
         shutil.copyfile(weights, tmp / runs.WEIGHTS)
+        # The ONNX export ships too: predict on the base install (no torch) runs it with ONNX Runtime.
+        runtime.export(run.model, runtime.preprocessing_of(run.config, model.REFERENCE_INPUT_OFFSET_HU),
+                       tmp / runtime.SHIPPED, manifest["release"]["weights_sha256"])
         writing.atomic_write_text(tmp / runs.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False) + "\n")
         writing.atomic_write_text(tmp / CARD, model_card(manifest))
     return out
@@ -173,6 +177,8 @@ def model_card(manifest: dict) -> str:
         "| --- | --- |",
         f"| `model.pt` | weights, training history and config (`torch.load(..., weights_only=True)`); "
         f"{rel['weights_bytes']:,} bytes, SHA-256 `{rel['weights_sha256']}` |",
+        f"| `{runtime.SHIPPED}` | the same network exported to ONNX (with its preprocessing and the "
+        "weights' SHA-256 as metadata): what `predict` runs with ONNX Runtime, no PyTorch needed |",
         "| `run.json` | the run's manifest: config, data fingerprint, code version, preprocessing, "
         "inference settings, this release record |",
         "",

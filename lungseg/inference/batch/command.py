@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lungseg.inference import postprocess, predict, runtime
+from lungseg.inference.batch import executors
 from lungseg.inference.batch.discover import (
     SCAN_IN_PROCESS_FILES,
     FolderScan,
@@ -154,6 +156,13 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
     t0 = time.perf_counter()
     root, out = Path(root).absolute(), Path(out).absolute()
     _check_paths(root, out)
+    if not executors.have_dask():
+        if scheduler:
+            raise BatchError("--scheduler needs Dask: pip install 'lungseg[cohort]'")
+        if workers != 0 and part is None:
+            warnings.warn("Dask is not installed (pip install 'lungseg[cohort]'): the series run one by one "
+                          "in this process", executors.CohortNote, stacklevel=2)
+        workers = 0
     in_process = part is not None or (workers == 0 and not scheduler)
     settings = resolve_settings(checkpoint, threshold, clean, device, runtime_name, batch_size,
                                 runtime.cpu_threads() if in_process else None)

@@ -109,6 +109,17 @@ WORKER_MEMORY_GB = 1.5
 """Memory planned per local worker (the measured peak for 150-180 slices of 512² stays below)."""
 
 
+class CohortNote(UserWarning):
+    """A note ``batch`` prints for the user (one line)."""
+
+
+def have_dask() -> bool:
+    """True when Dask's distributed scheduler is installed (the ``[cohort]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("distributed") is not None
+
+
 def default_workers() -> int:
     """One local worker per core, as many as the memory holds at :data:`WORKER_MEMORY_GB` each."""
     try:
