@@ -134,7 +134,8 @@ def tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def run_batch(*args: object) -> int:
-    return cli.main(["batch", *(str(a) for a in args), "--quiet"])
+    """``lungseg batch ARGS`` in this process (its progress bars on stderr, its summary on stdout)."""
+    return cli.main(["batch", *(str(a) for a in args)])
 
 
 # ---- in process ---------------------------------------------------------------------------------
@@ -191,6 +192,9 @@ def test_a_hospital_tree_is_segmented_series_by_series(tree: tuple[Path, dict[st
     assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0", "--report") == 1
     printed = capsys.readouterr().out
     assert "5 already done" in printed and stats_mtimes(out) == written
+    assert run_batch(root, "--out", out, "--checkpoint", ckpt, "--workers", "0", "--quiet") == 1
+    quiet = capsys.readouterr()
+    assert quiet.out.splitlines() == [line for line in printed.splitlines() if line.startswith("failed:")]
     html = (out / "report.html").read_text()  # the cohort report (04_cohort) of this folder
     assert f"report: {out / 'report.html'}" in printed and "P005/broken" in html
     assert cohort(out) == rows
@@ -276,7 +280,7 @@ def _env() -> dict[str, str]:
 
 def _batch_cmd(root: Path, out: Path, ckpt: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "lungseg", "batch", str(root), "--out", str(out), "--checkpoint", str(ckpt),
-            "--quiet", *args]
+            *args]
 
 
 def test_kill_9_then_rerun_finishes_without_recomputing(tmp_path: Path, ckpt: Path) -> None:

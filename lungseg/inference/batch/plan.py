@@ -6,11 +6,10 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from lungseg.inference.batch.discover import SeriesScan
-from lungseg.inference.batch.table import SKIPPED
+from lungseg.inference.batch.table import SKIPPED, Entry
 from lungseg.io import imagefile, series
 
 SERIES_PREFIX = "series-"
@@ -19,16 +18,6 @@ SERIES_PREFIX = "series-"
 
 class BatchError(ValueError):
     """A batch that cannot start (bad ROOT, OUT or option); the message says why."""
-
-
-@dataclass
-class Entry:
-    """One series found: what batch does with it (``status`` "todo" or skipped) and where."""
-
-    scan: SeriesScan
-    status: str
-    reason: str = ""
-    output: str = ""
 
 
 def _describe(s: SeriesScan) -> str:

@@ -12,15 +12,12 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lungseg.inference import predict, qc
+from lungseg.inference.batch.discover import SeriesScan
 from lungseg.io import writing
-
-if TYPE_CHECKING:
-    from lungseg.inference.batch.plan import Entry
-
 
 COHORT = "cohort.csv"
 
@@ -32,6 +29,17 @@ COLUMNS = ("source", "series_uid", "status", "message", "output", "slices", "rig
 
 
 DONE, FAILED, SKIPPED = "done", "failed", "skipped"
+
+
+@dataclass
+class Entry:
+    """One series found: what batch does with it (``status`` "todo" or skipped) and where."""
+
+    scan: SeriesScan
+    status: str
+    reason: str = ""
+    output: str = ""
+
 
 
 _COHORT_TMP = re.compile(rf"^\.{re.escape(COHORT)}\.tmp-\d+-[0-9a-f]{{8}}$")
