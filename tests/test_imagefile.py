@@ -37,7 +37,7 @@ def test_a_file_gives_the_dicom_series_volume(tmp_path: Path, slab: dicom.Volume
                                               order: str) -> None:
     path = tmp_path / f"ct{suffix}"
     sitk.WriteImage(image_of(slab, order), str(path))
-    vol = imagefile.loadimage_of(path)
+    vol = imagefile.load_image(path)
     (canon_file, _), (canon_dicom, _) = orient.canonical(vol), orient.canonical(slab)
     np.testing.assert_array_equal(canon_file.hu, canon_dicom.hu)  # same voxels, same place
     np.testing.assert_allclose(orient.voxel_to_lps(canon_file), orient.voxel_to_lps(canon_dicom), atol=1e-3)
@@ -49,7 +49,7 @@ def test_a_file_gives_the_dicom_series_volume(tmp_path: Path, slab: dicom.Volume
 def test_a_mask_goes_back_onto_the_files_own_grid(tmp_path: Path, slab: dicom.Volume, order: str) -> None:
     src = tmp_path / "ct.nrrd"
     sitk.WriteImage(image_of(slab, order), str(src))
-    vol = imagefile.loadimage_of(src)
+    vol = imagefile.load_image(src)
     mask = (np.asarray(vol.hu) < -400).astype(np.uint8)  # any mask tied to the anatomy
     out = imagefile.write_mask_like(mask, src, tmp_path / "m.nrrd")
     written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(src))
@@ -103,7 +103,7 @@ def _bad(tmp_path: Path, kind: str) -> Path:
 def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:
     path = _bad(tmp_path, kind)
     with pytest.raises(imagefile.ImageFileError, match=message) as err:
-        imagefile.loadimage_of(path)
+        imagefile.load_image(path)
     assert str(path) in str(err.value)
 
 
@@ -121,7 +121,7 @@ def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: d
         stats["outputs"])
     # The labels in the file (stored head to foot) are those of the DICOM slab, predicted in process.
     on_file = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "lung_mask.mha")))[::-1]
-    _, reo = orient.canonical(imagefile.loadimage_of(src))
+    _, reo = orient.canonical(imagefile.load_image(src))
     canon, _ = orient.canonical(slab)
     threshold, clean = predict.inference_settings(ckpt, 0.5, None)
     raw = postprocess.binarize(predict.load_network(ckpt, "cpu").logits(canon), threshold)
@@ -139,7 +139,7 @@ def test_a_plain_axial_volume_round_trips(tmp_path: Path) -> None:
     vol = volume_of(hu, (2.5, 0.8, 0.8))
     path = tmp_path / "p.nii.gz"
     sitk.WriteImage(image_of(vol), str(path))
-    back = imagefile.loadimage_of(path)
+    back = imagefile.load_image(path)
     np.testing.assert_array_equal(back.hu, hu)
     assert back.spacing == pytest.approx(vol.spacing) and back.orientation == pytest.approx(vol.orientation)
     np.testing.assert_allclose(back.positions, vol.positions, atol=1e-6)
