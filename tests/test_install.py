@@ -73,8 +73,6 @@ NO_EXTRAS = ("torch", "onnx", "dask", "distributed", "papermill")
 
 
 @needs_wheel
-@pytest.mark.skipif(not (paths.MODELS / "lungseg-cpu-lctsc12" / "model.onnx").is_file(),
-                    reason="the committed release predates the shipped ONNX export: rerun lungseg release")
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"needs {REAL_CASE}")
 def test_the_base_install_segments_files_and_folders_without_torch(tmp_path: Path, site: Path) -> None:
     """The installed wheel with neither PyTorch nor the other extras importable: ``predict`` on a DICOM
