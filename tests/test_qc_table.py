@@ -15,7 +15,8 @@ from lungseg.network import model, runs
 from lungseg.network.config import TrainConfig
 
 KINDS = ["original", "trim", "truncate_top"]
-TIMES = ("inference_s", "qc_timings_s")
+TIMES = ("inference_s", "qc_timings_s", "logits_shared")
+"""How a row was computed, not what it says (a worker shares logits only with its own earlier series)."""
 
 
 def _fold_run(folder: Path) -> runs.TrainResult:
@@ -58,3 +59,30 @@ def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool)
         assert (type(executor).__name__ == "DaskExecutor") == pooled
     finally:
         executor.close()
+
+
+def test_variants_that_keep_slices_share_the_source_logits_and_score_as_their_own(tmp_path: Path,
+                                                                                   real_case: Path) -> None:
+    """A variant that declares source_slices holds exactly those slices' pixels, and its row scored
+    with the source's logits equals the row scored by running the network on its own pixels."""
+    import numpy as np
+
+    from lungseg.evaluation import failures
+    from lungseg.io import cache
+
+    run = _fold_run(tmp_path / "fold")
+    case = cache.load_case("Case_000")
+    threshold, clean = qc_calibrate.run_settings(run)
+    source = qc_calibrate._source_logits(run, case, "Case_000")
+    for kind in ("original", "trim", "truncate_top", "truncate_bottom", "no_lung", "shift"):
+        variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, np.random.default_rng(3))
+        own = qc_calibrate.score_series(run, variant, threshold, clean)
+        shared = qc_calibrate.score_series(run, variant, threshold, clean, source)
+        if variant.source_slices is None:
+            assert kind == "shift" and not shared["logits_shared"]  # moved pixels: their own logits
+            continue
+        start, stop = variant.source_slices
+        assert np.array_equal(variant.volume.hu, np.asarray(case.volume.hu)[start:stop])
+        assert shared["logits_shared"] == (kind != "original")  # the first series computes them
+        assert _same({k: v for k, v in own.items() if k not in TIMES},
+                     {k: v for k, v in shared.items() if k not in TIMES})

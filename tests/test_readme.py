@@ -85,3 +85,23 @@ def test_the_readme_is_short_and_its_pages_exist() -> None:
     for page in readme.pages():
         for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def test_report_timing_block_renders_each_cpu_kind_and_its_levels(tmp_path: Path) -> None:
+    from lungseg.report import bench_report
+
+    summary = {"per_patient_tuned": {"dice": {"mean": 0.9801}},
+               "cross_validation": {"per_structure": {
+                   "Lung_R": {"dice": {"mean": 0.981}, "worst_case": {"dice": 0.969}},
+                   "Lung_L": {"dice": {"mean": 0.977}, "worst_case": {"dice": 0.961}}}}}
+    qc_eval = {"heldout": {"bad": {"rate": 0.97}, "sound": {"rate": 0.01}}}
+    lv = bench_report.levels(summary, qc_eval)
+    assert lv["cv_worst_patient_dice"] == 0.961 and lv["heldout_tuned_dice"] == 0.9801
+    runs = [{"isa": isa, "cpu_capability": cap, "machine": "vm x86_64 2 cpu",
+             "notebooks_s": {"01_dicom": 60.0, "02_train": 300.0}, "notebooks_total_s": 360.0, "levels": lv}
+            for isa, cap in (("native", "AVX512"), ("avx2", "AVX2"))]
+    (tmp_path / "report_timing.json").write_text(json.dumps(
+        {"commit": "0123456789abc", "date": "2026-12-06T03:00:00Z", "profile": "cpu", "runs": runs}))
+    block = readme.report_timing_block(tmp_path)
+    assert "native (AVX512)" in block and "avx2 (AVX2)" in block and "**6.0 min**" in block
+    assert "0.9810 / 0.9770 (0.9610)" in block and "97.0% / 1.0%" in block

@@ -55,6 +55,10 @@ class Variant:
     cut: bool | None = None
     """Whether the scan cuts the lungs, when the truth alone cannot tell (a reconstruction circle);
     None: :func:`lungs_cut` of the truth."""
+    source_slices: tuple[int, int] | None = None
+    """(start, stop) when the series is slices [start, stop) of the source volume with every pixel
+    unchanged: a 2D network's logits of it are the source's logits of those slices, so they need
+    not be computed again (:func:`lungseg.evaluation.qc_calibrate.score_series`); None otherwise."""
 
     @property
     def lungs_cut(self) -> bool:
@@ -166,7 +170,7 @@ def make_failure(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Ge
         return Variant(replace(volume, hu=hu), truth, kind, detail)
 
     if kind == "original":
-        return Variant(volume, truth, kind, "unchanged")
+        return Variant(volume, truth, kind, "unchanged", source_slices=(0, nz))
     if kind in ("mild_noise", "noise"):
         sigma = rng.uniform(10, 30) if kind == "mild_noise" else rng.uniform(150, 400)
         noisy = np.asarray(volume.hu, dtype=np.float32) + sigma * rng.standard_normal(volume.shape, "f4")
@@ -174,7 +178,7 @@ def make_failure(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Ge
     if kind == "trim":
         lo, hi = max(0, z0 - int(rng.integers(2, 6))), min(nz, z1 + 1 + int(rng.integers(2, 6)))
         v, t = _slices(volume, truth, lo, hi)
-        return Variant(v, t, kind, f"slices {lo}-{hi - 1} of {nz}")
+        return Variant(v, t, kind, f"slices {lo}-{hi - 1} of {nz}", source_slices=(lo, hi))
     if kind == "shift":
         dy, dx = (int(v) for v in rng.integers(-25, 26, 2))
         hu = ndimage.shift(np.asarray(volume.hu), (0, dy, dx), order=0, cval=AIR_HU)
@@ -188,7 +192,7 @@ def make_failure(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Ge
         cut = int(round(share * (z1 - z0)))
         lo, hi = (0, z1 + 1 - cut) if kind == "truncate_top" else (z0 + cut, nz)
         v, t = _slices(volume, truth, lo, hi)
-        return Variant(v, t, kind, f"{share:.0%} of the lung height removed")
+        return Variant(v, t, kind, f"{share:.0%} of the lung height removed", source_slices=(lo, hi))
     if kind in ("crop_fov", "zoom_fov"):
         share = rng.uniform(0.45, 0.65)
         y0, x0, side = _square_window(truth, share, rng)
@@ -235,7 +239,8 @@ def make_failure(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Ge
             raise ValueError(f"{volume.case_id}: fewer than {MIN_SLICES} slices outside the lungs")
         lo, hi = (0, z0) if below >= above else (z1 + 1, nz)
         v, t = _slices(volume, truth, lo, hi)
-        return Variant(v, t, kind, f"slices {lo}-{hi - 1}, {'below' if lo == 0 else 'above'} the lungs")
+        where = "below" if lo == 0 else "above"
+        return Variant(v, t, kind, f"slices {lo}-{hi - 1}, {where} the lungs", source_slices=(lo, hi))
     raise ValueError(f"unknown variant kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from lungseg.progress import bar as progress_bar
 BAD_DICE = 0.90
 """A mask with a lower Dice against its truth is wrong (the issue's external check)."""
 CACHE = paths.BUILD / "qc"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 """Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
 _CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/inference.py",
          "inference/runtime.py")
@@ -64,11 +64,22 @@ def run_settings(run: TrainResult) -> tuple[float, bool]:
     return predict.inference_settings(run.run_dir, None, None)
 
 
-def score_series(run: TrainResult, variant: failures.Variant, threshold: float, clean: bool) -> dict:
-    """QC scores, true Dice and the bad/sound label of one series, predicted as ``predict`` does."""
+def score_series(run: TrainResult, variant: failures.Variant, threshold: float, clean: bool,
+                 source_logits: Callable[[], tuple[np.ndarray, bool]] | None = None) -> dict:
+    """QC scores, true Dice and the bad/sound label of one series, predicted as ``predict`` does.
+    ``source_logits``: gives the logits (z, y, x) of the volume the variant was made from and whether
+    they had been computed before; given, a variant that only keeps some of its slices
+    (``variant.source_slices``) takes those slices' logits instead of running the 2D network on the
+    same pixels again (``logits_shared`` in the row when they had)."""
     volume, truth = variant.volume, variant.truth
+    shared = False
     t0 = time.perf_counter()
-    logits = inference.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
+    if source_logits is not None and variant.source_slices is not None:
+        start, stop = variant.source_slices
+        full, shared = source_logits()
+        logits = full[start:stop]
+    else:
+        logits = inference.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
     inference_s = time.perf_counter() - t0
     timings: dict[str, float] = {}
 
@@ -86,6 +97,7 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
             "why_bad": ", ".join(why), "dice": dice,
             "truth_ml": float(truth.sum() * np.prod(volume.spacing) / 1e3),
             "slices": volume.shape[0], "matrix": volume.shape[2], "inference_s": round(inference_s, 3),
+            "logits_shared": shared,
             "qc_timings_s": timings, "scores": scores}
 
 
@@ -187,7 +199,23 @@ class SeriesTask:
 
 
 _LOADED: dict[str, object] = {}
-"""What this process loaded for :func:`score_task`: fold runs by folder, the last case by id."""
+"""What this process loaded for :func:`score_task`: fold runs by folder, the last case by id and
+its logits under the last run that needed them."""
+
+
+def _source_logits(run: TrainResult, case: cache.Case, case_id: str
+                   ) -> Callable[[], tuple[np.ndarray, bool]]:
+    """The case's logits under ``run`` and whether they were kept from an earlier series: computed on
+    first use and kept for the process's next series of the same case (the variants that only keep
+    slices share them)."""
+    def get() -> tuple[np.ndarray, bool]:
+        key = (str(run.run_dir), case_id)
+        kept = _LOADED.get("logits_key") == key
+        if not kept:
+            _LOADED.update(logits_key=key, logits=inference.run_logits(
+                run.model, run.config, np.asarray(case.volume.hu), "cpu"))
+        return _LOADED["logits"], kept
+    return get
 
 
 def score_task(task: SeriesTask) -> dict | str:
@@ -213,7 +241,7 @@ def score_task(task: SeriesTask) -> dict | str:
         return str(exc)
     return {"case": task.case_id, "fold": task.fold, "run": run.run_dir.name, "data_key": task.data_key,
             "repeat": task.repeat, "seed": task.seed, "threshold": threshold, "postprocess": clean,
-            **score_series(run, variant, threshold, clean)}
+            **score_series(run, variant, threshold, clean, _source_logits(run, case, task.case_id))}
 
 
 def _executor(workers: int | None, tasks: int):
@@ -306,7 +334,8 @@ def costs(rows: Sequence[dict]) -> dict[str, float]:
     """Median seconds per series of each group of QC scores and of the network's inference."""
     keys = sorted({k for r in rows for k in r["qc_timings_s"]})
     out = {k: float(np.median([r["qc_timings_s"].get(k, 0.0) for r in rows])) for k in keys}
-    out["inference_s"] = float(np.median([r["inference_s"] for r in rows]))
+    own = [r["inference_s"] for r in rows if not r.get("logits_shared")]  # what predict spends
+    out["inference_s"] = float(np.median(own)) if own else 0.0
     return out
 
 

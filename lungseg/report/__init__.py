@@ -3,6 +3,6 @@ execution (``execute``), HTML rendering (``render``) with its generated front pa
 each notebook's closing discussion (``discussion``), figures (``plots``), Markdown tables
 (``tables``), README blocks (``readme``), the slice viewer (``viewer``), the cohort report
 (``cohort_report``), nbval's checked outputs (``checked``), the released model (``release``) and
-the benchmarks users run (``bench``, ``bench_train``). Nothing imports this layer but the command
-line.
+the benchmarks users run (``bench``, ``bench_train``, ``bench_report``). Nothing imports this layer
+but the command line.
 """

@@ -1,4 +1,4 @@
-"""Benchmarks, one subcommand each: ``lungseg bench dicom|train [options]``.
+"""Benchmarks, one subcommand each: ``lungseg bench dicom|train|report [options]``.
 
 ``dicom`` times, per case and in one process, three ways of getting a case's HU volume:
 
@@ -174,8 +174,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_dicom_parser,
-                                                                          add_train_parser)
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``report`` benchmark lives in :mod:`lungseg.report.bench_report`."""
+    from lungseg.report.bench_report import add_report_parser as add
+
+    add(sub)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (add_dicom_parser, add_train_parser,
+                                                                          add_report_parser)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:

@@ -117,7 +117,7 @@ def blocks(figures_dir: str | Path = paths.FIGURES) -> dict[str, str]:
             "bench": bench_block(folder), "twoclass": two_class_block(folder),
             "denserecipe": dense_recipe_block(folder),
             "predict": predict_block(folder), "batch": batch_block(folder), "qc": qc_block(folder),
-            "qctime": qc_timing_block(folder)}
+            "qctime": qc_timing_block(folder), "reporttime": report_timing_block(folder)}
 
 
 def render(text: str, new: dict[str, str]) -> str:
@@ -387,4 +387,29 @@ def qc_timing_block(figures_dir: str | Path = paths.FIGURES) -> str:
     return (f"`python -m lungseg predict` with and without `--no-qc` (fresh processes, alternating, median "
             f"of {d['repeat']} each, {d['cpu_capability']}, {d['cores']} cores, run {d['run']}); the QC "
             f"stage took at most {worst:.1%} of predict's time without it (goal: at most 25 %).\n\n"
+            + tables.markdown(rows) + "\n")
+
+
+def report_timing_block(figures_dir: str | Path = paths.FIGURES) -> str:
+    """The whole report's wall time on a fresh clone per CPU kind, from ``report_timing.json``
+    (written by ``lungseg bench report``), with the result levels each run measured."""
+    f = paths.resolve(figures_dir) / "report_timing.json"
+    if not f.is_file():
+        return "(not measured: `lungseg bench report`)\n"
+    d = json.loads(f.read_text())
+    names = list(dict.fromkeys(k for r in d["runs"] for k in r["notebooks_s"]))
+    rows = []
+    for r in d["runs"]:
+        lv = r["levels"]
+        row = {"CPU": f"{r['isa']} ({r['cpu_capability']})"}
+        row.update({k: _minutes(r["notebooks_s"][k]) if k in r["notebooks_s"] else "–" for k in names})
+        row["notebooks in all"] = f"**{_minutes(r['notebooks_total_s'])}**"
+        row["held-out tuned Dice"] = f"{lv['heldout_tuned_dice']:.4f}"
+        row["CV Dice R / L (worst)"] = (" / ".join(f"{v:.4f}" for v in lv["cv_dice_per_lung"].values())
+                                        + f" ({lv['cv_worst_patient_dice']:.4f})")
+        if lv.get("qc_detection") is not None:
+            row["QC detection / false alarms"] = f"{lv['qc_detection']:.1%} / {lv['qc_false_alarms']:.1%}"
+        rows.append(row)
+    return (f"`lungseg bench report` on a fresh clone of `{d['commit'][:10]}` ({d['date'][:16]} UTC, profile "
+            f"`{d['profile']}`, {d['runs'][0]['machine']}): wall time per notebook, nothing cached.\n\n"
             + tables.markdown(rows) + "\n")
