@@ -38,7 +38,9 @@ def time_report(isa: str, profile: str, data: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="lungseg-bench-report-") as tmp:
         clone = Path(tmp) / "lungseg"
         subprocess.run(["git", "clone", "--quiet", str(paths.ROOT), str(clone)], check=True)
-        env = {**os.environ, **ISA_ENV[isa], "PYTHONPATH": str(clone), paths.DATA_ENV: str(data)}
+        # The clone's package first; this interpreter's tools (jupyter, papermill) on the PATH.
+        env = {**os.environ, **ISA_ENV[isa], "PYTHONPATH": str(clone), paths.DATA_ENV: str(data),
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         print(f"bench report: {isa}: running the {profile} report in {clone}", file=sys.stderr, flush=True)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "lungseg", "report", "--profile", profile], cwd=clone, env=env,
