@@ -21,7 +21,7 @@ import numpy as np
 
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.io import dicom
+from lungseg.io import dicom, masks
 from lungseg.network.data import DEFAULT_TEST_CASES
 
 
@@ -29,7 +29,7 @@ def scores_through_geometry(nifti: Path, case: str) -> dict:
     """Dice, HD95 and MSD (mm) of the NIfTI labels (> 0) against the case's mask, mapping NIfTI
     voxels to the DICOM slice order through the affines (so a geometry error would show)."""
     volume = dicom.load_series(paths.images_dir(paths.data_dir(), case))
-    truth = dicom.load_mask(paths.mask_file(paths.data_dir(), case), volume)
+    truth = masks.load_mask(paths.mask_file(paths.data_dir(), case), volume)
     img = nib.load(nifti)
     from lungseg.io.export import nifti_affine
 

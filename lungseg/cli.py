@@ -24,7 +24,8 @@ import numpy as np
 from lungseg import __version__, paths
 from lungseg.inference import postprocess, predict, qc
 from lungseg.io import writing
-from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, Volume
+from lungseg.io.dicom import DicomSeriesError, DicomWarning, Volume
+from lungseg.io.masks import MaskError
 
 PROG = "lungseg" if Path(sys.argv[0]).name == "lungseg" else "python -m lungseg"
 """How usage texts name the command: as it was typed (the installed script, or the module)."""

@@ -26,7 +26,7 @@ from synthetic import edit, lung_mask, write_series
 
 from lungseg import paths
 from lungseg.inference import predict, sides
-from lungseg.io import anonymise, dicom, export, iod, rtstruct
+from lungseg.io import anonymise, dicom, export, iod, masks, rtstruct
 
 PHI_CASES = ("Case_003", "Case_006", "Case_007")
 SEG_CASES = ("Case_003", "Case_007")
@@ -204,7 +204,7 @@ def test_predict_seg_and_rtstruct_add_no_iod_error(tmp_path: Path) -> None:
 def test_seg_and_rtstruct_of_real_cases_add_no_iod_error(case_id: str, tmp_path: Path) -> None:
     """predict's writers (the ground truth split into lungs stands in for a prediction)."""
     volume = dicom.load_series(case_dir(case_id))
-    labels = sides.split_lungs(dicom.load_mask(paths.mask_file(paths.data_dir(), case_id), volume), volume)
+    labels = sides.split_lungs(masks.load_mask(paths.mask_file(paths.data_dir(), case_id), volume), volume)
     sources = export.read_sources(volume)
     seg = export.write_seg(labels, volume, tmp_path / predict.SEG_NAME, sources)
     rts = rtstruct.write_rtstruct(labels, volume, tmp_path / predict.RTSTRUCT_NAME, sources=sources)

@@ -110,16 +110,16 @@ def test_a_dilated_bottleneck_keeps_the_parameters_and_the_shape() -> None:
 def test_the_wall_gap_sees_a_lung_that_stops_short_of_the_ribs() -> None:
     from test_qc import SHAPE, SPACING, labels_of
 
-    from lungseg.inference import qc
+    from lungseg.inference import qc_scores
 
     hu, mask = phantom()
     z, y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]].astype(np.float32)
     shell = ((y - 62) / 27) ** 2 + ((x - 64) / 42) ** 2  # ribs: a bony ring just outside the lungs
     hu = np.where((shell >= 1.0) & (shell <= 1.15) & (hu > -900), 400, hu).astype(np.int16)
-    sound = qc.wall_scores(hu, labels_of(mask), SPACING)["wall_gap_share"]
+    sound = qc_scores.wall_scores(hu, labels_of(mask), SPACING)["wall_gap_share"]
     short = mask.copy()
     short[:, :, :30] = False  # the patient's right lung loses its outer 7 voxels (27 mm): dense lung left out
-    missed = qc.wall_scores(hu, labels_of(short), SPACING)["wall_gap_share"]
+    missed = qc_scores.wall_scores(hu, labels_of(short), SPACING)["wall_gap_share"]
     assert sound is not None and missed is not None
     assert sound < 0.05 and missed > 0.15  # the cut face lies 27 mm inside the ribs
-    assert qc.wall_scores(hu, labels_of(np.zeros_like(mask)), SPACING)["wall_gap_share"] is None
+    assert qc_scores.wall_scores(hu, labels_of(np.zeros_like(mask)), SPACING)["wall_gap_share"] is None

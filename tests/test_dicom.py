@@ -27,7 +27,8 @@ from synthetic import (
 
 from lungseg import paths
 from lungseg.io import cache
-from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError, load_mask, load_series
+from lungseg.io.dicom import DicomSeriesError, DicomWarning, load_series
+from lungseg.io.masks import MaskError, load_mask
 
 N = 5
 DZ = 3.0

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from builders import REAL_CASE, image_of, run_cli, volume_of, write_checkpoint
 
 from lungseg.inference import postprocess, predict, sides
-from lungseg.io import dicom, imagefile, orient
+from lungseg.io import dicom, imagefile, masks, orient
 
 SLAB = slice(60, 72)  # 12 slices of Case_000 through both lungs: small files, real anatomy
 
@@ -153,7 +153,7 @@ def _maskimage_of(mask: np.ndarray, volume: dicom.Volume, order: str) -> sitk.Im
 
 @pytest.fixture(scope="module")
 def slab_truth(slab: dicom.Volume) -> np.ndarray:
-    full = dicom.load_mask(REAL_CASE.parents[1] / "Segmentations" / "Case_000_seg.npz")
+    full = masks.load_mask(REAL_CASE.parents[1] / "Segmentations" / "Case_000_seg.npz")
     return np.asarray(full[SLAB]).astype(np.uint8)
 
 

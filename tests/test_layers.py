@@ -8,7 +8,7 @@ from pathlib import Path
 from lungseg import paths
 
 PACKAGE = paths.ROOT / "lungseg"
-MAX_MODULE_LINES = 610
+MAX_MODULE_LINES = 540
 """The largest module's lines: lowered as modules are split (issue 26 asks for about 500)."""
 
 

@@ -16,7 +16,7 @@ from synthetic import write_series
 
 from lungseg import cli, paths
 from lungseg.evaluation import failures, qc_calibrate
-from lungseg.inference import qc, sides
+from lungseg.inference import qc, qc_scores, sides
 from lungseg.io import dicom
 
 SPACING = (5.0, 3.9, 3.9)  # (dz, dy, dx) mm: a 500 mm field of view on 128 pixels
@@ -48,7 +48,7 @@ def labels_of(mask: np.ndarray) -> np.ndarray:
 
 def scores_of(hu: np.ndarray, mask: np.ndarray) -> dict:
     logits = np.where(mask, 6.0, -6.0).astype(np.float32)
-    return qc.measure(hu, SPACING, logits, mask, labels_of(mask), 0.5)
+    return qc_scores.measure(hu, SPACING, logits, mask, labels_of(mask), 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_coverage_of_a_mask_cut_by_the_first_slice_and_by_the_image_edge() -> No
     mask[1, 4, 0:2] = True  # slice 1 reaches the left image edge
     hu = np.where(mask, -850, 40).astype(np.int16)
     hu[:, 0, :] = hu[:, -1, :] = hu[:, :, 0] = hu[:, :, -1] = -1000  # air all round the body
-    s = qc.coverage_scores(mask, hu)
+    s = qc_scores.coverage_scores(mask, hu)
     assert s["bottom_cut_share"] == pytest.approx(16 / 18) and s["top_cut_share"] == 0.0
     assert s["edge_slice_share"] == pytest.approx(1 / 3)
     assert s["open_slice_share"] == pytest.approx(1 / 3)  # only slice 1's lung reaches the outside air
@@ -94,35 +94,35 @@ def test_a_lung_cut_by_a_reconstruction_circle_runs_into_the_padding() -> None:
     inside = (yy - 64) ** 2 + (xx - 80) ** 2 <= 45 ** 2  # cuts the lung on the image's left
     for fill in (-3024, -1000):
         cut = np.where(inside, hu, fill).astype(np.int16)
-        s = qc.coverage_scores(mask & inside, cut)
+        s = qc_scores.coverage_scores(mask & inside, cut)
         assert s["edge_slice_share"] == 0.0 and s["open_slice_share"] > 0.5, fill
 
 
 def test_a_bite_out_of_one_lungs_back_shows_in_the_gap_and_the_solidity() -> None:
     _, mask = phantom()
     labels = labels_of(mask)
-    assert qc.posterior_gap(labels, SPACING) == 0.0  # mirror-image lungs
-    solid = qc.anatomy_scores(np.zeros(SHAPE, np.int16), mask, labels, SPACING)["solidity_balance"]
+    assert qc_scores.posterior_gap(labels, SPACING) == 0.0  # mirror-image lungs
+    solid = qc_scores.anatomy_scores(np.zeros(SHAPE, np.int16), mask, labels, SPACING)["solidity_balance"]
     assert solid == pytest.approx(1.0, abs=0.02)
     zyx = np.moveaxis(np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]], 0, -1)
     ball = (((zyx - (24, 80, 40)) * SPACING) ** 2).sum(axis=-1) <= 40 ** 2
     bitten = np.where(ball, 0, labels).astype(np.uint8)  # a ball out of the back of one lung, mid-height
-    assert qc.posterior_gap(bitten, SPACING) > 20
-    scores = qc.anatomy_scores(np.zeros(SHAPE, np.int16), bitten > 0, bitten, SPACING)
+    assert qc_scores.posterior_gap(bitten, SPACING) > 20
+    scores = qc_scores.anatomy_scores(np.zeros(SHAPE, np.int16), bitten > 0, bitten, SPACING)
     assert scores["solidity_balance"] < solid - 0.02 and scores["posterior_gap_mm"] > 20
 
 
 def test_otsu_splits_two_clusters() -> None:
     values = np.concatenate([np.full(500, -1000.0), np.full(300, 40.0)])
-    assert -1000 < qc.otsu(values) < 40
+    assert -1000 < qc_scores.otsu(values) < 40
 
 
 def test_input_scores_see_a_lost_intercept_and_a_wrong_slope() -> None:
     hu, _ = phantom()
-    shifted = qc.input_scores(hu.astype(np.int32) + 1024)
+    shifted = qc_scores.input_scores(hu.astype(np.int32) + 1024)
     assert shifted["air_hu"] == pytest.approx(24, abs=40)
     assert shifted["tissue_hu"] == pytest.approx(1064, abs=10)
-    scaled = qc.input_scores((hu.astype(np.float32) + 1024) * 2 - 1024)
+    scaled = qc_scores.input_scores((hu.astype(np.float32) + 1024) * 2 - 1024)
     assert scaled["tissue_hu"] == pytest.approx(1104, abs=20)
 
 
@@ -134,14 +134,14 @@ def test_flip_agreement_of_a_mirror_symmetric_network_is_one_and_of_a_one_sided_
     def by_density(h: np.ndarray) -> np.ndarray:  # "lung" wherever the HU is below -500
         return np.where(h < -500, 5.0, -5.0)
 
-    assert qc.flip_dice(sym, by_density(sym) > 0, by_density, 0.0) == 1.0
+    assert qc_scores.flip_dice(sym, by_density(sym) > 0, by_density, 0.0) == 1.0
 
     def left_half_only(h: np.ndarray) -> np.ndarray:  # never sees anything in the image's right half
         out = by_density(h)
         out[:, :, 64:] = -5.0
         return out
 
-    assert qc.flip_dice(sym, left_half_only(sym) > 0, left_half_only, 0.0) == 0.0
+    assert qc_scores.flip_dice(sym, left_half_only(sym) > 0, left_half_only, 0.0) == 0.0
 
 
 # ---- the rule -----------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def _judge(volume: dicom.Volume, truth: np.ndarray) -> qc.QCResult:
     """The shipped rule on a 'prediction' that is the truth itself (sided by the rule predict uses)."""
     labels, _ = sides.split_lungs_with_info(truth, volume)
     logits = np.where(truth, 6.0, -6.0).astype(np.float32)
-    return qc.assess(qc.measure(volume.hu, volume.spacing, logits, truth, labels, 0.5))
+    return qc.assess(qc_scores.measure(volume.hu, volume.spacing, logits, truth, labels, 0.5))
 
 
 @pytest.mark.realdata

@@ -19,7 +19,8 @@ from builders import case_dir
 
 from lungseg import paths
 from lungseg.io import anonymise, cache
-from lungseg.io.dicom import Volume, load_mask, load_series
+from lungseg.io.dicom import Volume, load_series
+from lungseg.io.masks import load_mask
 
 pytestmark = pytest.mark.realdata
 

@@ -44,7 +44,8 @@ from synthetic import (
 
 from lungseg import paths
 from lungseg.io import anonymise, cache, writing
-from lungseg.io.dicom import DicomSeriesError, DicomWarning, MaskError
+from lungseg.io.dicom import DicomSeriesError, DicomWarning
+from lungseg.io.masks import MaskError
 from lungseg.network import data, model, runs
 from lungseg.train import train
 

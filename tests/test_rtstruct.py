@@ -16,7 +16,8 @@ from scipy import ndimage
 from lungseg import paths
 from lungseg.inference import sides
 from lungseg.io import rtstruct
-from lungseg.io.dicom import Volume, load_mask, load_series
+from lungseg.io.dicom import Volume, load_series
+from lungseg.io.masks import load_mask
 from lungseg.io.orient import voxel_to_lps
 
 N, ROWS, COLS = 6, 40, 48

@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from lungseg import paths
 from lungseg.inference import sides
-from lungseg.io.dicom import load_mask, load_series
+from lungseg.io.dicom import load_series
+from lungseg.io.masks import load_mask
 from lungseg.io.orient import voxel_to_lps
 
 STANDARD = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # head-first supine

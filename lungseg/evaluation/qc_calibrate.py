@@ -6,8 +6,8 @@
 (:func:`score_table`): every case of the report is predicted by the cross-validation fold model that
 never saw it, as it is and as each variant of :mod:`lungseg.evaluation.failures` (sound ones and failures),
 exactly as ``predict`` does it (same inference, threshold, post-processing, side split and
-:func:`lungseg.inference.qc.measure`); each row holds the QC scores, the true Dice of the final mask and
-whether the series is *bad*: Dice < :data:`BAD_DICE` against its truth, or lungs cut by the scan's
+:func:`lungseg.inference.qc_scores.measure`); each row holds the QC scores, the true Dice of the final
+mask and whether the series is *bad*: Dice < :data:`BAD_DICE` against its truth, or lungs cut by the scan's
 limits (the truth reaches the first or last slice or the image edge), or no lung in the scan.
 
 The rule (:func:`lungseg.inference.qc.fit`) sets each check's limit from the *sound* series (the sound kinds,
@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from lungseg import paths
 from lungseg.evaluation import failures, metrics
-from lungseg.inference import inference, predict, qc, segment
+from lungseg.inference import inference, predict, qc, qc_scores, segment
 from lungseg.io import cache, writing
 from lungseg.network import config, runs
 from lungseg.network.runs import TrainResult
@@ -49,8 +49,8 @@ TABLE_VERSION = 2
 """Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
 _CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/inference.py",
          "inference/runtime.py")
-"""The code whose change changes a row; :data:`lungseg.inference.qc.SCORES_VERSION` stands for qc.py's scores
-(the rule's sentences and limits may change without recomputing the table)."""
+"""The code whose change changes a row; :data:`lungseg.inference.qc_scores.SCORES_VERSION` stands for
+the scores (the rule's sentences and limits, in qc.py, may change without recomputing the table)."""
 GROUPS = {"sound": "sound kind, mask good", "bad": "bad (Dice < 0.90, lungs cut or no lung)",
           "good failure": "failure kind, mask still good"}
 DROPPED: dict[str, str] = {}
@@ -105,7 +105,7 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
 
 def _cache_file(run: TrainResult) -> Path:
     """Where the rows of one fold run are cached: by the run and the code that scores them."""
-    h = hashlib.sha256(f"v{TABLE_VERSION}-{qc.SCORES_VERSION}".encode())
+    h = hashlib.sha256(f"v{TABLE_VERSION}-{qc_scores.SCORES_VERSION}".encode())
     for name in _CODE:
         h.update((Path(__file__).parents[1] / name).read_bytes())
     return CACHE / f"{run.run_dir.name}-{h.hexdigest()[:12]}.jsonl"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg.inference import qc, sides
+from lungseg.inference import qc, qc_scores, sides
 from lungseg.io import dicom, imagefile, orient
 
 SKIPPED = ("uncertain", "flip")
@@ -42,7 +42,7 @@ def judge(ct: str | os.PathLike[str], mask_file: str | os.PathLike[str],
     canon, reo = orient.canonical(volume)
     cmask = reo.to_canonical(mask)
     labels, split = sides.split_lungs_with_info(cmask, canon)
-    scores = qc.measure(canon.hu, canon.spacing, None, cmask, labels, 0.5, None)
+    scores = qc_scores.measure(canon.hu, canon.spacing, None, cmask, labels, 0.5, None)
     verdict = qc.assess(scores)
     voxel_ml = float(np.prod(canon.spacing)) / 1000.0
     return {**verdict.to_dict(), "right_lung_ml": round(float((labels == 1).sum()) * voxel_ml, 1),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lungseg.inference import postprocess, qc, sides
+from lungseg.inference import postprocess, qc, qc_scores, sides
 from lungseg.io.dicom import Volume
 
 
@@ -30,7 +30,7 @@ class Segmentation:
     """1 = the patient's right lung, 2 = left lung (from the geometry)."""
     split: sides.SplitInfo
     scores: dict | None
-    """QC scores (:func:`lungseg.inference.qc.measure`); None without QC."""
+    """QC scores (:func:`lungseg.inference.qc_scores.measure`); None without QC."""
     verdict: qc.QCResult | None
     """QC verdict under the shipped limits; None without QC."""
 
@@ -47,6 +47,7 @@ def segment(canon: Volume, logits: np.ndarray, threshold: float, clean: bool,
     labels, split = sides.split_lungs_with_info(mask, canon)
     scores = verdict = None
     if check:
-        scores = qc.measure(canon.hu, canon.spacing, logits, raw, labels, threshold, logits_of, timings)
+        scores = qc_scores.measure(canon.hu, canon.spacing, logits, raw, labels, threshold, logits_of,
+                                   timings)
         verdict = qc.assess(scores)
     return Segmentation(raw, mask, labels, split, scores, verdict)

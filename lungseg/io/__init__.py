@@ -1,7 +1,8 @@
 """Read and write: which series of a study to read (``series``), DICOM series to HU volumes
-(``dicom``, ``orient``), NIfTI/NRRD/MetaImage files to the same volumes (``imagefile``), the
-memory-mapped volume cache (``cache``), de-identification (``anonymise``, keeping what the IOD
-requires: ``iod``), safe writing (``writing``), the exports (NIfTI and DICOM SEG: ``export``;
-RTSTRUCT: ``rtstruct``) and the one overlay helper with ``predict``'s overview image (``overlay``).
+(``dicom``, ``orient``), the data set's lung masks (``masks``), NIfTI/NRRD/MetaImage files to the
+same volumes (``imagefile``), the memory-mapped volume cache (``cache``), de-identification
+(``anonymise``, keeping what the IOD requires: ``iod``), safe writing (``writing``), the exports
+(NIfTI and DICOM SEG: ``export``; RTSTRUCT: ``rtstruct``) and the one overlay helper with
+``predict``'s overview image (``overlay``).
 Imports nothing of lungseg above it and no torch (the import contract in pyproject.toml).
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg import paths
-from lungseg.io import dicom, orient
+from lungseg.io import dicom, masks, orient
 from lungseg.progress import bar as progress_bar
 
 _CODE = (Path(dicom.__file__), Path(orient.__file__), Path(__file__))
@@ -129,7 +129,7 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
     entry = paths.cache_dir() / case_id / case_key(image_dir, mask_path)
     if refresh or not (entry / "meta.json").is_file():
         native = dicom.load_series(image_dir)
-        mask = dicom.load_mask(mask_path, native)  # masks follow the sorted acquisition grid
+        mask = masks.load_mask(mask_path, native)  # masks follow the sorted acquisition grid
         volume, reo = orient.canonical(native)  # training and evaluation see one orientation
         _write(entry, volume, reo.to_canonical(mask))
     return _read(entry, image_dir)

@@ -1,4 +1,4 @@
-"""Module 1: read one DICOM CT series into a 3D volume in Hounsfield units (HU), and its lung mask.
+"""Module 1: read one DICOM CT series into a 3D volume in Hounsfield units (HU) (its lung mask: ``masks``).
 
 Slices are sorted by their position along the slice normal (file names do not follow slice order in
 every case), the slice step ``dz`` is measured from those positions, and every inconsistency is an
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,10 +39,6 @@ ORIENTATION_ATOL = 1e-3
 
 class DicomSeriesError(ValueError):
     """A folder that cannot be turned into one consistent volume; the message names file and problem."""
-
-
-class MaskError(ValueError):
-    """A mask file that is missing its array, is not binary, or does not match its volume."""
 
 
 class DicomWarning(UserWarning):
@@ -540,38 +535,3 @@ def _volume(slices: list[_Slice], case_id: str) -> Volume:
         sort_key="ImagePositionPatient",
         slice_thickness=first.thickness,
     )
-
-
-MASK_KEY = "masks"
-
-
-def load_mask(npz_path: str | os.PathLike[str], volume: Volume | None = None) -> np.ndarray:
-    """Load the lung mask (z, y, x) as bool from ``npz_path`` (array under the key ``masks``).
-
-    The masks line up with the ascending-position volume without any flip (see the data README).
-    Raises FileNotFoundError, or :class:`MaskError` for a missing key, a non-binary or NaN array, a
-    non-3D array, or a shape different from ``volume.hu.shape``.
-    """
-    npz_path = Path(npz_path)
-    if not npz_path.is_file():
-        raise FileNotFoundError(f"mask file not found: {npz_path}")
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            if MASK_KEY not in npz.files:
-                raise MaskError(f"{npz_path}: no array '{MASK_KEY}' (keys: {npz.files})")
-            arr = npz[MASK_KEY]
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, MaskError):
-            raise
-        raise MaskError(f"{npz_path}: not a readable .npz file ({exc})") from exc
-    if arr.ndim != 3:
-        raise MaskError(f"{npz_path}: '{MASK_KEY}' has shape {arr.shape}, expected (z, y, x)")
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise MaskError(f"{npz_path}: '{MASK_KEY}' contains NaN")
-    if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
-        values = np.unique(arr)[:10]
-        raise MaskError(f"{npz_path}: '{MASK_KEY}' is not binary (values {values.tolist()} ...)")
-    if volume is not None and arr.shape != volume.hu.shape:
-        raise MaskError(f"{npz_path}: mask shape {arr.shape} does not match the image volume "
-                        f"{volume.hu.shape} of {volume.case_id}")
-    return arr.astype(bool, copy=False)
