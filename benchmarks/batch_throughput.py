@@ -44,7 +44,7 @@ import numpy as np
 import psutil
 
 from lungseg import paths
-from lungseg.inference import batch, predict, runtime
+from lungseg.inference import batch, ort, predict
 from lungseg.io import writing
 from lungseg.network import runs
 
@@ -207,7 +207,7 @@ def main() -> int:
     args = ap.parse_args()
     cases = args.cases.split(",")
     ckpt = args.checkpoint
-    cores = runtime.cpu_threads()
+    cores = ort.cpu_threads()
     choice = runs.given_model(ckpt)
     predict.onnx_export(Path(ckpt))  # the one-off export, made before any timing
     load_start = os.getloadavg()

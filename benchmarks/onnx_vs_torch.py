@@ -2,7 +2,7 @@
 
     python benchmarks/onnx_vs_torch.py RUN_DIR [--case Case_002] [--repeat 3]
 
-Takes the run's UNet exported as ``predict`` uses it (lungseg.inference.runtime), then times the network part
+Takes the run's UNet exported as ``predict`` uses it (lungseg.inference.ort), then times the network part
 of inference (the run's input size, batch 4, every slice of the case, preprocessing and upsampling
 excluded, median of ``--repeat``)
 with PyTorch (the layout lungseg.network.speed measured fastest) and with ONNX Runtime (CPU provider, same
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, runtime
+from lungseg.inference import inference, ort
 from lungseg.io import cache
 from lungseg.network import data, model, runs, speed
 from lungseg.report import bench
@@ -36,9 +36,9 @@ def main() -> int:
     case = cache.load_case(args.case)
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
     x = data.resize_slices(data.normalise(hu, cfg.input_mode, cfg.hu_window), cfg.image_size).contiguous()
-    batches = list(x.split(runtime.BATCH))
+    batches = list(x.split(ort.BATCH))
     net = run.model.eval()
-    cl = bool(speed.choose(cfg.image_size, runtime.BATCH, torch.device("cpu"))["channels_last"])
+    cl = bool(speed.choose(cfg.image_size, ort.BATCH, torch.device("cpu"))["channels_last"])
     tnet = net.to(memory_format=torch.channels_last) if cl else net
 
     def torch_logits() -> np.ndarray:
@@ -46,9 +46,9 @@ def main() -> int:
             return np.concatenate([tnet(b.contiguous(memory_format=torch.channels_last) if cl else b).numpy()
                                    for b in batches])
 
-    # The export and session predict uses (lungseg.inference.runtime), fed the same preprocessed batches.
-    prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
-    sess = runtime.session_of(net, prep, threads=torch.get_num_threads()).session
+    # The export and session predict uses (lungseg.inference.ort), fed the same preprocessed batches.
+    prep = ort.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
+    sess = ort.session_of(net, prep, threads=torch.get_num_threads()).session
 
     def ort_logits() -> np.ndarray:
         return np.concatenate([sess.run(None, {"x": b.numpy()})[0] for b in batches])

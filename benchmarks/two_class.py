@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lungseg.evaluation import crossval, metrics
-from lungseg.inference import inference, postprocess, runtime, sides
+from lungseg.inference import inference, ort, postprocess, sides
 from lungseg.io import cache
 from lungseg.network import data, runs, speed
 from lungseg.train import train
@@ -63,8 +63,8 @@ def two_class_labels(net: torch.nn.Module, cfg: train.TrainConfig, case: cache.C
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
     out = []
     with torch.inference_mode():
-        for start in range(0, len(hu), runtime.BATCH):
-            xb = data.resize_slices(data.normalise(hu[start:start + runtime.BATCH], cfg.input_mode,
+        for start in range(0, len(hu), ort.BATCH):
+            xb = data.resize_slices(data.normalise(hu[start:start + ort.BATCH], cfg.input_mode,
                                                    cfg.hu_window), cfg.image_size)
             out.append(data.upsample_logits(net(xb).float(), hu.shape[-1]).numpy())
     logits = np.concatenate(out)  # (z, 2, H, W)

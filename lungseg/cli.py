@@ -85,7 +85,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="what runs the network: auto = ONNX Runtime on a CPU when installed (faster, "
                         "same masks), else PyTorch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"slices per inference batch (default {predict.runtime.BATCH})")
+                   help=f"slices per inference batch (default {predict.ort.BATCH})")
     p.add_argument("--threshold", type=float, default=None, metavar="P",
                    help="probability above which a voxel is lung (default: the run's manifest "
                         f"written by 03_eval, else {postprocess.DEFAULT_THRESHOLD})")
@@ -223,7 +223,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     summary = batch.run(args.root, args.out, choice, workers=args.workers, scheduler=args.scheduler,
                         part=part, retry_failed=args.retry_failed, all_series=args.all_series,
                         threshold=args.threshold, clean=args.postprocess, device=args.device,
-                        runtime_name=args.runtime, batch_size=args.batch_size, progress=not args.quiet)
+                        runtime=args.runtime, batch_size=args.batch_size, progress=not args.quiet)
     for line in summary.lines():
         if not args.quiet or line.startswith(("failed:", "... and")):
             print(line)

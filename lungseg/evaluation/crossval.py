@@ -78,16 +78,16 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
 
     if tuned is None:
         train_logits = logits_of(train_cases)
-        threshold, use_pp, _, _ = tuning.tune(train_cases, train_logits)
+        threshold, clean, _, _ = tuning.tune(train_cases, train_logits)
     else:
-        threshold, use_pp = tuned
+        threshold, clean = tuned
     rows = []
     test_logits = logits_of(test_cases)
     for case, lg in zip(test_cases, test_logits, strict=True):
-        pred = postprocess.segment(lg, threshold, use_pp)
+        pred = postprocess.segment(lg, threshold, clean)
         for row in lung_rows(case, pred, truths.get(case.case_id)):
             rows.append({**row, "fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold,
-                         "postprocess": use_pp})
+                         "postprocess": clean})
     return rows
 
 

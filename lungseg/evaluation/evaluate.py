@@ -248,10 +248,10 @@ def choose_inference(run: runs.TrainResult, cases: Sequence[Case], logits: dict[
 
     train_cases = patient_cases(run.config.split, cases, run.config.test_cases, held_out=False)
     train_logits = [logits[c.case_id] for c in train_cases]
-    threshold, use_pp, study, pp_study = tuning.tune(train_cases, train_logits)
-    tuning = Tuning(threshold, use_pp, tuning_source(run.config.split), study, pp_study)
+    threshold, clean, study, pp_study = tuning.tune(train_cases, train_logits)
+    tuning = Tuning(threshold, clean, tuning_source(run.config.split), study, pp_study)
     if save:
-        runs.save_inference(run.run_dir, threshold, use_pp, tuning.chosen_on)
+        runs.save_inference(run.run_dir, threshold, clean, tuning.chosen_on)
     return tuning
 
 

@@ -48,7 +48,7 @@ CACHE = paths.BUILD / "qc"
 TABLE_VERSION = 2
 """Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
 _CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/inference.py",
-         "inference/runtime.py")
+         "inference/ort.py")
 """The code whose change changes a row; :data:`lungseg.inference.qc_scores.SCORES_VERSION` stands for
 the scores (the rule's sentences and limits, in qc.py, may change without recomputing the table)."""
 GROUPS = {"sound": "sound kind, mask good", "bad": "bad (Dice < 0.90, lungs cut or no lung)",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lungseg.inference import fov, postprocess, runtime
+from lungseg.inference import fov, ort, postprocess
 from lungseg.io.cache import Case
 from lungseg.network import data, model, speed
 from lungseg.network.config import TrainConfig
@@ -24,7 +24,7 @@ binarize = postprocess.binarize
 
 
 def predict_hu(net: model.UNet, hu: np.ndarray, image_size: int, mode: str = "window",
-               batch_size: int = runtime.BATCH, device: torch.device | str = "cpu",
+               batch_size: int = ort.BATCH, device: torch.device | str = "cpu",
                channels_last: bool | None = None, amp: bool = True, name: str = "volume",
                progress: bool = False, window: Sequence[float] = data.HU_WINDOW,
                spacing: tuple[float, float] | None = None) -> np.ndarray:
@@ -80,17 +80,17 @@ def _predict_field(net: model.UNet, hu: np.ndarray, image_size: int, mode: str, 
 
 
 def run_logits(net: model.UNet, cfg: TrainConfig, hu: np.ndarray, device: torch.device | str = "cpu",
-               batch_size: int = runtime.BATCH, name: str = "volume", progress: bool = False,
-               amp: bool | None = None, engine: str = "auto",
+               batch_size: int = ort.BATCH, name: str = "volume", progress: bool = False,
+               amp: bool | None = None, runtime: str = "auto",
                spacing: tuple[float, float] | None = None) -> np.ndarray:
     """Logits (z, H, W) float32 of a (z, H, W) HU volume with the preprocessing a run's config records
-    (size, mode, HU window). ``engine``: "torch" (:func:`predict_hu`), "onnxruntime"
-    (:mod:`lungseg.inference.runtime`, CPU only, float32) or "auto" = ONNX Runtime on a CPU when installed
+    (size, mode, HU window). ``runtime``: "torch" (:func:`predict_hu`), "onnxruntime"
+    (:mod:`lungseg.inference.ort`, CPU only, float32) or "auto" = ONNX Runtime on a CPU when installed
     (1.4x faster at 160², 1.65x at 512² on 2 AVX2 cores; logits equal to ~1e-5), else torch.
     ``spacing``: (dy, dx) mm of the pixels, for slices that are not square (:mod:`lungseg.inference.fov`)."""
-    if runtime.choose(engine, str(torch.device(device))) == "onnxruntime":
-        prep = runtime.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
-        session = runtime.session_of(net, prep, threads=torch.get_num_threads())
+    if ort.choose(runtime, str(torch.device(device))) == "onnxruntime":
+        prep = ort.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
+        session = ort.session_of(net, prep, threads=torch.get_num_threads())
         return session.logits(np.asarray(hu), name, progress, spacing=spacing)
     return predict_hu(net, hu, cfg.image_size, cfg.input_mode, batch_size, device,
                       amp=bool(cfg.amp) if amp is None else amp, name=name, progress=progress,

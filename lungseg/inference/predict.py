@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lungseg import __version__
-from lungseg.inference import postprocess, runtime, segment, sides
+from lungseg.inference import ort, postprocess, segment, sides
 from lungseg.io import dicom, export, imagefile, orient, overlay, rtstruct, series, writing
 from lungseg.network import runs
 
@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or ex
     from lungseg.network.config import TrainConfig
 
 NO_RUN_HINT = "run ./run_all.sh first or pass --checkpoint"
-RUNTIMES = runtime.RUNTIMES
-"""``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.inference.runtime`), else
+RUNTIMES = ort.RUNTIMES
+"""``auto``: ONNX Runtime on a CPU when it is installed (faster, :mod:`lungseg.inference.ort`), else
 PyTorch."""
 
 NIFTI_NAME = "lung_mask.nii.gz"
@@ -130,25 +130,25 @@ def resolve_device(name: str) -> str:
 def resolve_runtime(name: str, device: str) -> str:
     """``onnxruntime`` or ``torch`` for ``--runtime name`` on ``device`` (see :data:`RUNTIMES`)."""
     try:
-        return runtime.choose(name, device)
+        return ort.choose(name, device)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
 
 
-def onnx_session(checkpoint: Path, threads: int | None = None) -> runtime.Session:
+def onnx_session(checkpoint: Path, threads: int | None = None) -> ort.Session:
     """The ONNX Runtime session of a checkpoint, exported on first use (cached by the weights' hash),
     running ``threads`` threads (None: every core this process may use)."""
-    return runtime.Session(onnx_export(checkpoint), threads)
+    return ort.Session(onnx_export(checkpoint), threads)
 
 
 def onnx_export(checkpoint: Path) -> Path:
     """The ONNX model of a checkpoint's weights: the one a release ships beside them (no torch
     needed), else the cached export (``build/onnx/``), made on first use (with torch)."""
     weights = weights_file(checkpoint)
-    shipped = runtime.shipped_model(weights)
+    shipped = ort.shipped_model(weights)
     if shipped is not None:
         return shipped
-    cached = runtime.cached_model(weights)
+    cached = ort.cached_model(weights)
     if not cached.is_file():
         try:
             from lungseg.network.model import REFERENCE_INPUT_OFFSET_HU
@@ -156,39 +156,39 @@ def onnx_export(checkpoint: Path) -> Path:
             raise PredictError(f"{weights}: no ONNX export ships with these weights, and making one needs "
                                "PyTorch: pip install 'lungseg[report]' (or use the released model)") from None
         net, cfg = load_checkpoint(weights)
-        runtime.export(net, runtime.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
+        ort.export(net, ort.preprocessing_of(cfg, REFERENCE_INPUT_OFFSET_HU), cached)
     return cached
 
 
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
-                   batch_size: int = runtime.BATCH, device: str = "cpu") -> np.ndarray:
+                   batch_size: int = ort.BATCH, device: str = "cpu") -> np.ndarray:
     """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.inference.run_logits`,
     with a progress bar). Slices that are not square in pixels or in mm go through a square field of
     view (:mod:`lungseg.inference.fov`)."""
     from lungseg.inference import inference
 
     return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
-                                engine="torch", spacing=volume.spacing[1:])
+                                runtime="torch", spacing=volume.spacing[1:])
 
 
 class Network:
     """The network of a checkpoint on one runtime, loaded once: :meth:`logits` of a volume, and what
     stats.json records of it. ``threads``: ONNX Runtime's threads (None: every core)."""
 
-    def __init__(self, checkpoint: Path, device: str, runtime_name: str, batch_size: int | None,
+    def __init__(self, checkpoint: Path, device: str, runtime: str, batch_size: int | None,
                  threads: int | None = None, progress: bool = True) -> None:
-        self.device, self.runtime, self.checkpoint, self.progress = device, runtime_name, checkpoint, progress
-        if runtime_name == "onnxruntime":
+        self.device, self.runtime, self.checkpoint, self.progress = device, runtime, checkpoint, progress
+        if runtime == "onnxruntime":
             self.session = onnx_session(checkpoint, threads)
             self.preprocessing = self.session.preprocessing
-            self.batch_size = batch_size or runtime.BATCH
+            self.batch_size = batch_size or ort.BATCH
             self.threads, self.version = self.session.threads, self.session.version
         else:
             import torch
 
             self.net, self.cfg = load_checkpoint(checkpoint)
             self.preprocessing = {"image_size": self.cfg.image_size, "input_mode": self.cfg.input_mode}
-            self.batch_size = batch_size or runtime.BATCH
+            self.batch_size = batch_size or ort.BATCH
             self.threads, self.version = torch.get_num_threads(), f"torch {torch.__version__}"
 
     def logits(self, volume: dicom.Volume) -> np.ndarray:
@@ -197,7 +197,7 @@ class Network:
             from lungseg.inference import inference
 
             return inference.run_logits(self.net, self.cfg, volume.hu, self.device, self.batch_size,
-                                        name=volume.case_id, progress=self.progress, engine="torch",
+                                        name=volume.case_id, progress=self.progress, runtime="torch",
                                         spacing=volume.spacing[1:])
         return self.session.logits(volume.hu, volume.case_id, progress=self.progress,
                                    batch_size=self.batch_size, spacing=volume.spacing[1:])
@@ -207,17 +207,17 @@ class Network:
         if self.runtime == "torch":
             from lungseg.inference import inference
 
-            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, engine="torch")
+            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, runtime="torch")
         return self.session.logits(hu, batch_size=self.batch_size)
 
 
-def load_network(checkpoint: Path, device: str = "auto", runtime_name: str = "auto",
+def load_network(checkpoint: Path, device: str = "auto", runtime: str = "auto",
                  batch_size: int | None = None, threads: int | None = None,
                  progress: bool = True) -> Network:
     """The :class:`Network` of ``checkpoint`` (a run folder or weights file) for ``device`` and
-    ``runtime_name`` (:data:`RUNTIMES`), as ``predict`` loads it."""
+    ``runtime`` (:data:`RUNTIMES`), as ``predict`` loads it."""
     dev = resolve_device(device)
-    return Network(checkpoint, dev, resolve_runtime(runtime_name, dev), batch_size, threads, progress)
+    return Network(checkpoint, dev, resolve_runtime(runtime, dev), batch_size, threads, progress)
 
 
 # ---- output folder -----------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
             checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
-            recursive: bool | None = None, runtime_name: str = "auto", check: bool = True,
+            recursive: bool | None = None, runtime: str = "auto", check: bool = True,
             record_input: bool = False, progress: bool = True) -> dict:
     """Segment the series in ``dicom_dir`` (a DICOM folder, or a NIfTI/NRRD/MetaImage file: see
     :mod:`lungseg.io.imagefile`) and write NIfTI, DICOM SEG, RTSTRUCT, overview and stats into
@@ -352,7 +352,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     manifest), else 0.5 and post-processing on. Any axis-aligned series (coronal, prone,
     feet first...) is brought to the training orientation for inference (:mod:`lungseg.io.orient`) and
     its mask back to the acquisition grid for the outputs; oblique series are refused.
-    ``runtime_name``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
+    ``runtime``: one of :data:`RUNTIMES`; ``batch_size`` None = the runtime's own default.
     ``check``: judge the mask (:mod:`lungseg.inference.qc`; ``stats["qc"]``); False only to time predict
     without it. ``record_input``: also write the input's absolute path into stats.json (by default only
     :func:`input_id`). ``progress``: the inference's progress bar."""
@@ -373,7 +373,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         postprocess.check_threshold(threshold)
     except ValueError as err:
         raise PredictError(f"--{err}") from None
-    network = load_network(ckpt, device, runtime_name, batch_size, progress=progress)
+    network = load_network(ckpt, device, runtime, batch_size, progress=progress)
     clock.lap("load_model_s")
     if image_file is not None:
         try:

@@ -224,9 +224,9 @@ def test_masks(run: TrainResult, case_ids: list[str], n_slices: list[int]) -> li
 
 # ---- inference settings chosen by 03_eval -------------------------------------------------------
 
-def save_inference(run_dir: Path, threshold: float, use_postprocess: bool, chosen_on: str) -> dict:
+def save_inference(run_dir: Path, threshold: float, clean: bool, chosen_on: str) -> dict:
     """Record the chosen threshold and post-processing in the run's ``inference.json``."""
-    settings = {"threshold": float(threshold), "postprocess": bool(use_postprocess), "chosen_on": chosen_on}
+    settings = {"threshold": float(threshold), "postprocess": bool(clean), "chosen_on": chosen_on}
     writing.atomic_write_text(Path(run_dir) / INFERENCE, json.dumps(settings, indent=1) + "\n")
     return settings
 

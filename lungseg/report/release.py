@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from lungseg import paths
-from lungseg.inference import runtime
+from lungseg.inference import ort
 from lungseg.io import writing
 from lungseg.network import config, model, runs
 
@@ -67,8 +67,8 @@ def choose_settings(run: runs.TrainResult) -> dict:
 
     loaded = cache.load_cases(run.config.cases, run.config.data_dir or None)
     logits = inference.case_logits(run.model, run.config, loaded, "cpu")
-    threshold, use_pp, study, pp_study = tuning.tune(loaded, logits)
-    return {"threshold": float(threshold), "postprocess": bool(use_pp),
+    threshold, clean, study, pp_study = tuning.tune(loaded, logits)
+    return {"threshold": float(threshold), "postprocess": bool(clean),
             "chosen_on": f"the model's own {len(loaded)} training patients (tuning.tune, as 03_eval)",
             "threshold_study": study, "postprocess_study": pp_study}
 
@@ -105,8 +105,8 @@ def release(run: runs.TrainResult, settings: dict, accuracy: dict, profile: str,
     with writing.staged_folder(out, TOOL, overwrite=True) as tmp:
         shutil.copyfile(weights, tmp / runs.WEIGHTS)
         # The ONNX export ships too: predict on the base install (no torch) runs it with ONNX Runtime.
-        runtime.export(run.model, runtime.preprocessing_of(run.config, model.REFERENCE_INPUT_OFFSET_HU),
-                       tmp / runtime.SHIPPED, manifest["release"]["weights_sha256"])
+        ort.export(run.model, ort.preprocessing_of(run.config, model.REFERENCE_INPUT_OFFSET_HU),
+                       tmp / ort.SHIPPED, manifest["release"]["weights_sha256"])
         writing.atomic_write_text(tmp / runs.MANIFEST, json.dumps(manifest, indent=1, allow_nan=False) + "\n")
         writing.atomic_write_text(tmp / CARD, model_card(manifest))
     return out
@@ -177,7 +177,7 @@ def model_card(manifest: dict) -> str:
         "| --- | --- |",
         f"| `model.pt` | weights, training history and config (`torch.load(..., weights_only=True)`); "
         f"{rel['weights_bytes']:,} bytes, SHA-256 `{rel['weights_sha256']}` |",
-        f"| `{runtime.SHIPPED}` | the same network exported to ONNX (with its preprocessing and the "
+        f"| `{ort.SHIPPED}` | the same network exported to ONNX (with its preprocessing and the "
         "weights' SHA-256 as metadata): what `predict` runs with ONNX Runtime, no PyTorch needed |",
         "| `run.json` | the run's manifest: config, data fingerprint, code version, preprocessing, "
         "inference settings, this release record |",

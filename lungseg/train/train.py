@@ -361,11 +361,11 @@ def command(args) -> int:
 
 def _export_for_predict(result: TrainResult) -> None:
     """The ONNX export ``predict --checkpoint RUN_DIR`` uses on a CPU, made now (a few seconds) so that
-    the first ``predict`` does not pay for it (lungseg.inference.runtime)."""
-    from lungseg.inference import runtime
+    the first ``predict`` does not pay for it (lungseg.inference.ort)."""
+    from lungseg.inference import ort
 
-    if runtime.available():
-        target = runtime.cached_model(result.run_dir / runs.WEIGHTS)
+    if ort.available():
+        target = ort.cached_model(result.run_dir / runs.WEIGHTS)
         if not target.is_file():
-            prep = runtime.preprocessing_of(result.config, model.REFERENCE_INPUT_OFFSET_HU)
-            runtime.export(result.model, prep, target)
+            prep = ort.preprocessing_of(result.config, model.REFERENCE_INPUT_OFFSET_HU)
+            ort.export(result.model, prep, target)

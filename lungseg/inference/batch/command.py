@@ -9,7 +9,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lungseg.inference import postprocess, predict, runtime
+from lungseg.inference import ort, postprocess, predict
 from lungseg.inference.batch import executors
 from lungseg.inference.batch.discover import (
     SCAN_IN_PROCESS_FILES,
@@ -75,7 +75,7 @@ class Summary:
 
 
 def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None, threshold: float | None,
-                     clean: bool | None, device: str, runtime_name: str,
+                     clean: bool | None, device: str, runtime: str,
                      batch_size: int | None, threads: int | None) -> Settings:
     """The model and settings, resolved once in the parent as ``predict`` resolves them (the
     default checkpoint is ``predict``'s), exported for ONNX Runtime once here."""
@@ -88,12 +88,12 @@ def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | Non
     except ValueError as err:
         raise predict.PredictError(f"--{err}") from None
     dev = predict.resolve_device(device)
-    engine = predict.resolve_runtime(runtime_name, dev)
-    if engine == "onnxruntime":
+    chosen = predict.resolve_runtime(runtime, dev)
+    if chosen == "onnxruntime":
         predict.onnx_export(ckpt)
     else:
         predict.load_checkpoint(ckpt)  # fails here, once, on a checkpoint that is not one
-    return Settings(str(ckpt), choice, writing.sha256_file(weights), threshold, clean, dev, engine,
+    return Settings(str(ckpt), choice, writing.sha256_file(weights), threshold, clean, dev, chosen,
                     batch_size, threads)
 
 
@@ -145,7 +145,7 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
         checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, *, workers: int | None = None,
         scheduler: str | None = None, part: tuple[int, int] | None = None, retry_failed: bool = False,
         all_series: bool = False, threshold: float | None = None, clean: bool | None = None,
-        device: str = "auto", runtime_name: str = "auto", batch_size: int | None = None,
+        device: str = "auto", runtime: str = "auto", batch_size: int | None = None,
         progress: bool = True) -> Summary:
     """Segment every CT series under ``root`` into ``out`` (see the module's docstring) and return
     the counts. ``workers``: local Dask worker processes (None: :func:`default_workers`; 0: in this
@@ -164,8 +164,8 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
                           "in this process", executors.CohortNote, stacklevel=2)
         workers = 0
     in_process = part is not None or (workers == 0 and not scheduler)
-    settings = resolve_settings(checkpoint, threshold, clean, device, runtime_name, batch_size,
-                                runtime.cpu_threads() if in_process else None)
+    settings = resolve_settings(checkpoint, threshold, clean, device, runtime, batch_size,
+                                ort.cpu_threads() if in_process else None)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_cohort_files(out)
     executor = Lazy(lambda: InProcess() if in_process else

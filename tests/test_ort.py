@@ -1,4 +1,4 @@
-"""ONNX Runtime inference (lungseg.inference.runtime): resampling matrices equal to torch's interpolate,
+"""ONNX Runtime inference (lungseg.inference.ort): resampling matrices equal to torch's interpolate,
 logits
 and masks equal to PyTorch's, on synthetic volumes and a real series; predict's runtime choice."""
 
@@ -17,12 +17,12 @@ from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import write_series
 
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, predict, resample, runtime
+from lungseg.inference import inference, ort, predict, resample
 from lungseg.io import dicom
 from lungseg.network import runs
 from lungseg.train import train
 
-pytestmark = pytest.mark.skipif(not runtime.available(), reason="onnxruntime is not installed")
+pytestmark = pytest.mark.skipif(not ort.available(), reason="onnxruntime is not installed")
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(512, 160), (512, 128), (64, 16), (50, 24), (16, 16)])
@@ -41,7 +41,7 @@ def test_bilinear_matrix_is_torchs_bilinear_interpolation(n_in: int, n_out: int)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def _session(ckpt: Path) -> runtime.Session:
+def _session(ckpt: Path) -> ort.Session:
     return predict.onnx_session(ckpt)
 
 
@@ -52,7 +52,7 @@ def test_onnx_logits_match_pytorch_on_a_synthetic_series(tmp_path: Path, image_s
     write_series(series, n=6)
     volume = dicom.load_series(series)
     net, cfg = predict.load_checkpoint(ckpt)
-    expected = inference.run_logits(net, cfg, volume.hu, amp=False, engine="torch")
+    expected = inference.run_logits(net, cfg, volume.hu, amp=False, runtime="torch")
     session = _session(ckpt)
     got = session.logits(volume.hu)
     assert got.shape == expected.shape == volume.shape and got.dtype == np.float32
@@ -65,9 +65,9 @@ def test_the_export_is_cached_by_the_weights_content(tmp_path: Path) -> None:
     a = write_checkpoint(tmp_path / "a" / "model.pt", seed=1)
     b = write_checkpoint(tmp_path / "b" / "model.pt", seed=1)
     c = write_checkpoint(tmp_path / "c" / "model.pt", seed=2)
-    assert runtime.cached_model(a) == runtime.cached_model(b) != runtime.cached_model(c)
+    assert ort.cached_model(a) == ort.cached_model(b) != ort.cached_model(c)
     _session(a)
-    assert runtime.cached_model(a).is_file()
+    assert ort.cached_model(a).is_file()
 
 
 @pytest.mark.realdata
@@ -77,7 +77,7 @@ def test_onnx_masks_equal_pytorchs_on_a_real_series_with_the_reference_weights()
         pytest.skip("Case_000 or the course's reference weights are absent")
     hu = np.asarray(dicom.load_series(REAL_CASE).hu[60:68])
     net, cfg = predict.load_checkpoint(REFERENCE_WEIGHTS)
-    expected = inference.run_logits(net, cfg, hu, amp=False, engine="torch")
+    expected = inference.run_logits(net, cfg, hu, amp=False, runtime="torch")
     got = _session(REFERENCE_WEIGHTS).logits(hu)
     a, b = inference.binarize(got), inference.binarize(expected)
     assert b.sum() > 10_000  # both lungs of 8 slices
@@ -104,7 +104,7 @@ def test_onnxruntime_on_a_gpu_or_when_absent_is_a_clear_error(monkeypatch: pytes
     with pytest.raises(predict.PredictError, match="CPU only"):
         predict.resolve_runtime("onnxruntime", "cuda")
     assert predict.resolve_runtime("auto", "cuda") == "torch"
-    monkeypatch.setattr(runtime, "available", lambda: False)
+    monkeypatch.setattr(ort, "available", lambda: False)
     assert predict.resolve_runtime("auto", "cpu") == "torch"
     with pytest.raises(predict.PredictError, match="not installed"):
         predict.resolve_runtime("onnxruntime", "cpu")
@@ -120,12 +120,12 @@ def test_the_command_line_starts_without_importing_torch() -> None:
 def test_the_training_command_leaves_the_export_predict_uses(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", seed=7)
-    runtime.cached_model(ckpt).unlink(missing_ok=True)
+    ort.cached_model(ckpt).unlink(missing_ok=True)
     train._export_for_predict(runs.load_run(ckpt.parent))
-    assert runtime.cached_model(ckpt).is_file()
+    assert ort.cached_model(ckpt).is_file()
 
     def no_export(*args: object) -> None:
         raise AssertionError("predict exported again")
 
-    monkeypatch.setattr(runtime, "export", no_export)
+    monkeypatch.setattr(ort, "export", no_export)
     assert predict.onnx_session(ckpt.parent).preprocessing["image_size"] == 16

@@ -7,7 +7,7 @@ the CPU. The run's weights are exported once (:func:`export`, which needs torch 
 ``build/onnx/<hash of the weights file>.onnx``, with the preprocessing the run was trained with in
 the model's metadata. Resampling is done here as matrix products that equal torch's
 ``interpolate`` (``area`` down, ``bilinear`` with ``align_corners=False`` up), so the logits match
-:func:`lungseg.inference.inference.predict_hu` to ~1e-5 (tests/test_runtime.py).
+:func:`lungseg.inference.inference.predict_hu` to ~1e-5 (tests/test_ort.py).
 """
 
 from __future__ import annotations
