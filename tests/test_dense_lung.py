@@ -123,3 +123,20 @@ def test_the_wall_gap_sees_a_lung_that_stops_short_of_the_ribs() -> None:
     assert sound is not None and missed is not None
     assert sound < 0.05 and missed > 0.15  # the cut face lies 27 mm inside the ribs
     assert qc_scores.wall_scores(hu, labels_of(np.zeros_like(mask)), SPACING)["wall_gap_share"] is None
+
+
+def test_depth_on_the_lungs_box_equals_the_whole_scans_transform() -> None:
+    """_depth_mm crops the transform to the lung's box (+1 voxel where the array has it): the same
+    distances, also for a lung that touches the array's edge."""
+    from scipy import ndimage
+
+    from lungseg.evaluation import dense
+
+    rng = np.random.default_rng(0)
+    lung = ndimage.binary_opening(rng.random((12, 40, 48)) > 0.35, iterations=1)
+    lung[:, :, :5] = False
+    lung[3:9, 10:30, 0] = True  # touches the array's edge
+    spacing = (2.5, 0.8, 0.9)
+    expected = ndimage.distance_transform_edt(lung, sampling=spacing)
+    np.testing.assert_array_equal(dense._depth_mm(lung, spacing), expected)
+    assert not dense._depth_mm(np.zeros((3, 4, 5), bool), spacing).any()

@@ -115,8 +115,23 @@ def _multifocal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, float, np.n
     )
 
 
+def _depth_mm(lung: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``distance_transform_edt(lung, sampling=spacing)``, computed on the lung's bounding box and
+    one voxel more on each side that the array has: the same values (a lung voxel's nearest background
+    voxel lies in that box: moving a farther one into the box, axis by axis, only brings it closer and
+    lands on the all-background margin), at the cost of the box instead of the whole scan."""
+    box = ndimage.find_objects(lung.astype(np.uint8))
+    depth = np.zeros(lung.shape, dtype=np.float64)
+    if not box:
+        return depth
+    grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n))
+                  for b, n in zip(box[0], lung.shape, strict=True))
+    depth[grown] = ndimage.distance_transform_edt(lung[grown], sampling=spacing)
+    return depth
+
+
 def _peripheral(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, float, str]:
-    depth = ndimage.distance_transform_edt(lung, sampling=spacing)
+    depth = _depth_mm(lung, spacing)
     band = rng.uniform(12, 35)
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
     top = zs[0] + (zs[-1] - zs[0]) * 2 // 3
@@ -148,13 +163,16 @@ def _basal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]
     return region.astype(np.float32), value, f"posterior crescent up to {thick_max:.0f} mm at {mean:.0f} HU"
 
 
-def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Generator) -> DenseVariant:
+def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Generator,
+               labels: np.ndarray | None = None) -> DenseVariant:
     """The series of ``kind`` (:data:`KINDS`) made from a canonical ``volume`` (HU, z towards the head)
-    and its bool (z, y, x) lung mask ``truth``, drawn from ``rng``; the inputs are not modified."""
+    and its bool (z, y, x) lung mask ``truth``, drawn from ``rng``; the inputs are not modified.
+    ``labels``: ``sides.split_lungs(truth, volume)`` when already computed (one per case, not per kind)."""
     truth = np.asarray(truth, dtype=bool)
     hu = np.asarray(volume.hu, dtype=np.float32)
     spacing = tuple(float(s) for s in volume.spacing)
-    labels = sides.split_lungs(truth, volume)  # 1 = the patient's right lung, 2 = left
+    if labels is None:
+        labels = sides.split_lungs(truth, volume)  # 1 = the patient's right lung, 2 = left
     if kind == "lower_lobe":
         side = int(rng.integers(1, 3))
         weight, value, detail = _lower_lobe(labels == side, spacing, rng)
@@ -203,6 +221,7 @@ def study(
     model in ``scorers`` (name → :data:`Scorer`) on the same series."""
     rows = []
     jobs = [(c, k) for c in cases for k in ("original", *kinds)]
+    split: dict[str, np.ndarray] = {}  # the truth's right/left lungs, once per case
     for case, kind in progress(jobs) if progress else jobs:
         if kind == "original":
             dv = DenseVariant(
@@ -212,7 +231,9 @@ def study(
             )
         else:
             rng = np.random.default_rng([seed, int(case.case_id.split("_")[-1]), KINDS.index(kind)])
-            dv = make_dense(case.volume, case.mask, kind, rng)
+            if case.case_id not in split:
+                split = {case.case_id: sides.split_lungs(np.asarray(case.mask, dtype=bool), case.volume)}
+            dv = make_dense(case.volume, case.mask, kind, rng, split[case.case_id])
         for model, score in scorers.items():
             row = score(dv.variant)
             rows.append(
