@@ -76,13 +76,19 @@ def run_report_bench(args: argparse.Namespace) -> int:
     if _git("status", "--porcelain", "--untracked-files=no"):
         print("bench report: note: uncommitted changes are not timed (the clone is of HEAD)", file=sys.stderr)
     data = paths.data_dir(args.data)
+    path = Path(args.out)
+    commit = _git("rev-parse", "HEAD")
+    # Runs of other CPU kinds on the same commit and profile stay: the kinds may be timed one at a time.
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    kept = ([r for r in earlier.get("runs", []) if r["isa"] not in args.isa]
+            if (earlier.get("commit"), earlier.get("profile")) == (commit, args.profile) else [])
     out = {"what": "Wall time of `python -m lungseg report` on a fresh clone of the commit below (nothing "
                    "cached), per notebook, as each run's figures/provenance.json records it; made by "
                    "`lungseg bench report`.",
-           "commit": _git("rev-parse", "HEAD"), "profile": args.profile,
+           "commit": commit, "profile": args.profile,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "runs": [time_report(isa, args.profile, data) for isa in args.isa]}
-    path = Path(args.out)
+           "runs": kept + [time_report(isa, args.profile, data) for isa in args.isa]}
+    out["runs"].sort(key=lambda r: list(ISA_ENV).index(r["isa"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     writing.atomic_write_text(path, json.dumps(out, indent=1) + "\n")
     for r in out["runs"]:
