@@ -405,11 +405,15 @@ def report_timing_block(figures_dir: str | Path = paths.FIGURES) -> str:
         row.update({k: _minutes(r["notebooks_s"][k]) if k in r["notebooks_s"] else "–" for k in names})
         row["notebooks in all"] = f"**{_minutes(r['notebooks_total_s'])}**"
         row["held-out tuned Dice"] = f"{lv['heldout_tuned_dice']:.4f}"
-        row["CV Dice R / L (worst)"] = (" / ".join(f"{v:.4f}" for v in lv["cv_dice_per_lung"].values())
-                                        + f" ({lv['cv_worst_patient_dice']:.4f})")
+        cv = lv["cv_dice_per_lung"]
+        row["CV Dice R / L (worst)"] = (f"{cv['Lung_R']:.4f} / {cv['Lung_L']:.4f} "
+                                        f"({lv['cv_worst_patient_dice']:.4f})")
         if lv.get("qc_detection") is not None:
             row["QC detection / false alarms"] = f"{lv['qc_detection']:.1%} / {lv['qc_false_alarms']:.1%}"
         rows.append(row)
+    missing = [isa for isa in ("native", "avx2") if isa not in {r["isa"] for r in d["runs"]}]
+    note = "".join(f"\n{isa}: not measured for this commit (`lungseg bench report --isa {isa}`).\n"
+                   for isa in missing)
     return (f"`lungseg bench report` on a fresh clone of `{d['commit'][:10]}` ({d['date'][:16]} UTC, profile "
             f"`{d['profile']}`, {d['runs'][0]['machine']}): wall time per notebook, nothing cached.\n\n"
-            + tables.markdown(rows) + "\n")
+            + tables.markdown(rows) + "\n" + note)
