@@ -80,3 +80,34 @@ def test_render_report_never_replaces_a_report_html_it_did_not_write(tmp_path: P
     with pytest.raises(FileExistsError, match="not written by lungseg"):
         cohort_report.render_report(out)
     assert (out / cohort_report.REPORT_HTML).read_text() == "my own notes"
+
+
+def test_demo_sources_are_inputs_batch_plans_as_the_demo_says(tmp_path: Path, real_case: Path) -> None:
+    """The demo cohort's inputs (made beside the data, which is only read): a case as a link, the cut
+    copy of Case_000 as a study of its own, a localizer batch skips and a damaged series (one file cut
+    short, which predict refuses: the demo's failed row)."""
+    from lungseg.inference.batch import discover, plan
+    from lungseg.io import dicom
+
+    data = real_case.parent.parent
+    before = {f.name: f.stat().st_mtime_ns for f in real_case.iterdir()}
+    folder = cohort_report.demo_sources(tmp_path / "src", ("Case_000",), str(data))
+    scans = [discover.scan_folder(str(folder), rel, names) for rel, names in discover.walk(folder)]
+    series, orphans = discover.merge_scans(scans)
+    entries = {e.scan.folder: e for e in plan.plan(series)}
+    assert set(entries) == {"Case_000", "Case_000_cut_apex", "Case_000_damaged", "scout"}
+    assert entries["scout"].status == "skipped" and "localizer" in entries["scout"].reason
+    assert {entries[k].status for k in ("Case_000", "Case_000_cut_apex", "Case_000_damaged")} == {"todo"}
+    assert entries["Case_000"].scan.uid != entries["Case_000_cut_apex"].scan.uid
+    n = len(list(real_case.glob("*.dcm")))
+    assert len(entries["Case_000_cut_apex"].scan.files) == n * 4 // 5
+    assert not orphans
+    with pytest.raises(Exception, match="Case_000_damaged"):
+        dicom.load_series(folder / "Case_000_damaged")
+    cut = dicom.read_dataset(next((folder / "Case_000_cut_apex").iterdir()), stop_before_pixels=True)
+    assert cut.SeriesInstanceUID == entries["Case_000_cut_apex"].scan.uid
+    assert {f.name: f.stat().st_mtime_ns for f in real_case.iterdir()} == before
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="did not write"):
+        cohort_report.demo_sources(folder, ("Case_000",), str(data))
+    assert (folder / "notes.txt").read_text() == "mine"

@@ -184,3 +184,16 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_ds, tmp_path, mon
     assert _same_history(straight.history, resumed.history)
     w1, w2 = _weights(straight), _weights(resumed)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_paper_profile_is_the_coursework_recipe_stated_once() -> None:
+    """The paper profile trains the coursework's run (512², random slice split, 10 epochs, batch 3,
+    Adam lr 0.1 constant, seed 42) and takes it from TrainConfig's defaults, not from a second copy."""
+    section = config.load_profile("paper")["02_train"]
+    recipe = ("image_size", "split", "epochs", "batch_size", "lr", "schedule", "seed", "test_cases")
+    assert not set(recipe) & set(section), "paper.yaml restates the recipe that TrainConfig holds"
+    plan = config.training_plan("paper")
+    cfg = plan.config
+    assert (cfg.image_size, cfg.split, cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule, cfg.seed) == (
+        512, "slices", 10, 3, 0.1, "constant", 42)
+    assert cfg.disease_p == 0.0 and plan.compare_split == "cases" and plan.cv_folds == 0

@@ -3,6 +3,7 @@
 same volumes (``imagefile``), the memory-mapped volume cache (``cache``), de-identification
 (``anonymise``, keeping what the IOD requires: ``iod``), safe writing (``writing``), the exports
 (NIfTI and DICOM SEG: ``export``; RTSTRUCT: ``rtstruct``) and the one overlay helper with
-``predict``'s overview image (``overlay``).
+``predict``'s overview image (``overlay``), and series copied from a real one under new UIDs for
+the demo cohort (``derive``).
 Imports nothing of lungseg above it and no torch (the import contract in pyproject.toml).
 """

@@ -90,11 +90,12 @@ def _soft_above(values: torch.Tensor, lung: torch.Tensor, share: float, width: f
     return torch.sigmoid((values - cut) / max(width, 1e-6)) * lung
 
 
-def _side(lung: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _side(lung: torch.Tensor, gen: torch.Generator,
+          options: Sequence[str] = ("both", "image-left", "image-right")) -> torch.Tensor:
     """One lung (the lung pixels on one side of the lungs' middle) or both, chosen at random."""
     cols = torch.nonzero(lung.any(0)).flatten()
     middle = int((cols.min() + cols.max()) // 2)
-    which = _pick(gen, ("both", "image-left", "image-right"))
+    which = _pick(gen, options)
     if which == "both":
         return lung
     half = torch.zeros_like(lung)
@@ -153,6 +154,11 @@ def _diseased(hu: torch.Tensor, lung: torch.Tensor, spec: DiseaseSpec, gen: torc
         return hu * (1 - a) + a * dense
     # Drawn only when asked for, so that a spec without it keeps the very draws of earlier runs.
     whole = spec.full > 0 and float(torch.rand((), generator=gen)) < spec.full
+    if whole and bool(torch.equal(where, lung)):
+        # One opacified lung, never both: with no aerated lung left in the slice nothing but the rib
+        # cage says where lung ends, and learning that makes the network call soft tissue lung on
+        # normal scans (measured: benchmarks/dense_recipe.py, figures/dense_recipe_study.json).
+        where = _side(lung, gen, ("image-left", "image-right"))
     a = where.float() if whole else _region(where, _pick(gen, PLACES), _u(gen, 0.1, 1.0), gen)
     if kind == "ggo":
         return hu + a * (_u(gen, *spec.ggo_hu) + _texture(s, sigma, gen))

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lungseg import paths
-from lungseg.inference import batch, qc
+from lungseg.inference import batch
 from lungseg.io import writing
 from lungseg.report import execute
 
@@ -40,7 +39,9 @@ NUMBERS = ("slices", "right_lung_ml", "left_lung_ml", "lung_volume_ml", "seconds
 QC_ORDER = {"fail": 0, "review": 1, "pass": 2, "": 3}
 QC_COLOURS = {"fail": "tab:red", "review": "tab:orange", "pass": "tab:green", "": "tab:grey"}
 DEMO = "build/quick/cohort-demo"
-"""Where :func:`demo_cohort` builds its cohort (under the build folder)."""
+"""Where :func:`demo_cohort` builds its cohort (under the build folder); its inputs lie beside it."""
+DEMO_SOURCES = "demo-cohort-sources"
+"""The marker's tool name of the demo's input folder (:func:`demo_sources`)."""
 
 
 @dataclass
@@ -228,18 +229,15 @@ def render_report(out_dir: str | os.PathLike[str], kernel: str | None = None) ->
 
 # ---- a small real cohort ------------------------------------------------------------------------
 
-def _row(**values: object) -> dict:
-    return {**dict.fromkeys(COLUMNS, ""), **{k: str(v) for k, v in values.items()}}
-
-
 def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.PathLike[str] | None = None,
                 cases: Sequence[str] = ("Case_000", "Case_005"), data: str | None = None,
                 rebuild: bool = False) -> Path:
-    """A batch-like folder made with ``predict``: the given real cases, Case_000 with its top fifth of
-    slices removed (a cut apex, for QC to flag), a folder with no DICOM file (failed) and one skipped
-    row, with a cohort.csv as the batch command writes it. ``checkpoint``: the model (default: the
-    quick profile's held-out run, else predict's default). Kept and reused unless ``rebuild``."""
-    from lungseg.inference import predict
+    """A cohort made by the batch command (in this process) from a small folder of real inputs
+    (:func:`demo_sources`): the given cases, Case_000 with its top fifth of slices removed (a cut apex,
+    for QC to flag), a damaged file (failed) and a localizer (skipped). ``checkpoint``: the model
+    (default: the quick profile's held-out run, else batch's default). Kept and reused unless
+    ``rebuild``."""
+    from lungseg.inference.batch import command
     from lungseg.network import runs
 
     out = paths.resolve(out_dir)
@@ -249,40 +247,37 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
         try:
             checkpoint = runs.default_run("quick")
         except runs.RunNotFoundError:
-            checkpoint = None  # predict's own default
+            checkpoint = None  # batch's own default
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    images = paths.data_dir(data) / "Images"
-    sources = [(images / c, c) for c in cases]
-    work = out / ".sources"  # inputs made for the demo: kept apart from the outputs
-    cut = work / "Case_000_cut_apex"
-    files = sorted((images / "Case_000").glob("*.dcm"), key=lambda f: _z(f))
-    cut.mkdir(parents=True)
-    for f in files[:len(files) * 4 // 5]:
-        (cut / f.name).write_bytes(f.read_bytes())
-    sources.append((cut, "Case_000_cut_apex"))
-    (work / "empty_folder").mkdir()
-    rows = []
-    for src, name in [*sources, (work / "empty_folder", "empty_folder")]:
-        t0 = time.perf_counter()
-        try:
-            stats = predict.predict(src, out / name, checkpoint)
-        except (predict.PredictError, ValueError, OSError) as exc:
-            rows.append(_row(source=str(src), status=batch.FAILED, message=str(exc),
-                             seconds=f"{time.perf_counter() - t0:.2f}"))
-            continue
-        rows.append(_row(source=str(src), series_uid=stats["series_uid"], status=batch.DONE, output=name,
-                         slices=stats["slices"], right_lung_ml=f"{stats['right_lung_ml']:.1f}",
-                         left_lung_ml=f"{stats['left_lung_ml']:.1f}",
-                         lung_volume_ml=f"{stats['lung_volume_ml']:.1f}",
-                         lungs_touching=stats["lungs_touching"],
-                         **qc.qc_columns(stats), seconds=f"{time.perf_counter() - t0:.2f}",
-                         model=stats["model"]["name"]))
-    rows.append(_row(source=str(images / "Case_005" / "scout"), status=batch.SKIPPED,
-                     message="a localizer (scout) series, not an axial CT volume", seconds="0.00"))
-
-    writing.atomic_write_text(out / COHORT_CSV, batch.cohort_text(rows))
+    sources = demo_sources(out.with_name(out.name + "-sources"), cases, data)
+    command.run(sources, out, checkpoint, workers=0, progress=False)
     return out
+
+
+def demo_sources(folder: Path, cases: Sequence[str], data: str | None = None) -> Path:
+    """``folder`` (made anew; refused when it holds anything this function did not write) holding
+    links to the ``cases``' image folders and three inputs made from Case_000, each a new study: its
+    lower four fifths (a cut apex), one of its images as a localizer, and ten of its slices with one
+    file cut short (damaged). The data set is only read."""
+    from lungseg.io import derive
+
+    writing.check_replaceable(folder, True, DEMO_SOURCES)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    images = paths.data_dir(data) / "Images"
+    for c in cases:
+        (folder / c).symlink_to(images / c, target_is_directory=True)
+    files = sorted((images / "Case_000").glob("*.dcm"), key=_z)
+    derive.copy_as_series(files[:len(files) * 4 // 5], folder / "Case_000_cut_apex")
+    derive.copy_as_series(files[len(files) // 2:len(files) // 2 + 1], folder / "scout",
+                          {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})
+    middle = len(files) // 2
+    damaged = folder / "Case_000_damaged"
+    derive.copy_as_series(files[middle - 5:middle + 5], damaged)
+    cut_short = sorted(damaged.iterdir())[4]  # one image's pixel data cut short: the series fails
+    cut_short.write_bytes(cut_short.read_bytes()[:cut_short.stat().st_size // 2])
+    writing.write_marker(folder, DEMO_SOURCES)
+    return folder
 
 
 def _z(f: Path) -> float:
