@@ -15,7 +15,7 @@ from lungseg import paths
 from lungseg.evaluation import dense
 from lungseg.io import cache
 from lungseg.network import config
-from lungseg.train import train
+from lungseg.train import loop
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 KINDS = ("original", *dense.KINDS)
@@ -45,7 +45,7 @@ base = {"cases": "Case_000,Case_001,Case_003,Case_004,Case_006,Case_007,Case_009
 base.update(over)
 cfg = config.config_from_profile("cpu", base)
 t = time.time()
-run = train.fit(cfg, runs_dir=paths.BUILD / "dense_recipe" / "runs")
+run = loop.fit(cfg, runs_dir=paths.BUILD / "dense_recipe" / "runs")
 tt = time.time() - t
 dev = cache.load_cases(["Case_003", "Case_009"])
 rows = dense.study(dev, {name: dense.run_scorer(run, with_qc=False)}, seed=7)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, ort
+from lungseg.inference import forward, ort
 from lungseg.io import cache
 from lungseg.network import data, model, runs, speed
 from lungseg.report import bench
@@ -59,7 +59,7 @@ def main() -> int:
 
     t_torch, t_ort = warm_timed(torch_logits), warm_timed(ort_logits)
     full = data.FULL_SIZE
-    masks = [inference.binarize(data.upsample_logits(torch.from_numpy(lg), full)[:, 0].numpy())
+    masks = [forward.binarize(data.upsample_logits(torch.from_numpy(lg), full)[:, 0].numpy())
              for lg in (torch_logits(), ort_logits())]
     print(json.dumps({"case": args.case, "slices": int(x.shape[0]), "image_size": cfg.image_size,
                       "threads": torch.get_num_threads(), "torch_channels_last": cl,

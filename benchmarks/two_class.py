@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from lungseg.evaluation import crossval, metrics
-from lungseg.inference import inference, ort, postprocess, sides
+from lungseg.inference import forward, ort, postprocess, sides
 from lungseg.io import cache
 from lungseg.network import data, runs, speed
-from lungseg.train import train
+from lungseg.train import loop
 
 
 def _targets(case: cache.Case, size: int) -> torch.Tensor:
@@ -36,30 +36,30 @@ def _targets(case: cache.Case, size: int) -> torch.Tensor:
             >= data.MASK_THRESHOLD).float()
 
 
-def train_two_class(cfg: train.TrainConfig, cases: list[cache.Case]) -> torch.nn.Module:
+def train_two_class(cfg: loop.TrainConfig, cases: list[cache.Case]) -> torch.nn.Module:
     x = torch.cat([data.case_tensors(c, cfg.image_size, cfg.input_mode, cfg.hu_window)[0] for c in cases])
     y = torch.cat([_targets(c, cfg.image_size) for c in cases])
     empty = y.flatten(1).amax(1) == 0
     idx = list(range(len(x)))
     device = torch.device("cpu")
-    steps = len(train._epoch_batches(train.epoch_indices(idx, empty, cfg, 0), cfg, 0, 1))
+    steps = len(loop._epoch_batches(loop.epoch_indices(idx, empty, cfg, 0), cfg, 0, 1))
     torch.manual_seed(cfg.seed)
-    net, opt, sched = train._build(cfg, steps, device)
+    net, opt, sched = loop._build(cfg, steps, device)
     net.final = torch.nn.Conv2d(net.final.in_channels, 2, kernel_size=1)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = train.make_scheduler(opt, cfg, steps)
+    sched = loop.make_scheduler(opt, cfg, steps)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     for epoch in range(cfg.epochs):
         net.train()
-        for b in tqdm(train._epoch_batches(train.epoch_indices(idx, empty, cfg, epoch), cfg, epoch, 1),
+        for b in tqdm(loop._epoch_batches(loop.epoch_indices(idx, empty, cfg, epoch), cfg, epoch, 1),
                       desc=f"two-class epoch {epoch + 1}/{cfg.epochs}", leave=False):
             xb = x[b].contiguous(memory_format=torch.channels_last) if cfg.channels_last else x[b]
-            train.train_step(net, opt, sched, xb, y[b], device, bool(cfg.amp))
+            loop.train_step(net, opt, sched, xb, y[b], device, bool(cfg.amp))
     return net.eval()
 
 
-def two_class_labels(net: torch.nn.Module, cfg: train.TrainConfig, case: cache.Case) -> np.ndarray:
+def two_class_labels(net: torch.nn.Module, cfg: loop.TrainConfig, case: cache.Case) -> np.ndarray:
     hu = torch.from_numpy(np.array(case.volume.hu)).unsqueeze(1)
     out = []
     with torch.inference_mode():
@@ -99,7 +99,7 @@ def main() -> int:
     for cid in test:
         case = cache.load_case(cid, cfg.data_dir or None)
         truth = sides.split_lungs(np.asarray(case.mask), case.volume)
-        logits = inference.run_logits(run.model, cfg, case.volume.hu)
+        logits = forward.run_logits(run.model, cfg, case.volume.hu)
         binary = sides.split_lungs(postprocess.segment(logits, 0.5, True), case.volume)
         out["binary + side rule"][cid] = per_lung(case, binary, truth)
         out["two-class network"][cid] = per_lung(case, two_class_labels(net2, cfg, case), truth)

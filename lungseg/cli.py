@@ -396,8 +396,8 @@ def _add_module(sub: argparse._SubParsersAction, name: str, module: str, help_te
 
 
 PROJECT_COMMANDS = (
-    ("train", "lungseg.train.train", "train (or resume, or load) the run of a profile, without a notebook"),
-    ("report", "lungseg.report.report", "execute the report's notebooks headless (./run_all.sh calls it)"),
+    ("train", "lungseg.train.loop", "train (or resume, or load) the run of a profile, without a notebook"),
+    ("report", "lungseg.report.runner", "execute the report's notebooks headless (./run_all.sh calls it)"),
     ("release", "lungseg.report.release", "train the release recipe on every case and write models/"),
     ("calibrate", "lungseg.evaluation.qc_calibrate", "fit the QC limits on the cross-validation folds"),
     ("bench", "lungseg.report.bench", "benchmarks (DICOM reading, training)"),
@@ -412,12 +412,12 @@ def _deprecated_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR")
 
     def run(args: argparse.Namespace) -> int:
-        from lungseg.report import report
+        from lungseg.report import runner
 
         warnings.warn("`evaluate` is deprecated and will be removed: use `report --only 03_eval`",
                       DeprecationWarning, stacklevel=1)
         paths.data_dir(args.data)
-        return report.run(args.profile or report.default_profile(), args.data, only=["03_eval"])
+        return runner.run(args.profile or runner.default_profile(), args.data, only=["03_eval"])
 
     p.set_defaults(func=run)
 

@@ -22,7 +22,7 @@ from lungseg import cli, paths
 from lungseg.inference import predict
 from lungseg.io import anonymise, cache, dicom, orient
 from lungseg.network import model
-from lungseg.train import train
+from lungseg.train import loop
 
 TINY_CHANNELS = 4
 REAL_CASE = paths.ROOT / "data" / "Images" / "Case_000"
@@ -50,7 +50,7 @@ def write_checkpoint(path: Path, image_size: int = 16, seed: int = 0) -> Path:
     """An untrained UNet saved as ``train.fit`` saves ``model.pt``."""
     torch.manual_seed(seed)
     net = model.UNet(base_channels=TINY_CHANNELS).eval()
-    cfg = train.TrainConfig(cases=["Case_900"], image_size=image_size, split="cases",
+    cfg = loop.TrainConfig(cases=["Case_900"], image_size=image_size, split="cases",
                             base_channels=TINY_CHANNELS, epochs=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "history": {"train_loss": [1.0]},

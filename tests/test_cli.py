@@ -31,8 +31,8 @@ from lungseg import cli, paths
 from lungseg.inference import postprocess, predict
 from lungseg.io import dicom, export, overlay, rtstruct, writing
 from lungseg.network import runs
-from lungseg.report import report
-from lungseg.train import train
+from lungseg.report import runner
+from lungseg.train import loop
 
 TINY_SIZE = 16  # synthetic slices are 16x16; the UNet needs H, W divisible by 2**3
 N_SLICES = 6
@@ -322,14 +322,14 @@ def test_notebook_commands_call_report_run(argv: tuple[str, ...], notebooks: lis
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     calls = []
-    monkeypatch.setattr(report, "run", lambda *a, **k: calls.append((a, k)) or 0)
+    monkeypatch.setattr(runner, "run", lambda *a, **k: calls.append((a, k)) or 0)
     if argv[0] == "evaluate":  # deprecated: warned, then the same call as report --only 03_eval
         assert run_cli(*argv, "--profile", "quick", "--data", tmp_path) == 0
         assert "deprecated" in capsys.readouterr().err  # one "note:" line
         assert calls == [(("quick", str(tmp_path)), {"only": notebooks})]
     else:
         assert run_cli(*argv, "--profile", "quick", "--data", tmp_path) == 0
-        assert calls == [(("quick", str(tmp_path), notebooks, report.KERNEL), {})]
+        assert calls == [(("quick", str(tmp_path), notebooks, runner.KERNEL), {})]
 
 
 def test_module_aliases_are_the_one_command_line() -> None:
@@ -397,9 +397,9 @@ def test_inference_settings_follow_the_runs_choice(tmp_path: Path) -> None:
 
 def test_run_folders_are_readable_and_found_by_key(tmp_path: Path) -> None:
     key = "0123456789abcdef"
-    cfg = train.TrainConfig(split="cases", kfold=3, fold=1, profile="cpu")
+    cfg = loop.TrainConfig(split="cases", kfold=3, fold=1, profile="cpu")
     assert runs.run_folder(tmp_path, cfg, key) == tmp_path / "cpu-cases-fold1-01234567"
-    plain = train.TrainConfig(split="slices")
+    plain = loop.TrainConfig(split="slices")
     assert runs.run_folder(tmp_path, plain, key) == tmp_path / "run-slices-01234567"
     (tmp_path / key).mkdir()  # the old layout: still found
     assert runs.run_folder(tmp_path, cfg, key) == tmp_path / key

@@ -107,6 +107,7 @@ def test_demo_sources_are_inputs_batch_plans_as_the_demo_says(tmp_path: Path, re
     cut = dicom.read_dataset(next((folder / "Case_000_cut_apex").iterdir()), stop_before_pixels=True)
     assert cut.SeriesInstanceUID == entries["Case_000_cut_apex"].scan.uid
     assert {f.name: f.stat().st_mtime_ns for f in real_case.iterdir()} == before
+    assert cohort_report.demo_sources(folder, ("Case_000",), str(data)) == folder  # its own: made anew
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(Exception, match="did not write"):
         cohort_report.demo_sources(folder, ("Case_000",), str(data))

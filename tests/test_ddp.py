@@ -54,11 +54,11 @@ def test_two_processes_follow_one_process(tmp_path) -> None:
 
 
 def test_a_batch_that_cannot_be_shared_equally_is_dropped() -> None:
-    from lungseg.train import train
+    from lungseg.train import loop
 
-    cfg = train.TrainConfig(batch_size=4, seed=42)
-    alone = train._epoch_batches(list(range(9)), cfg, 0, 1)
+    cfg = loop.TrainConfig(batch_size=4, seed=42)
+    alone = loop._epoch_batches(list(range(9)), cfg, 0, 1)
     assert [len(b) for b in alone] == [4, 4, 1]
-    shared = train._epoch_batches(list(range(9)), cfg, 0, 2)
+    shared = loop._epoch_batches(list(range(9)), cfg, 0, 2)
     assert [len(b) for b in shared] == [4, 4]  # the 1-slice batch would leave a process empty
     assert all(torch.equal(a, b) for a, b in zip(alone[:2], shared, strict=True))

@@ -9,7 +9,7 @@ import pytest
 from builders import case_of
 
 from lungseg.evaluation import evaluate
-from lungseg.inference import inference
+from lungseg.inference import forward
 from lungseg.network import data, model, runs
 from lungseg.network.config import TrainConfig
 from lungseg.report import tables
@@ -91,7 +91,7 @@ def test_report_runs_never_train_and_name_the_missing_record(tmp_path: Path) -> 
 
 def test_non_square_slices_are_inferred_through_a_square_field_but_never_trained_on() -> None:
     case = case_of(np.zeros((2, 16, 24), dtype=np.int16))
-    logits = inference.predict_hu(model.UNet(base_channels=4), case.volume.hu, 16, name=case.case_id)
+    logits = forward.predict_hu(model.UNet(base_channels=4), case.volume.hu, 16, name=case.case_id)
     assert logits.shape == (2, 16, 24) and np.isfinite(logits).all()  # via lungseg.inference.fov
     with pytest.raises(ValueError, match="Case_X: slices of .16, 24. pixels are not square"):
         data.case_tensors(case, 16, "window")

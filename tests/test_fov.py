@@ -14,7 +14,7 @@ from corpus import ORIENTATIONS, write_oriented
 
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.inference import fov, inference, ort, predict, resample
+from lungseg.inference import forward, fov, ort, predict, resample
 from lungseg.io import dicom, orient, series
 from lungseg.network import runs
 
@@ -77,8 +77,8 @@ def test_a_rectangular_slice_equals_the_square_path_on_the_slice_padded_with_air
     net, cfg = predict.load_checkpoint(ckpt)
     hu = np.random.default_rng(1).integers(-1024, 400, size=(4, 40, 64)).astype(np.int16)
     padded = np.pad(hu, ((0, 0), (12, 12), (0, 0)), constant_values=fov.AIR_HU)
-    square = inference.run_logits(net, cfg, padded, runtime=engine, amp=False)
-    rect = inference.run_logits(net, cfg, hu, runtime=engine, amp=False, spacing=(0.8, 0.8))
+    square = forward.run_logits(net, cfg, padded, runtime=engine, amp=False)
+    rect = forward.run_logits(net, cfg, hu, runtime=engine, amp=False, spacing=(0.8, 0.8))
     assert rect.shape == hu.shape
     np.testing.assert_allclose(rect, square[:, 12:52], atol=1e-4)
 

@@ -17,10 +17,10 @@ from builders import REAL_CASE, REFERENCE_WEIGHTS, run_cli, write_checkpoint
 from synthetic import write_series
 
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, ort, predict, resample
+from lungseg.inference import forward, ort, predict, resample
 from lungseg.io import dicom
 from lungseg.network import runs
-from lungseg.train import train
+from lungseg.train import loop
 
 pytestmark = pytest.mark.skipif(not ort.available(), reason="onnxruntime is not installed")
 
@@ -52,7 +52,7 @@ def test_onnx_logits_match_pytorch_on_a_synthetic_series(tmp_path: Path, image_s
     write_series(series, n=6)
     volume = dicom.load_series(series)
     net, cfg = predict.load_checkpoint(ckpt)
-    expected = inference.run_logits(net, cfg, volume.hu, amp=False, runtime="torch")
+    expected = forward.run_logits(net, cfg, volume.hu, amp=False, runtime="torch")
     session = _session(ckpt)
     got = session.logits(volume.hu)
     assert got.shape == expected.shape == volume.shape and got.dtype == np.float32
@@ -77,9 +77,9 @@ def test_onnx_masks_equal_pytorchs_on_a_real_series_with_the_reference_weights()
         pytest.skip("Case_000 or the course's reference weights are absent")
     hu = np.asarray(dicom.load_series(REAL_CASE).hu[60:68])
     net, cfg = predict.load_checkpoint(REFERENCE_WEIGHTS)
-    expected = inference.run_logits(net, cfg, hu, amp=False, runtime="torch")
+    expected = forward.run_logits(net, cfg, hu, amp=False, runtime="torch")
     got = _session(REFERENCE_WEIGHTS).logits(hu)
-    a, b = inference.binarize(got), inference.binarize(expected)
+    a, b = forward.binarize(got), forward.binarize(expected)
     assert b.sum() > 10_000  # both lungs of 8 slices
     assert metrics.volume_dice(a, b) >= 0.999
     assert np.abs(got - expected).max() < 1e-2
@@ -121,7 +121,7 @@ def test_the_training_command_leaves_the_export_predict_uses(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", seed=7)
     ort.cached_model(ckpt).unlink(missing_ok=True)
-    train._export_for_predict(runs.load_run(ckpt.parent))
+    loop._export_for_predict(runs.load_run(ckpt.parent))
     assert ort.cached_model(ckpt).is_file()
 
     def no_export(*args: object) -> None:

@@ -9,11 +9,11 @@ import pytest
 
 from lungseg import cli
 from lungseg.network import config
-from lungseg.report import report
+from lungseg.report import runner
 
 
 def test_every_profile_parameter_exists_in_its_notebook() -> None:
-    notebooks = {nb.stem: nb for nb in report.notebooks()}
+    notebooks = {nb.stem: nb for nb in runner.notebooks()}
     assert list(notebooks) == ["01_dicom", "02_train", "03_eval", "05_qc"]  # 04_cohort: a batch folder's
     plan = {f.name for f in dataclasses.fields(config.TrainingPlan)} - {"config"}
     training = {f.name for f in dataclasses.fields(config.TrainConfig)} | plan
@@ -22,18 +22,18 @@ def test_every_profile_parameter_exists_in_its_notebook() -> None:
             assert stem in notebooks, f"{profile}.yaml names an unknown notebook {stem}"
             declared = set(pm.inspect_notebook(str(notebooks[stem])))
             if stem == "02_train":  # its training plan comes from the profile (config.training_plan)
-                assert set(params) - training <= set(report.TRAIN_NOTEBOOK_PARAMS)
+                assert set(params) - training <= set(runner.TRAIN_NOTEBOOK_PARAMS)
                 config.training_plan(profile)  # every key is understood
                 continue
             unknown = set(params) - declared
             assert not unknown, f"{profile}.yaml/{stem}: {sorted(unknown)} not in the parameters cell"
-    for stem in report.TAKES_PROFILE:  # report.run injects it
+    for stem in runner.TAKES_PROFILE:  # runner.run injects it
         assert "profile" in pm.inspect_notebook(str(notebooks[stem])), stem
 
 
 def test_02_train_restates_no_training_parameter() -> None:
     """A new TrainConfig field needs no edit of the notebook: it takes a profile plus overrides."""
-    declared = set(pm.inspect_notebook(str(report.NOTEBOOKS / "02_train.ipynb")))
+    declared = set(pm.inspect_notebook(str(runner.NOTEBOOKS / "02_train.ipynb")))
     training = {f.name for f in dataclasses.fields(config.TrainConfig)}
     assert declared & training <= {"data_dir", "profile"}
     assert {"profile", "overrides"} <= declared
@@ -41,7 +41,7 @@ def test_02_train_restates_no_training_parameter() -> None:
 
 def test_03_eval_takes_no_training_parameters() -> None:
     """The run is found through 02_train's record, never recomputed from restated parameters."""
-    declared = set(pm.inspect_notebook(str(report.NOTEBOOKS / "03_eval.ipynb")))
+    declared = set(pm.inspect_notebook(str(runner.NOTEBOOKS / "03_eval.ipynb")))
     training = {f.name for f in dataclasses.fields(config.TrainConfig)}
     assert declared & training <= {"device", "threads", "data_dir", "profile"}
     for profile in config.profile_names():
@@ -51,9 +51,9 @@ def test_03_eval_takes_no_training_parameters() -> None:
 def test_unknown_profile_and_notebook_selection() -> None:
     with pytest.raises(config.ProfileError, match="unknown profile 'nope'.*quick"):
         config.load_profile("nope")
-    assert [nb.stem for nb in report.notebooks(["02"])] == ["02_train"]
+    assert [nb.stem for nb in runner.notebooks(["02"])] == ["02_train"]
     with pytest.raises(ValueError, match="no notebook matches"):
-        report.notebooks(["99"])
+        runner.notebooks(["99"])
     assert cli.main(["report", "--profile", "nope"]) == 2  # a message, not a traceback
 
 
@@ -74,21 +74,21 @@ def _one_notebook_report(tmp_path, monkeypatch, name: str, parameters: str, prof
     (tmp_path / "params").mkdir()
     lines = "".join(f"  {k}: {v}\n" for k, v in profile.items())
     (tmp_path / "params" / "t.yaml").write_text(f"{name}:\n{lines}")
-    monkeypatch.setattr(report, "NOTEBOOKS", tmp_path / "notebooks")
+    monkeypatch.setattr(runner, "NOTEBOOKS", tmp_path / "notebooks")
     monkeypatch.setattr(config, "PROFILES", tmp_path / "params")
-    monkeypatch.setattr(report.paths, "BUILD", tmp_path / "build")
+    monkeypatch.setattr(runner.paths, "BUILD", tmp_path / "build")
 
 
 def test_a_failing_cell_is_named_and_exits_nonzero(tmp_path, monkeypatch, capsys) -> None:
     _one_notebook_report(tmp_path, monkeypatch, "01_fail", "x = 1  # a parameter", {"x": 7},
                          ["y = x + 1", "raise ValueError(f'broken {x}')"])
-    assert report.run("t", kernel="python3") == 1
+    assert runner.run("t", kernel="python3") == 1
     err = capsys.readouterr().err
     assert "FAILED: " in err and "01_fail.ipynb, cell" in err and "ValueError: broken 7" in err
 
 
 def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monkeypatch) -> None:
-    """The report's own execution path (report.run → report.execute): a Figure made without pyplot is an
+    """The report's own execution path (runner.run → execute): a Figure made without pyplot is an
     image in the executed notebook and the HTML, a progress bar leaves one summary line and no stderr,
     and the kernel has no transport warning to print."""
     import json
@@ -104,7 +104,7 @@ def test_a_headless_run_stores_figures_as_images_and_no_progress(tmp_path, monke
         "fig = Figure()\n"
         "fig.subplots().plot([0, 1])\n"
         "plots.show(fig)"])
-    assert report.run("t", kernel="python3") == 0
+    assert runner.run("t", kernel="python3") == 0
     executed = tmp_path / "build" / "executed" / "t"
     outputs = nbformat.read(executed / "01_fig.ipynb", 4).cells[-1].outputs
     assert [o.get("name") for o in outputs if o.output_type == "stream"] == ["stdout"]
@@ -148,7 +148,7 @@ def test_every_checked_cell_is_stored_as_run() -> None:
     """nbval refuses a checked cell stored without an execution count ("unrun reference cell")."""
     import nbformat
 
-    for nb in report.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"):
+    for nb in runner.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"):
         for cell in nbformat.read(nb, 4).cells:
             if cell.cell_type == "code" and cell.source.startswith("# NBVAL_CHECK_OUTPUT"):
                 assert cell.execution_count is not None and cell.outputs, f"{nb.name}: {cell.source[:80]}"

@@ -47,7 +47,7 @@ from lungseg.io import anonymise, cache, writing
 from lungseg.io.dicom import DicomSeriesError, DicomWarning
 from lungseg.io.masks import MaskError
 from lungseg.network import data, model, runs
-from lungseg.train import train
+from lungseg.train import loop
 
 CASE = "Case_900"
 N = 5
@@ -677,8 +677,8 @@ def tiny_training(tmp_path: Path, cache_root: Path,
     return data_root, data.SliceDataset(cases, image_size=TRAIN_SIZE)
 
 
-def _train_cfg(data_root: Path) -> train.TrainConfig:
-    return train.TrainConfig(cases=list(TRAIN_CASES), data_dir=str(data_root), split="cases",
+def _train_cfg(data_root: Path) -> loop.TrainConfig:
+    return loop.TrainConfig(cases=list(TRAIN_CASES), data_dir=str(data_root), split="cases",
                              test_cases=[TRAIN_CASES[1]], image_size=TRAIN_SIZE, epochs=2,
                              batch_size=2, lr=1e-3, base_channels=4, max_steps_per_epoch=2,
                              threads=1, device="cpu")
@@ -690,20 +690,20 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
     data_root, ds = tiny_training
     before = _digests(data_root)
     monkeypatch.setattr(runs, "RUNS", tmp_path / "straight")
-    straight = train.fit(_train_cfg(data_root), dataset=ds)
+    straight = loop.fit(_train_cfg(data_root), dataset=ds)
 
     monkeypatch.setattr(runs, "RUNS", tmp_path / "killed")
-    real_save = train._save
+    real_save = loop._save
 
     def save_then_die(path: Path, obj: dict) -> None:
         real_save(path, obj)
         if path.name == "checkpoint.pt" and obj["epoch"] == 1:
             raise KeyboardInterrupt("simulated kill after epoch 1")
 
-    monkeypatch.setattr(train, "_save", save_then_die)
+    monkeypatch.setattr(loop, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(_train_cfg(data_root), dataset=ds)
-    monkeypatch.setattr(train, "_save", real_save)
+        loop.fit(_train_cfg(data_root), dataset=ds)
+    monkeypatch.setattr(loop, "_save", real_save)
     run_dir = tmp_path / "killed" / straight.run_dir.name
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "run.json"]
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -711,7 +711,7 @@ def test_interrupted_training_leaves_a_checkpoint_and_resumes(
     assert {"model", "optimizer", "scheduler", "rng", "config"} <= set(ck)
     model.UNet(base_channels=4).load_state_dict(ck["model"])  # a complete, loadable state
 
-    resumed = train.fit(_train_cfg(data_root), dataset=ds)
+    resumed = loop.fit(_train_cfg(data_root), dataset=ds)
     assert resumed.trained_now and resumed.run_dir == run_dir
     assert resumed.history["train_loss"][0] == ck["history"]["train_loss"][0]
     assert len(resumed.history["train_loss"]) == 2
@@ -743,9 +743,9 @@ def test_checkpoint_write_failure_keeps_the_last_checkpoint(
             raise _disk_full(getattr(f, "name", f))
         real_torch_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(train.torch, "save", torch_save_disk_full)
+    monkeypatch.setattr(loop.torch, "save", torch_save_disk_full)
     with pytest.raises(OSError, match="No space left"):
-        train.fit(_train_cfg(data_root), dataset=ds)
+        loop.fit(_train_cfg(data_root), dataset=ds)
     (run_dir,) = (tmp_path / "runs").iterdir()
     ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ck["epoch"] == 1  # the last complete checkpoint survives

@@ -19,7 +19,7 @@ def test_ruff_clean() -> None:
 
 
 def test_package_imports_without_side_effects() -> None:
-    code = ("import lungseg.io.dicom, lungseg.io.cache, lungseg.train.train, lungseg.evaluation.evaluate, "
+    code = ("import lungseg.io.dicom, lungseg.io.cache, lungseg.train.loop, lungseg.evaluation.evaluate, "
             "lungseg.report.plots")
     out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

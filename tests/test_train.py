@@ -10,7 +10,7 @@ import torch
 from lungseg import paths
 from lungseg.evaluation import crossval
 from lungseg.network import config, data, losses, model, runs
-from lungseg.train import train
+from lungseg.train import loop
 
 TINY = 32  # px: real slices downsampled 16x, enough to exercise the loop in seconds
 REAL_CASES = ["Case_000", "Case_005"]
@@ -74,7 +74,7 @@ def test_one_fold_rule_for_the_config_the_run_key_and_the_cross_validation() -> 
     """``--set kfold=3 fold=2`` trains the very run the report's cross-validation calls fold 2, which
     is the held-out run itself (test patients 002, 005, 008, 011): one key, one folder."""
     ids = [f"Case_{i:03d}" for i in range(12)]
-    base = train.TrainConfig(cases=ids, split="cases", profile="cpu")
+    base = loop.TrainConfig(cases=ids, split="cases", profile="cpu")
     folds = [c.resolved() for c in config.fold_configs(base, 3)]
     by_set = config.config_from_profile("quick", {"cases": "Case_000,Case_005", "kfold": "2", "fold": "1"})
     assert by_set.kfold == 2 and by_set.fold == 1
@@ -89,7 +89,7 @@ def test_one_fold_rule_for_the_config_the_run_key_and_the_cross_validation() -> 
 
 def test_config_rejects_unknown_parameters() -> None:
     with pytest.raises(TypeError, match="unknown training parameters"):
-        train.TrainConfig.from_params(cases="all", epochz=3)
+        loop.TrainConfig.from_params(cases="all", epochz=3)
 
 
 # ---- real data, tiny --------------------------------------------------------------------
@@ -101,11 +101,11 @@ def tiny_ds() -> data.SliceDataset:
     return data.load_dataset(REAL_CASES, image_size=TINY)
 
 
-def _tiny_cfg(**kw: object) -> train.TrainConfig:
+def _tiny_cfg(**kw: object) -> loop.TrainConfig:
     base = dict(cases=REAL_CASES, split="cases", test_cases=["Case_005"], image_size=TINY,
                 epochs=2, batch_size=4, lr=1e-3, max_steps_per_epoch=3, threads=1)
     base.update(kw)
-    return train.TrainConfig(**base)  # type: ignore[arg-type]
+    return loop.TrainConfig(**base)  # type: ignore[arg-type]
 
 
 @realdata
@@ -137,7 +137,7 @@ def test_one_step_lowers_the_loss(tiny_ds: data.SliceDataset) -> None:
     assert float(after) < float(before.detach())
 
 
-def _weights(result: train.TrainResult) -> dict[str, torch.Tensor]:
+def _weights(result: loop.TrainResult) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in result.model.state_dict().items()}
 
 
@@ -149,14 +149,14 @@ def _same_history(a: dict, b: dict) -> bool:
 @realdata
 def test_determinism_and_reuse(tiny_ds, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path)
-    first = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
-    second = train.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
+    first = loop.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
+    second = loop.fit(_tiny_cfg(force_retrain=True), dataset=tiny_ds)
     assert first.trained_now and second.trained_now
     assert len(first.history["train_loss"]) == 2
     assert _same_history(first.history, second.history)
     w1, w2 = _weights(first), _weights(second)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
-    reused = train.fit(_tiny_cfg(), dataset=tiny_ds)
+    reused = loop.fit(_tiny_cfg(), dataset=tiny_ds)
     assert not reused.trained_now and reused.run_dir == first.run_dir
     assert all(torch.equal(w1[k], v) for k, v in reused.model.state_dict().items())
 
@@ -164,22 +164,22 @@ def test_determinism_and_reuse(tiny_ds, tmp_path, monkeypatch) -> None:
 @realdata
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_ds, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path / "straight")
-    straight = train.fit(_tiny_cfg(), dataset=tiny_ds)
+    straight = loop.fit(_tiny_cfg(), dataset=tiny_ds)
 
     monkeypatch.setattr(runs, "RUNS", tmp_path / "killed")
-    real_save = train._save
+    real_save = loop._save
 
     def save_then_die(path, obj):
         real_save(path, obj)
         if path.name == "checkpoint.pt" and obj["epoch"] == 1:
             raise KeyboardInterrupt("simulated kill after epoch 1")
 
-    monkeypatch.setattr(train, "_save", save_then_die)
+    monkeypatch.setattr(loop, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(_tiny_cfg(), dataset=tiny_ds)
-    monkeypatch.setattr(train, "_save", real_save)
+        loop.fit(_tiny_cfg(), dataset=tiny_ds)
+    monkeypatch.setattr(loop, "_save", real_save)
     assert not (tmp_path / "killed" / straight.run_dir.name / "model.pt").exists()
-    resumed = train.fit(_tiny_cfg(), dataset=tiny_ds)
+    resumed = loop.fit(_tiny_cfg(), dataset=tiny_ds)
     assert resumed.trained_now
     assert _same_history(straight.history, resumed.history)
     w1, w2 = _weights(straight), _weights(resumed)

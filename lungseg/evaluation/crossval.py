@@ -23,7 +23,7 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
     STRUCTURE_NAMES,
     summary_rows,
 )
-from lungseg.inference import inference, postprocess, sides
+from lungseg.inference import forward, postprocess, sides
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
 from lungseg.network.runs import ProfileRuns, TrainResult
@@ -73,7 +73,7 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
     def logits_of(sel: list[Case]) -> list[np.ndarray]:
         missing = [c for c in sel if c.case_id not in logits]
         logits.update(zip([c.case_id for c in missing],
-                          inference.case_logits(run.model, cfg, missing, device), strict=True))
+                          forward.case_logits(run.model, cfg, missing, device), strict=True))
         return [logits[c.case_id] for c in sel]
 
     if tuned is None:
@@ -119,7 +119,7 @@ def worst_patient_errors(report: ProfileRuns, rows: Sequence[dict], cases: Seque
     worst = worst_patient(rows)
     case = next(c for c in cases if c.case_id == worst["case"])
     run = next(r for r in report.folds() if worst["case"] in r.config.test_cases)
-    pred = postprocess.segment(inference.run_logits(run.model, run.config, case.volume.hu, device),
+    pred = postprocess.segment(forward.run_logits(run.model, run.config, case.volume.hu, device),
                              worst["threshold"], worst["postprocess"])
     return worst, case, pred, error_profile(case, pred)
 

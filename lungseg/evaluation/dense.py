@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from lungseg.evaluation import failures, metrics, qc_calibrate
-from lungseg.inference import inference, postprocess, qc, sides
+from lungseg.inference import forward, postprocess, qc, sides
 from lungseg.io.dicom import Volume
 from lungseg.network.runs import TrainResult
 
@@ -263,7 +263,7 @@ def run_scorer(run: TrainResult, with_qc: bool = True) -> Scorer:
             row = qc_calibrate.score_series(run, variant, threshold, clean)
             verdict = qc.assess(row["scores"])
             return {"dice": row["dice"], "status": verdict.status, "checks": verdict.flagged}
-        logits = inference.run_logits(run.model, run.config, np.asarray(variant.volume.hu), "cpu")
+        logits = forward.run_logits(run.model, run.config, np.asarray(variant.volume.hu), "cpu")
         mask = postprocess.segment(logits, threshold, clean)  # the mask of segment.segment, no sides
         return {"dice": metrics.volume_dice(mask, variant.truth), "status": ""}
 

@@ -15,7 +15,7 @@ import torch
 
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.inference import inference, postprocess
+from lungseg.inference import forward, postprocess
 from lungseg.io import writing
 from lungseg.io.cache import Case
 from lungseg.network import data, model, runs
@@ -47,7 +47,7 @@ def slice_records(cases: Sequence[Case], logits: Sequence[np.ndarray],
     """One record per slice at 512²: case, index, location (mm), split, accuracy and both Dice."""
     rows = []
     for case, lg, test in zip(cases, logits, in_test, strict=True):
-        pred, gt = inference.binarize(lg, threshold), np.asarray(case.mask)
+        pred, gt = forward.binarize(lg, threshold), np.asarray(case.mask)
         acc = metrics.slice_accuracy(pred, gt)
         d_rep = metrics.slice_dice_report(pred, gt)
         d_std = metrics.slice_dice_standard(pred, gt)
@@ -134,7 +134,7 @@ def reference_scores(weights: str | os.PathLike[str], cases: Sequence[Case],
         return None
     net = model.load_reference(path)
     cfg = TrainConfig(image_size=data.FULL_SIZE, input_mode="raw", amp=False)
-    return volume_scores(cases, inference.case_logits(net, cfg, cases, device))
+    return volume_scores(cases, forward.case_logits(net, cfg, cases, device))
 
 
 def results_summary(cfg: dict, rows: Sequence[dict], patients: Sequence[dict],
@@ -176,10 +176,10 @@ def protocol_rows(by_split: dict, cases: Sequence[Case], device: torch.device | 
     out = []
     for split, run in by_split.items():
         cfg = run.config
-        logits = (known or {}).get(split) or inference.case_logits(run.model, cfg, cases, device)
+        logits = (known or {}).get(split) or forward.case_logits(run.model, cfg, cases, device)
         in_test = runs.test_masks(run, [c.case_id for c in cases], [c.volume.shape[0] for c in cases])
         rows = slice_records(cases, logits, in_test)
-        vol = [metrics.volume_dice(inference.binarize(lg), np.asarray(c.mask))
+        vol = [metrics.volume_dice(forward.binarize(lg), np.asarray(c.mask))
                for c, lg in zip(cases, logits, strict=True) if c.case_id in set(patients)]
         seen = "unseen" if split == "cases" else "2/3 of their slices seen in training"
         out.append({"protocol": split,

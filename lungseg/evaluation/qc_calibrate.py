@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 from lungseg import paths
 from lungseg.evaluation import failures, metrics
-from lungseg.inference import inference, predict, qc, qc_scores, segment
+from lungseg.inference import forward, predict, qc, qc_scores, segment
 from lungseg.io import cache, writing
 from lungseg.network import config, runs
 from lungseg.network.runs import TrainResult
@@ -47,7 +47,7 @@ BAD_DICE = 0.90
 CACHE = paths.BUILD / "qc"
 TABLE_VERSION = 2
 """Bump when :func:`score_series` changes what a row holds (cached rows are then recomputed)."""
-_CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/inference.py",
+_CODE = ("evaluation/failures.py", "inference/postprocess.py", "inference/sides.py", "inference/forward.py",
          "inference/ort.py")
 """The code whose change changes a row; :data:`lungseg.inference.qc_scores.SCORES_VERSION` stands for
 the scores (the rule's sentences and limits, in qc.py, may change without recomputing the table)."""
@@ -79,12 +79,12 @@ def score_series(run: TrainResult, variant: failures.Variant, threshold: float, 
         full, shared = source_logits()
         logits = full[start:stop]
     else:
-        logits = inference.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
+        logits = forward.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
     inference_s = time.perf_counter() - t0
     timings: dict[str, float] = {}
 
     def logits_of(hu: np.ndarray) -> np.ndarray:
-        return inference.run_logits(run.model, run.config, hu, "cpu")
+        return forward.run_logits(run.model, run.config, hu, "cpu")
 
     seg = segment.segment(volume, logits, threshold, clean, logits_of, True, timings)
     scores = seg.scores
@@ -212,7 +212,7 @@ def _source_logits(run: TrainResult, case: cache.Case, case_id: str
         key = (str(run.run_dir), case_id)
         kept = _LOADED.get("logits_key") == key
         if not kept:
-            _LOADED.update(logits_key=key, logits=inference.run_logits(
+            _LOADED.update(logits_key=key, logits=forward.run_logits(
                 run.model, run.config, np.asarray(case.volume.hu), "cpu"))
         return _LOADED["logits"], kept
     return get

@@ -7,7 +7,7 @@ the CPU. The run's weights are exported once (:func:`export`, which needs torch 
 ``build/onnx/<hash of the weights file>.onnx``, with the preprocessing the run was trained with in
 the model's metadata. Resampling is done here as matrix products that equal torch's
 ``interpolate`` (``area`` down, ``bilinear`` with ``align_corners=False`` up), so the logits match
-:func:`lungseg.inference.inference.predict_hu` to ~1e-5 (tests/test_ort.py).
+:func:`lungseg.inference.forward.predict_hu` to ~1e-5 (tests/test_ort.py).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def export(net, preprocessing: dict, path: Path, weights_sha256: str | None = No
 
 class Session:
     """An ONNX Runtime session of an exported run: :meth:`logits` from HU, like
-    :func:`lungseg.inference.inference.run_logits`."""
+    :func:`lungseg.inference.forward.run_logits`."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -2,7 +2,7 @@
 
 The series is read with :func:`lungseg.io.dicom.load_series` (any folder; the cache is for the data
 set's cases), preprocessed as the checkpoint's training config says (``image_size``, ``input_mode``),
-and the logits are upsampled to the full slice size by :mod:`lungseg.inference.inference`. The threshold and
+and the logits are upsampled to the full slice size by :mod:`lungseg.inference.forward`. The threshold and
 post-processing are those the run's manifest records (chosen by 03_eval on training patients).
 Outputs are written into a temporary folder beside ``OUT_DIR`` and renamed into place when complete.
 """
@@ -162,12 +162,12 @@ def onnx_export(checkpoint: Path) -> Path:
 
 def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
                    batch_size: int = ort.BATCH, device: str = "cpu") -> np.ndarray:
-    """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.inference.run_logits`,
+    """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.forward.run_logits`,
     with a progress bar). Slices that are not square in pixels or in mm go through a square field of
     view (:mod:`lungseg.inference.fov`)."""
-    from lungseg.inference import inference
+    from lungseg.inference import forward
 
-    return inference.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
+    return forward.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
                                 runtime="torch", spacing=volume.spacing[1:])
 
 
@@ -194,9 +194,9 @@ class Network:
     def logits(self, volume: dicom.Volume) -> np.ndarray:
         """Logits (z, y, x) float32 on ``volume``'s grid (slices of any shape and pixel spacing)."""
         if self.runtime == "torch":
-            from lungseg.inference import inference
+            from lungseg.inference import forward
 
-            return inference.run_logits(self.net, self.cfg, volume.hu, self.device, self.batch_size,
+            return forward.run_logits(self.net, self.cfg, volume.hu, self.device, self.batch_size,
                                         name=volume.case_id, progress=self.progress, runtime="torch",
                                         spacing=volume.spacing[1:])
         return self.session.logits(volume.hu, volume.case_id, progress=self.progress,
@@ -205,9 +205,9 @@ class Network:
     def logits_of(self, hu: np.ndarray) -> np.ndarray:
         """Logits (n, y, x) of a few square HU slices (n, y, x), quietly: QC's test-time change."""
         if self.runtime == "torch":
-            from lungseg.inference import inference
+            from lungseg.inference import forward
 
-            return inference.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, runtime="torch")
+            return forward.run_logits(self.net, self.cfg, hu, self.device, self.batch_size, runtime="torch")
         return self.session.logits(hu, batch_size=self.batch_size)
 
 

@@ -3,7 +3,7 @@
 ``predict`` (and so ``batch``), the QC calibration, the dense-lung study and the viewer's masks all
 go through :func:`segment`, so a mask, its sides and its verdict are made the same way everywhere.
 The logits come from :class:`lungseg.inference.predict.Network` (PyTorch or ONNX Runtime) or, for a
-trained run in memory, :func:`lungseg.inference.inference.run_logits`; all arrays are on the
+trained run in memory, :func:`lungseg.inference.forward.run_logits`; all arrays are on the
 canonical grid (:mod:`lungseg.io.orient`).
 """
 

@@ -22,7 +22,7 @@ from lungseg.network.disease import DiseaseSpec
 PROFILES = paths.ROOT / "params"
 DEFAULT_PROFILE = "cpu"
 """The recipe without a GPU: the report's default, the released model's, the QC calibration's and
-``lungseg train``'s (``lungseg.report.report.default_profile`` picks ``paper`` on CUDA)."""
+``lungseg train``'s (``lungseg.report.runner.default_profile`` picks ``paper`` on CUDA)."""
 SCHEDULES = ("constant", "cosine", "onecycle")
 SPLITS = ("slices", "cases", "all")
 """``all`` trains on every slice of every case (the released model; no test set, no curve)."""

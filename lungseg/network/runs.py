@@ -54,7 +54,7 @@ KEY_CHARS = 8
 # The code whose change changes the trained weights (dicom.py, orient.py and cache.py are covered by
 # the cases' cache keys).
 TRAINING_CODE = ("network/config.py", "network/model.py", "network/losses.py", "network/data.py",
-                 "network/disease.py", "train/train.py", "train/distributed.py")
+                 "network/disease.py", "train/loop.py", "train/distributed.py")
 """The training code (paths in the package) whose change changes a run key."""
 
 
@@ -185,7 +185,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[model.UNet, TrainConf
         weights, state = state, {"model": state}
     else:
         raise CheckpointError(f"{path}: not a lungseg run checkpoint (expected keys 'model' and "
-                              "'config', as train.fit writes)")
+                              "'config', as loop.fit writes)")
     net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout, dilation=cfg.dilation)
     try:
         net.load_state_dict(weights, strict=True)

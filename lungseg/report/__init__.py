@@ -1,4 +1,4 @@
-"""The report: the papermill runner (``report``; ``lungseg report``), headless notebook
+"""The report: the papermill runner (``runner``; ``lungseg report``), headless notebook
 execution (``execute``), HTML rendering (``render``) with its generated front page (``front``),
 each notebook's closing discussion (``discussion``), figures (``plots``), Markdown tables
 (``tables``), README blocks (``readme``), the slice viewer (``viewer``), the cohort report

@@ -6,7 +6,7 @@ In one process, at the report's settings (512², batch 3) and at the cpu profile
 - **naive**: the loop the coursework describes — plain float32 NCHW PyTorch, a ``DataLoader`` over
   per-slice tensors (shuffle), ``BCELoss`` on sigmoid outputs + Dice, ``.item()`` for loss and
   accuracy every step;
-- **project**: :func:`lungseg.train.train.train_step` as ``fit`` runs it — memory layout and precision as
+- **project**: :func:`lungseg.train.loop.train_step` as ``fit`` runs it — memory layout and precision as
   :func:`lungseg.network.speed.choose` measures fastest on this machine (channels_last or not; bf16 autocast
   only where native), batches taken by indexing one in-memory tensor, BCE from logits, one host
   sync per step.
@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from lungseg import paths
-from lungseg.inference import inference
+from lungseg.inference import forward
 from lungseg.io import writing
 from lungseg.io.cache import load_case
 from lungseg.network import config, data, losses, model, speed
-from lungseg.train import train
+from lungseg.train import loop
 
 REPORT_SIZE, REPORT_BATCH = data.FULL_SIZE, 3
 _CPU = config.load_profile("cpu")["02_train"]
@@ -101,7 +101,7 @@ def project_steps(x: torch.Tensor, y: torch.Tensor, batch: int, steps: int) -> t
             start = time.perf_counter()
         b = order[(k * batch) % len(x):][:batch]
         xb = x[b].contiguous(memory_format=torch.channels_last) if cl else x[b]
-        loss, correct = train.train_step(net, opt, sched, xb, y[b], device, amp=amp)
+        loss, correct = loop.train_step(net, opt, sched, xb, y[b], device, amp=amp)
         float(loss), float(correct)
     return (time.perf_counter() - start) / steps, speed.label(choice)
 
@@ -139,9 +139,9 @@ def run_train(args: argparse.Namespace) -> int:
         flops = train_flops(size, batch)
         naive = naive_steps(x, y, batch, args.steps)
         ours, switches = project_steps(x, y, batch, args.steps)
-        for loop, sec in (("naive", naive), ("project", ours)):
-            ratio = f"{naive / sec:.2f}x" if loop == "project" else ""
-            print(f"{name + f' {size}² b{batch}':<22}{loop:<9}{batch / sec:>10.2f}"
+        for kind, sec in (("naive", naive), ("project", ours)):
+            ratio = f"{naive / sec:.2f}x" if kind == "project" else ""
+            print(f"{name + f' {size}² b{batch}':<22}{kind:<9}{batch / sec:>10.2f}"
                   f"{flops / sec / 1e9:>10.1f}{100 * flops / sec / peak:>9.0f}%{ratio:>8}")
         result["training"].append({"setting": name, "size": size, "batch": batch, "inputs": source,
                                    "naive_slices_s": batch / naive, "project_slices_s": batch / ours,
@@ -155,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
     net = model.UNet()
     for size in (REPORT_SIZE, args.size) if case is not None else ():
         start = time.perf_counter()
-        inference.predict_hu(net, case.volume.hu, size, name=INFER_CASE)
+        forward.predict_hu(net, case.volume.hu, size, name=INFER_CASE)
         sec = time.perf_counter() - start
         n = case.volume.shape[0]
         core_ms = 1000 * sec / n * torch.get_num_threads()

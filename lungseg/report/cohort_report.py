@@ -256,7 +256,7 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
 
 def demo_sources(folder: Path, cases: Sequence[str], data: str | None = None) -> Path:
     """``folder`` (made anew; refused when it holds anything this function did not write) holding
-    links to the ``cases``' image folders and three inputs made from Case_000, each a new study: its
+    links to the ``cases``' image files and three inputs made from Case_000, each a new study: its
     lower four fifths (a cut apex), one of its images as a localizer, and ten of its slices with one
     file cut short (damaged). The data set is only read."""
     from lungseg.io import derive
@@ -265,8 +265,10 @@ def demo_sources(folder: Path, cases: Sequence[str], data: str | None = None) ->
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     images = paths.data_dir(data) / "Images"
-    for c in cases:
-        (folder / c).symlink_to(images / c, target_is_directory=True)
+    for c in cases:  # a link per file (the marker lists files; the sources stay where they are)
+        (folder / c).mkdir()
+        for f in sorted((images / c).iterdir()):
+            (folder / c / f.name).symlink_to(f)
     files = sorted((images / "Case_000").glob("*.dcm"), key=_z)
     derive.copy_as_series(files[:len(files) * 4 // 5], folder / "Case_000_cut_apex")
     derive.copy_as_series(files[len(files) // 2:len(files) // 2 + 1], folder / "scout",

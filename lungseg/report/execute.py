@@ -1,4 +1,4 @@
-"""Execute a notebook headless with papermill: the one way the report (:mod:`lungseg.report.report`) and
+"""Execute a notebook headless with papermill: the one way the report (:mod:`lungseg.report.runner`) and
 the cohort report (:mod:`lungseg.report.cohort_report`) run notebooks.
 
 The kernel it starts is told it is headless (:data:`lungseg.progress.HEADLESS_ENV`): progress bars go

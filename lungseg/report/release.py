@@ -50,23 +50,23 @@ LICENCE = ("The training images are from the LCTSC collection of The Cancer Imag
 def train_release(profile: str = config.DEFAULT_PROFILE, runs_dir: str | None = None,
                   data_dir: str = "") -> runs.TrainResult:
     """The profile's recipe trained on every case (split ``all``; loaded when already trained)."""
-    from lungseg.train import train
+    from lungseg.train import loop
 
     overrides = {"split": "all", "curve_slices": "0"}
     if data_dir:
         overrides["data_dir"] = json.dumps(data_dir)
-    return train.fit(config.config_from_profile(profile, overrides), runs_dir=runs_dir)
+    return loop.fit(config.config_from_profile(profile, overrides), runs_dir=runs_dir)
 
 
 def choose_settings(run: runs.TrainResult) -> dict:
     """Threshold and post-processing by :func:`lungseg.evaluation.tuning.tune` on the run's own (training)
     patients, with both studies."""
     from lungseg.evaluation import tuning
-    from lungseg.inference import inference
+    from lungseg.inference import forward
     from lungseg.io import cache
 
     loaded = cache.load_cases(run.config.cases, run.config.data_dir or None)
-    logits = inference.case_logits(run.model, run.config, loaded, "cpu")
+    logits = forward.case_logits(run.model, run.config, loaded, "cpu")
     threshold, clean, study, pp_study = tuning.tune(loaded, logits)
     return {"threshold": float(threshold), "postprocess": bool(clean),
             "chosen_on": f"the model's own {len(loaded)} training patients (tuning.tune, as 03_eval)",

@@ -1,3 +1,3 @@
-"""Training: the loop, resumable and cached by run key (``train``; ``lungseg train``), and
+"""Training: the loop, resumable and cached by run key (``loop``; ``lungseg train``), and
 multi-process data parallelism (``distributed``).
 """
