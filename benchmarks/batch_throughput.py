@@ -46,7 +46,7 @@ import psutil
 from lungseg import paths
 from lungseg.inference import batch, ort, predict
 from lungseg.io import writing
-from lungseg.network import runs
+from lungseg.network import selection
 
 ALL_CASES = [f"Case_{i:03d}" for i in range(12)]
 SUMMARY = re.compile(r"(\d+) series found \((\d+) files read in ([\d.]+) s\)")
@@ -199,7 +199,7 @@ def run_batch(root: Path, out: Path, ckpt: str, loop_out: Path, cases: list[str]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(runs.RELEASED))
+    ap.add_argument("--checkpoint", default=str(selection.RELEASED))
     ap.add_argument("--cases", default=",".join(ALL_CASES[:8]))
     ap.add_argument("--cohort", default=",".join(ALL_CASES), help="cases of the measured cohort run (5.)")
     ap.add_argument("--repeat", type=int, default=3, help="loop/batch pairs, alternating (median reported)")
@@ -208,7 +208,7 @@ def main() -> int:
     cases = args.cases.split(",")
     ckpt = args.checkpoint
     cores = ort.cpu_threads()
-    choice = runs.given_model(ckpt)
+    choice = selection.given_model(ckpt)
     predict.onnx_export(Path(ckpt))  # the one-off export, made before any timing
     load_start = os.getloadavg()
     result: dict = {"checkpoint": ckpt, "model": choice.name, "cases": cases, "cores": cores,

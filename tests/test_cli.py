@@ -30,7 +30,7 @@ from synthetic import DEFAULT_PIXEL_SPACING, PHI, write_case, write_series
 from lungseg import cli, paths
 from lungseg.inference import postprocess, predict
 from lungseg.io import dicom, export, overlay, rtstruct, writing
-from lungseg.network import runs
+from lungseg.network import runs, selection
 from lungseg.report import runner
 from lungseg.train import loop
 
@@ -231,16 +231,16 @@ def _fake_run(folder: Path, name: str, steps: int = 0) -> SimpleNamespace:
 def test_the_default_is_the_released_model_and_report_runs_are_asked_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(runs, "RELEASED", tmp_path / "models" / "none")
-    monkeypatch.delenv(runs.PROFILE_ENV, raising=False)  # the tests' own 03_eval setting
+    monkeypatch.setattr(selection, "RELEASED", tmp_path / "models" / "none")
+    monkeypatch.delenv(selection.PROFILE_ENV, raising=False)  # the tests' own 03_eval setting
     with pytest.raises(predict.PredictError, match="no released model"):
         predict.default_checkpoint()
     with pytest.raises(predict.PredictError, match="run ./run_all.sh first or pass --checkpoint"):
         predict.choose_model("report")
     released = _fake_run(tmp_path / "models", "rel").run_dir
-    monkeypatch.setattr(runs, "RELEASED", released)
+    monkeypatch.setattr(selection, "RELEASED", released)
     cpu = {"cases": _fake_run(tmp_path, "a"), "slices": _fake_run(tmp_path, "b")}
-    runs.record_profile_runs("cpu", cpu, [], "cases", "figures")
+    selection.record_profile_runs("cpu", cpu, [], "cases", "figures")
     # One model every time: a local report does not change the default.
     choice = predict.choose_model()
     assert (choice.path, choice.source) == (released, "released") and "--checkpoint report" in choice.reason
@@ -248,14 +248,14 @@ def test_the_default_is_the_released_model_and_report_runs_are_asked_for(
     assert predict.choose_model("report").source == "report"
     time.sleep(0.01)
     paper = {"slices": _fake_run(tmp_path, "c"), "cases": _fake_run(tmp_path, "d")}
-    runs.record_profile_runs("paper", paper, [], "slices", "figures")
+    selection.record_profile_runs("paper", paper, [], "slices", "figures")
     assert predict.choose_model("report").path == tmp_path / "d"  # latest report, its held-out run
-    assert runs.default_run("cpu") == tmp_path / "a"
+    assert selection.default_run("cpu") == tmp_path / "a"
     # A newer smoke-test report (capped epochs, as the quick profile and the tests train) is never
     # chosen: the latest real report stays, and the reason names what was skipped.
     time.sleep(0.01)
     quick = {"cases": _fake_run(tmp_path, "e", steps=4), "slices": _fake_run(tmp_path, "f", steps=4)}
-    runs.record_profile_runs("quick", quick, [], "cases", "build/quick")
+    selection.record_profile_runs("quick", quick, [], "cases", "build/quick")
     choice = predict.choose_model("report")
     assert choice.path == tmp_path / "d" and "skipped: quick" in choice.reason
     # Only smoke reports: no report run to take, said with what was skipped.
@@ -267,15 +267,15 @@ def test_the_default_is_the_released_model_and_report_runs_are_asked_for(
     rec = json.loads((tmp_path / "runs" / "reports" / "quick.json").read_text())
     del rec["smoke"]
     (tmp_path / "e" / "run.json").write_text(json.dumps({"config": {"max_steps_per_epoch": 4}}))
-    assert runs.is_smoke(rec)
+    assert selection.is_smoke(rec)
     # The latest report names a profile without a held-out run, or one not finished: clear errors.
-    runs.record_profile_runs("paper", {"slices": _fake_run(tmp_path, "g")}, [], "slices", "figures")
+    selection.record_profile_runs("paper", {"slices": _fake_run(tmp_path, "g")}, [], "slices", "figures")
     with pytest.raises(runs.RunNotFoundError, match="trained no cases-split run"):
-        runs.default_run()
-    runs.record_profile_runs("cpu", cpu, [], "cases", "figures")
+        selection.default_run()
+    selection.record_profile_runs("cpu", cpu, [], "cases", "figures")
     (tmp_path / "a" / "model.pt").unlink()  # recorded but not finished
     with pytest.raises(runs.RunNotFoundError, match="not finished"):
-        runs.default_run("cpu")
+        selection.default_run("cpu")
 
 
 def test_checkpoint_given_is_recorded_as_given(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from builders import case_of
 
 from lungseg.evaluation import evaluate
 from lungseg.inference import forward
-from lungseg.network import data, model, runs
+from lungseg.network import data, model, runs, selection
 from lungseg.network.config import TrainConfig
 from lungseg.report import tables
 
@@ -83,9 +83,9 @@ def test_summarise_and_results_rows() -> None:
 
 def test_report_runs_never_train_and_name_the_missing_record(tmp_path: Path) -> None:
     with pytest.raises(runs.RunNotFoundError, match="no trained runs recorded for profile 'cpu'.*run_all.sh"):
-        runs.profile_runs("cpu", tmp_path)
+        selection.profile_runs("cpu", tmp_path)
     with pytest.raises(runs.RunNotFoundError, match="run ./run_all.sh"):
-        runs.profile_runs("", tmp_path)
+        selection.profile_runs("", tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing was trained or created
 
 

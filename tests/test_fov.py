@@ -16,7 +16,7 @@ from lungseg import paths
 from lungseg.evaluation import metrics
 from lungseg.inference import forward, fov, ort, predict, resample
 from lungseg.io import dicom, orient, series
-from lungseg.network import runs
+from lungseg.network import runs, selection
 
 needs_onnx = pytest.mark.skipif(not ort.available(), reason="onnxruntime is not installed")
 REAL_CASE = paths.DEFAULT_DATA / "Images" / "Case_000"
@@ -99,7 +99,7 @@ def _coronal_reformat(folder: Path, step: int) -> tuple[np.ndarray, tuple[float,
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"needs {REAL_CASE}")
-@pytest.mark.skipif(not (runs.RELEASED / runs.WEIGHTS).is_file(), reason="needs the released model")
+@pytest.mark.skipif(not (selection.RELEASED / runs.WEIGHTS).is_file(), reason="needs the released model")
 def test_a_real_coronal_reformat_segments_like_the_axial_series(tmp_path: Path) -> None:
     """Before: "slices of (48, 171) pixels are not square". Now predict segments the coronal MPR,
     and its lungs are those of the axial series at the same voxels."""
@@ -111,7 +111,7 @@ def test_a_real_coronal_reformat_segments_like_the_axial_series(tmp_path: Path) 
     assert series.plane_name(coronal.orientation) == "coronal" and canon.shape[1] != canon.shape[2]
     for name in ("axial", "coronal"):
         assert run_cli("predict", tmp_path / name, "--out", tmp_path / f"out-{name}",
-                       "--checkpoint", runs.RELEASED) == 0
+                       "--checkpoint", selection.RELEASED) == 0
     masks = {name: np.asarray(nib.as_closest_canonical(
         nib.load(tmp_path / f"out-{name}" / predict.NIFTI_NAME)).dataobj) for name in ("axial", "coronal")}
     # RAS arrays (x, y, z): the coronal grid holds every step-th row (y) of the axial grid; RAS y runs

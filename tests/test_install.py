@@ -50,8 +50,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @needs_wheel
 def test_the_installed_wheel_finds_its_released_model(tmp_path: Path, site: Path) -> None:
-    probe = ("import json, lungseg.paths as p; from lungseg.network import runs; "
-             "from lungseg.inference import qc; c = runs.default_model(); qc.load_thresholds(); "
+    probe = ("import json, lungseg.paths as p; from lungseg.network import selection; "
+             "from lungseg.inference import qc; c = selection.default_model(); qc.load_thresholds(); "
              "print(json.dumps([str(p.ROOT), p.CHECKOUT, str(p.BUILD), c.source, str(c.path)]))")
     env = {**os.environ, "PYTHONPATH": str(site), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("LUNGSEG_BUILD", None)

@@ -13,10 +13,10 @@ from lungseg import cli, paths
 from lungseg.evaluation import metrics
 from lungseg.inference import predict, sides
 from lungseg.io import cache, writing
-from lungseg.network import runs
+from lungseg.network import runs, selection
 from lungseg.report import release
 
-RELEASED = runs.RELEASED
+RELEASED = selection.RELEASED
 needs_release = pytest.mark.skipif(not (RELEASED / runs.WEIGHTS).is_file(),
                                    reason=f"no released model in {RELEASED}")
 

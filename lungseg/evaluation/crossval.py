@@ -26,7 +26,8 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
 from lungseg.inference import forward, postprocess, sides
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
-from lungseg.network.runs import ProfileRuns, TrainResult
+from lungseg.network.runs import TrainResult
+from lungseg.network.selection import ProfileRuns
 from lungseg.progress import bar as progress_bar
 
 STRUCTURES = dict(zip(STRUCTURE_NAMES, (sides.RIGHT, sides.LEFT), strict=True))

@@ -18,7 +18,7 @@ from lungseg.evaluation import metrics
 from lungseg.inference import forward, postprocess
 from lungseg.io import writing
 from lungseg.io.cache import Case
-from lungseg.network import data, model, runs
+from lungseg.network import data, model, runs, selection
 from lungseg.network.config import TrainConfig
 
 
@@ -199,7 +199,7 @@ def tuning_source(cfg_split: str) -> str:
             else "all patients: the slice split has no patient-level training set (includes test slices)")
 
 
-def training_summary(trained: runs.ProfileRuns) -> dict:
+def training_summary(trained: selection.ProfileRuns) -> dict:
     """Per model of the report (main, other protocol, each fold): epochs, training wall time
     (manifest; data loading included), mean epoch time and the speed switches used."""
     dirs = {f"{split} split{' (main)' if r is trained.main else ''}": r.run_dir

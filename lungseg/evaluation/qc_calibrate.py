@@ -38,7 +38,7 @@ from lungseg import paths
 from lungseg.evaluation import failures, metrics
 from lungseg.inference import forward, predict, qc, qc_scores, segment
 from lungseg.io import cache, writing
-from lungseg.network import config, runs
+from lungseg.network import config, runs, selection
 from lungseg.network.runs import TrainResult
 from lungseg.progress import bar as progress_bar
 
@@ -468,7 +468,7 @@ def fold_runs(profile: str = "", run_dirs: Sequence[str] = ()) -> list[TrainResu
     """The cross-validation fold runs: named folders, else those the profile's report recorded."""
     if run_dirs:
         return [runs.load_run(d) for d in run_dirs]
-    report = runs.profile_runs(profile)
+    report = selection.profile_runs(profile)
     if not report.fold_dirs:
         raise runs.RunNotFoundError(f"the {report.profile!r} report trained no cross-validation folds")
     return report.folds()

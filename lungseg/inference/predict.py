@@ -25,7 +25,7 @@ import numpy as np
 from lungseg import __version__
 from lungseg.inference import ort, postprocess, segment, sides
 from lungseg.io import dicom, export, imagefile, orient, overlay, rtstruct, series, writing
-from lungseg.network import runs
+from lungseg.network import runs, selection
 
 if TYPE_CHECKING:  # torch is imported only when PyTorch runs the network (or exports it once)
     from lungseg.network import model
@@ -54,18 +54,19 @@ class PredictError(RuntimeError):
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
-def choose_model(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None) -> runs.ModelChoice:
+def choose_model(checkpoint: str | os.PathLike[str] | selection.ModelChoice | None = None
+                 ) -> selection.ModelChoice:
     """The model to use and why: ``checkpoint`` when given (a run folder or weights file, or
-    ``"report"``: :func:`lungseg.network.runs.report_model`), else the released model
-    (:func:`lungseg.network.runs.default_model`)."""
-    if isinstance(checkpoint, runs.ModelChoice):
+    ``"report"``: :func:`lungseg.network.selection.report_model`), else the released model
+    (:func:`lungseg.network.selection.default_model`)."""
+    if isinstance(checkpoint, selection.ModelChoice):
         return checkpoint
     try:
-        if str(checkpoint or "") == runs.REPORT:
-            return runs.report_model()
+        if str(checkpoint or "") == selection.REPORT:
+            return selection.report_model()
         if checkpoint:
-            return runs.given_model(checkpoint)
-        return runs.default_model()
+            return selection.given_model(checkpoint)
+        return selection.default_model()
     except runs.RunNotFoundError as exc:
         raise PredictError(f"{exc} ({NO_RUN_HINT})") from None
 
@@ -263,7 +264,7 @@ def input_id(volume: dicom.Volume) -> str:
 
 
 def _stats(volume: dicom.Volume, labels: np.ndarray, split: sides.SplitInfo, network: Network,
-           model_choice: runs.ModelChoice, threshold: float, clean: bool) -> dict:
+           model_choice: selection.ModelChoice, threshold: float, clean: bool) -> dict:
     """What stats.json records (timings are added when the outputs are written). ``volume`` and
     ``labels`` (1 = right, 2 = left lung) are on the acquisition grid."""
     return {
@@ -338,7 +339,7 @@ def inference_settings(ckpt: Path, threshold: float | None, clean: bool | None) 
 
 
 def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-            checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, device: str = "auto",
+            checkpoint: str | os.PathLike[str] | selection.ModelChoice | None = None, device: str = "auto",
             batch_size: int | None = None, threshold: float | None = None,
             clean: bool | None = None, overwrite: bool = False, series_uid: str | None = None,
             recursive: bool | None = None, runtime: str = "auto", check: bool = True,
@@ -388,7 +389,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                           extra={"input": str(dicom_dir)} if record_input else None)
 
 
-def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: runs.ModelChoice,
+def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice: selection.ModelChoice,
                    threshold: float, clean: bool, clock: _Clock, *, overwrite: bool = False,
                    sources: list[Path] = (), extra: dict | None = None, stage_label: str = "",
                    check: bool = True, image_file: Path | None = None) -> dict:

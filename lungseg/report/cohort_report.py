@@ -238,14 +238,14 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
     (default: the quick profile's held-out run, else batch's default). Kept and reused unless
     ``rebuild``."""
     from lungseg.inference.batch import command
-    from lungseg.network import runs
+    from lungseg.network import runs, selection
 
     out = paths.resolve(out_dir)
     if (out / COHORT_CSV).is_file() and not rebuild:
         return out
     if checkpoint is None:
         try:
-            checkpoint = runs.default_run("quick")
+            checkpoint = selection.default_run("quick")
         except runs.RunNotFoundError:
             checkpoint = None  # batch's own default
     shutil.rmtree(out, ignore_errors=True)

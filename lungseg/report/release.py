@@ -26,7 +26,7 @@ from pathlib import Path
 from lungseg import paths
 from lungseg.inference import ort
 from lungseg.io import writing
-from lungseg.network import config, model, runs
+from lungseg.network import config, model, runs, selection
 
 TOOL = "release"
 CARD = "MODEL_CARD.md"
@@ -88,7 +88,7 @@ def expected_accuracy(summary_file: Path = SUMMARY, provenance_file: Path = PROV
 
 
 def release(run: runs.TrainResult, settings: dict, accuracy: dict, profile: str,
-            out: Path = runs.RELEASED) -> Path:
+            out: Path = selection.RELEASED) -> Path:
     """Write ``out`` (replacing only an earlier release): weights, ``run.json`` with the inference
     settings and the release record, and the generated model card."""
     weights = run.run_dir / runs.WEIGHTS
@@ -272,7 +272,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="the recipe (params/NAME.yaml, 02_train); default %(default)s")
     ap.add_argument("--runs", default=None, help="runs folder for the training run (default build/runs)")
     ap.add_argument("--data", default="", help="data directory (default $LUNGSEG_DATA or data/)")
-    ap.add_argument("--out", default=str(runs.RELEASED), help="release folder (default %(default)s)")
+    ap.add_argument("--out", default=str(selection.RELEASED), help="release folder (default %(default)s)")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from lungseg.inference.batch.table import (
 )
 from lungseg.inference.batch.tasks import Outcome, Settings, Task, remove_stale_stages, run_task
 from lungseg.io import writing
-from lungseg.network import runs
+from lungseg.network import selection
 
 
 @dataclass
@@ -74,8 +74,8 @@ class Summary:
         return out
 
 
-def resolve_settings(checkpoint: str | os.PathLike[str] | runs.ModelChoice | None, threshold: float | None,
-                     clean: bool | None, device: str, runtime: str,
+def resolve_settings(checkpoint: str | os.PathLike[str] | selection.ModelChoice | None,
+                     threshold: float | None, clean: bool | None, device: str, runtime: str,
                      batch_size: int | None, threads: int | None) -> Settings:
     """The model and settings, resolved once in the parent as ``predict`` resolves them (the
     default checkpoint is ``predict``'s), exported for ONNX Runtime once here."""
@@ -142,10 +142,10 @@ def _progress_bar(total: int, progress: bool):
 
 
 def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
-        checkpoint: str | os.PathLike[str] | runs.ModelChoice | None = None, *, workers: int | None = None,
-        scheduler: str | None = None, part: tuple[int, int] | None = None, retry_failed: bool = False,
-        all_series: bool = False, threshold: float | None = None, clean: bool | None = None,
-        device: str = "auto", runtime: str = "auto", batch_size: int | None = None,
+        checkpoint: str | os.PathLike[str] | selection.ModelChoice | None = None, *,
+        workers: int | None = None, scheduler: str | None = None, part: tuple[int, int] | None = None,
+        retry_failed: bool = False, all_series: bool = False, threshold: float | None = None,
+        clean: bool | None = None, device: str = "auto", runtime: str = "auto", batch_size: int | None = None,
         progress: bool = True) -> Summary:
     """Segment every CT series under ``root`` into ``out`` (see the module's docstring) and return
     the counts. ``workers``: local Dask worker processes (None: :func:`default_workers`; 0: in this

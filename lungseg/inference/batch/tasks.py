@@ -18,7 +18,7 @@ from pathlib import Path
 from lungseg.inference import predict
 from lungseg.inference.batch.table import DONE, FAILED, is_complete, read_stats
 from lungseg.io import dicom, imagefile
-from lungseg.network import runs
+from lungseg.network import selection
 
 STAGE_LABEL = "batch-"
 """Temporary series folders are ``.NAME.batch-partial-PID-HEX`` (and ``-old-``): batch's own."""
@@ -34,7 +34,7 @@ class Settings:
     worker's own thread count, else every core)."""
 
     checkpoint: str
-    choice: runs.ModelChoice
+    choice: selection.ModelChoice
     model_sha256: str
     threshold: float
     postprocess: bool
