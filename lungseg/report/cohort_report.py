@@ -234,7 +234,7 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
                 rebuild: bool = False) -> Path:
     """A cohort made by the batch command (in this process) from a small folder of real inputs
     (:func:`demo_sources`): the given cases, Case_000 with its top fifth of slices removed (a cut apex,
-    for QC to flag), a damaged file (failed) and a localizer (skipped). ``checkpoint``: the model
+    for QC to flag), a damaged series (failed) and a localizer (skipped). ``checkpoint``: the model
     (default: the quick profile's held-out run, else batch's default). Kept and reused unless
     ``rebuild``."""
     from lungseg.inference.batch import command
