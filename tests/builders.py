@@ -20,7 +20,7 @@ from synthetic import DEFAULT_Z0
 
 from lungseg import cli, paths
 from lungseg.inference import predict
-from lungseg.io import anonymise, cache, dicom, orient
+from lungseg.io import cache, deid_profile, dicom, orient
 from lungseg.network import model
 from lungseg.train import loop
 
@@ -98,7 +98,7 @@ def value_for(vr: str) -> object:
 def table_dataset() -> Dataset:
     """A data set holding every exact row of the table, each with a value."""
     ds = Dataset()
-    for tag in anonymise.TABLE:
+    for tag in deid_profile.TABLE:
         try:
             vr = pydicom.datadict.dictionary_VR(tag).split(" ")[0]
         except KeyError:  # rows newer than pydicom's dictionary

@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from synthetic import PHI, PRIVATE_GROUP, edit, write_case, write_series
 
-from lungseg.io import anonymise, writing
+from lungseg.io import anonymise, deid_profile, writing
 from lungseg.io.dicom import DicomSeriesError, load_series
 
 N = 3
@@ -93,7 +93,7 @@ def test_anonymise_removes_phi_and_keeps_pixels_and_geometry(
 
 def _expect(tag: Tag, before: object, ds: Dataset, top_level: bool) -> None:
     keyword = pydicom.datadict.keyword_for_tag(tag)
-    action = anonymise.TABLE[tag]
+    action = deid_profile.TABLE[tag]
     if keyword in anonymise.PSEUDONYMISED and top_level:
         assert ds[tag].value == "PSEUDO", keyword
     elif keyword in anonymise.RETAINED_CHARACTERISTICS or action in ("K", "KR"):
@@ -122,7 +122,7 @@ def test_every_row_of_table_e11_gets_its_action(depth: int) -> None:
         inner = inner.ReferencedImageSequence[0]
     for tag in before:
         _expect(tag, before[tag], inner, top_level=depth == 0)
-    assert len(anonymise.TABLE) > 600  # the whole table, not a hand-kept subset
+    assert len(deid_profile.TABLE) > 600  # the whole table, not a hand-kept subset
 
 
 def test_repeating_groups_of_curves_and_overlays_are_removed() -> None:

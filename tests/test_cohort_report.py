@@ -112,3 +112,16 @@ def test_demo_sources_are_inputs_batch_plans_as_the_demo_says(tmp_path: Path, re
     with pytest.raises(Exception, match="did not write"):
         cohort_report.demo_sources(folder, ("Case_000",), str(data))
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_demo_cohort_never_replaces_a_folder_that_is_not_a_cohort(tmp_path: Path) -> None:
+    """``demo_cohort(out, rebuild=True)`` replaces a cohort folder only: a folder of someone's files
+    (no cohort table) is refused before anything is removed or a model is loaded."""
+    from lungseg.io import writing
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(writing.UnsafeOutputError, match="not a cohort folder"):
+        cohort_report.demo_cohort(out, checkpoint="unused", rebuild=True)
+    assert (out / "notes.txt").read_text() == "mine"

@@ -86,7 +86,10 @@ def clean(mask: np.ndarray, n: int = LUNG_COMPONENTS) -> np.ndarray:
     return fill_holes(keep_largest(mask, n))
 
 
-def segment(logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD, clean_up: bool = False) -> np.ndarray:
-    """Bool (z, y, x) mask: :func:`binarize`, then :func:`clean` if ``clean_up``."""
+def segment(logits: np.ndarray, threshold: float = DEFAULT_THRESHOLD, clean: bool = False) -> np.ndarray:
+    """Bool (z, y, x) mask: :func:`binarize`, then :func:`clean` (the post-processing) if ``clean``."""
     mask = binarize(logits, threshold)
-    return clean(mask) if clean_up else mask
+    return _clean(mask) if clean else mask
+
+
+_clean = clean  # for segment(), whose flag of the same name (the setting's one name) hides the function

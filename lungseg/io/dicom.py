@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
-from lungseg.io import series
+from lungseg.io import pixels, series
+from lungseg.io.errors import DicomSeriesError, DicomWarning
 
 # A slice step may deviate from the series' median step by this much before it counts as a gap or
 # an uneven series (CT positions are written with ~1e-3 mm precision; a missing slice doubles a step).
@@ -35,14 +36,6 @@ GEOMETRY_ATOL = 1e-4
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 # ImageOrientationPatient cosines must be unit vectors and orthogonal to this precision.
 ORIENTATION_ATOL = 1e-3
-
-
-class DicomSeriesError(ValueError):
-    """A folder that cannot be turned into one consistent volume; the message names file and problem."""
-
-
-class DicomWarning(UserWarning):
-    """Something was skipped or a fallback was used while reading a series."""
 
 
 @dataclass(frozen=True)
@@ -179,30 +172,10 @@ def _required(path: Path, ds: pydicom.Dataset, keyword: str, n: int) -> tuple[fl
 def _optional_number(ds: pydicom.Dataset, keyword: str) -> float | None:
     """A single optional number; unparsable or non-finite values are ignored (None)."""
     try:
-        value = _number(ds.get(keyword))
+        value = pixels.number(ds.get(keyword))
     except (TypeError, ValueError):
         return None
     return value if value is not None and np.isfinite(value) else None
-
-
-def _number(value: object) -> float | None:
-    return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
-
-
-def _rescale(path: Path, ds: pydicom.Dataset) -> tuple[float, float]:
-    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent; zero or non-finite values are errors."""
-    out = []
-    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
-        try:
-            value = _number(ds.get(keyword))
-        except (TypeError, ValueError):
-            raise DicomSeriesError(f"{path}: {keyword} {ds.get(keyword)!r} is not numeric") from None
-        if value is None:
-            value = default
-        if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-            raise DicomSeriesError(f"{path}: invalid {keyword} {value}")
-        out.append(value)
-    return out[0], out[1]
 
 
 def _check_geometry(path: Path, spacing: tuple[float, ...], iop: tuple[float, ...]) -> None:
@@ -214,61 +187,6 @@ def _check_geometry(path: Path, spacing: tuple[float, ...], iop: tuple[float, ..
             or abs(row @ col) > ORIENTATION_ATOL):
         raise DicomSeriesError(f"{path}: ImageOrientationPatient {list(iop)} is not two orthogonal "
                                "unit vectors")
-
-
-def _check_pixel_format(path: Path, ds: pydicom.Dataset) -> None:
-    """Refuse colour and multi-frame images: a CT slice is one greyscale frame."""
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomSeriesError(f"{path}: {ds.get('SamplesPerPixel')} samples per pixel "
-                               f"({ds.get('PhotometricInterpretation', '?')}): not a greyscale CT slice")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
-        raise DicomSeriesError(f"{path}: multi-frame image ({frames} frames, e.g. Enhanced CT); "
-                               "only single-frame slices are supported: convert to one file per slice")
-
-
-def _raw_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
-    """Uncompressed little-endian pixels viewed directly (faster than ``pixel_array``), with the
-    bits above BitsStored masked off (unsigned) or sign-extended (signed), as PS3.5 8.1.1 says."""
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    nbytes = int(ds.BitsAllocated) // 8
-    need = rows * cols * nbytes
-    if len(ds.PixelData) < need:
-        raise DicomSeriesError(f"{path}: truncated pixel data ({len(ds.PixelData)} of {need} bytes)")
-    arr = np.frombuffer(ds.PixelData, dtype=f"<{'i' if signed else 'u'}{nbytes}", count=rows * cols)
-    arr = arr.reshape(rows, cols)
-    bits_stored = int(ds.get("BitsStored", nbytes * 8))
-    if not 0 < bits_stored <= nbytes * 8:
-        raise DicomSeriesError(f"{path}: BitsStored {bits_stored} with BitsAllocated {nbytes * 8}")
-    if bits_stored < nbytes * 8:
-        shift = nbytes * 8 - bits_stored
-        # Unsigned: clear the high bits (e.g. an embedded overlay plane); signed: sign-extend.
-        arr = (arr << shift) >> shift if signed else arr & ((1 << bits_stored) - 1)
-    return arr
-
-
-def stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
-    """The stored values of one single-frame greyscale slice, (rows, cols), without rescaling.
-
-    Raises DicomSeriesError naming ``path`` for truncated pixel data, colour or multi-frame images
-    and undecodable (compressed, no plugin) pixel data.
-    """
-    _check_pixel_format(path, ds)
-    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if tsuid is None:  # a bare data set without file meta: pydicom assumed the syntax while reading
-        tsuid = ExplicitVRLittleEndian if not ds.is_implicit_VR else ImplicitVRLittleEndian
-    if not tsuid.is_compressed and tsuid.is_little_endian and int(ds.get("BitsAllocated", 0)) in (8, 16, 32):
-        return _raw_pixels(path, ds)
-    try:
-        return ds.pixel_array  # pydicom masks to BitsStored itself
-    except Exception as exc:
-        raise DicomSeriesError(
-            f"{path}: cannot decode pixel data in transfer syntax {tsuid} "
-            f"({tsuid.name if tsuid else '?'}): {exc}. For compressed syntaxes install a decoder "
-            "plugin, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` or "
-            "`pip install imagecodecs`"
-        ) from exc
 
 
 def should_hold_image(ds: pydicom.Dataset) -> bool:
@@ -283,7 +201,7 @@ def _header(path: Path, ds: pydicom.Dataset) -> dict:
     spacing = _required(path, ds, "PixelSpacing", 2)
     iop = _required(path, ds, "ImageOrientationPatient", 6)
     _check_geometry(path, spacing, iop)
-    slope, intercept = _rescale(path, ds)
+    slope, intercept = pixels.rescale(path, ds)
     return dict(
         series_uid=str(ds.get("SeriesInstanceUID", "")),
         modality=str(ds.get("Modality", "") or ""),
@@ -308,9 +226,9 @@ def _read_one(path: Path) -> _Slice | None:
                       f"({ds.get('Modality', '?')}, not an image)", DicomWarning, stacklevel=2)
         return None
     try:
-        _check_pixel_format(path, ds)  # an Enhanced CT file has no per-file geometry: say what it is
+        pixels.check_format(path, ds)  # an Enhanced CT file has no per-file geometry: say what it is
         header = _header(path, ds)
-        return _Slice(path=path, pixels=stored_pixels(path, ds), **header)
+        return _Slice(path=path, pixels=pixels.stored_pixels(path, ds), **header)
     except DicomSeriesError:
         raise
     except Exception as exc:  # a damaged header value (e.g. a truncated DS string)
@@ -435,30 +353,6 @@ def _check_steps(slices: list[_Slice], pos: np.ndarray) -> float:
     return dz
 
 
-def _to_hu(slices: list[_Slice]) -> np.ndarray:
-    """Stack and rescale: HU = stored * RescaleSlope + RescaleIntercept (1 and 0 when absent).
-
-    Returns (z, y, x) int16 when every rescale is integral and the HU range fits int16 (CT almost
-    always), else float32. Slices are written straight into one preallocated array.
-    """
-    integral = all(v == round(v) for s in slices for v in (s.slope, s.intercept))
-    if integral:
-        out = np.empty((len(slices), *slices[0].pixels.shape), dtype=np.int16)
-        for i, s in enumerate(slices):
-            lo, hi = sorted((int(s.pixels.min()) * s.slope + s.intercept,
-                             int(s.pixels.max()) * s.slope + s.intercept))
-            if lo < -32768 or hi > 32767:  # does not fit: fall back to float32 below
-                break
-            if s.slope == 1:
-                np.add(s.pixels, np.int32(s.intercept), out=out[i], casting="unsafe")
-            else:
-                out[i] = s.pixels.astype(np.int32) * int(s.slope) + int(s.intercept)
-        else:
-            return out
-    return np.stack([s.pixels.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
-                     for s in slices])
-
-
 def mislabelled(path: Path) -> DicomSeriesError:
     """The error for a file named like DICOM (:data:`DICOM_SUFFIXES`) that is not DICOM."""
     return DicomSeriesError(f"{path}: named like a DICOM file but not DICOM (no DICM marker and no "
@@ -524,7 +418,7 @@ def _volume(slices: list[_Slice], case_id: str) -> Volume:
         dz = first.thickness or 1.0
     dy, dx = first.pixel_spacing
     return Volume(
-        hu=_to_hu(slices),
+        hu=pixels.to_hu(slices),
         spacing=(dz, float(dy), float(dx)),
         origin=first.position,
         positions=np.asarray(pos, dtype=float),

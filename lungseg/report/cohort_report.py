@@ -248,6 +248,10 @@ def demo_cohort(out_dir: str | os.PathLike[str] = DEMO, checkpoint: str | os.Pat
             checkpoint = selection.default_run("quick")
         except runs.RunNotFoundError:
             checkpoint = None  # batch's own default
+    if out.is_dir() and any(out.iterdir()) and not (out / COHORT_CSV).is_file():
+        # Only a cohort folder (batch's output, with its table) is ever replaced: never a user's files.
+        raise writing.UnsafeOutputError(f"{out} holds files but no {COHORT_CSV}: not a cohort folder made by "
+                                        "batch; refusing to replace it (choose another folder)")
     shutil.rmtree(out, ignore_errors=True)
     sources = demo_sources(out.with_name(out.name + "-sources"), cases, data)
     command.run(sources, out, checkpoint, workers=0, progress=False)

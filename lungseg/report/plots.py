@@ -1,5 +1,5 @@
 """Figures of the report's notebooks (the QC, dense-lung and cohort figures live with their studies:
-``qc_calibrate.score_figure``, ``dense.figure``, ``cohort_report.volume_figure``), and :func:`show`, the
+``qc_view.score_figure``, ``dense.figure``, ``cohort_report.volume_figure``), and :func:`show`, the
 one way a notebook writes and displays any of them."""
 
 from __future__ import annotations
