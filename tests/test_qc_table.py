@@ -20,10 +20,11 @@ TIMES = ("inference_s", "qc_timings_s", "logits_shared")
 
 
 def _fold_run(folder: Path) -> runs.TrainResult:
-    """An untrained tiny UNet saved as a fold run whose test patient is Case_000."""
+    """An untrained tiny UNet saved as a fold run whose test patients are Case_000 and Case_003."""
     torch.manual_seed(0)
     net = model.UNet(base_channels=TINY_CHANNELS).eval()
-    cfg = TrainConfig(cases=["Case_000", "Case_003"], test_cases=["Case_000"], image_size=16, split="cases",
+    cfg = TrainConfig(cases=["Case_000", "Case_003"], test_cases=["Case_000", "Case_003"], image_size=16,
+                      split="cases",
                       base_channels=TINY_CHANNELS, epochs=1)
     folder.mkdir(parents=True)
     torch.save({"model": net.state_dict(), "history": {"train_loss": [1.0]}, "config": cfg.to_dict()},
@@ -44,15 +45,17 @@ def test_series_scored_in_workers_match_those_scored_here(tmp_path: Path, real_c
     run = _fold_run(tmp_path / "fold")
     here = qc_calibrate.score_table([run], KINDS, use_cache=False, workers=0)
     pooled = qc_calibrate.score_table([run], KINDS, use_cache=False, workers=2)
-    assert [r["kind"] for r in here] == KINDS == [r["kind"] for r in pooled]
+    assert [r["kind"] for r in here] == KINDS * 2 == [r["kind"] for r in pooled]  # two patients
     for a, b in zip(here, pooled, strict=True):
         assert _same({k: v for k, v in a.items() if k not in TIMES},
                      {k: v for k, v in b.items() if k not in TIMES})
     assert here[1]["slices"] < here[0]["slices"]  # trim cut slices: the variants really differ
+    # One task per patient: its slice-keeping variants always reuse the unchanged scan's logits.
+    assert all(r["logits_shared"] == (r["kind"] != "original") for r in here + pooled)
 
 
-@pytest.mark.parametrize("workers, tasks, pooled", [(0, 10, False), (1, 10, False), (2, 2, False),
-                                                     (2, 3, True)])
+@pytest.mark.parametrize("workers, tasks, pooled", [(0, 10, False), (1, 10, False), (2, 1, False),
+                                                     (2, 2, True)])
 def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool) -> None:
     executor = qc_calibrate._executor(workers, tasks)
     try:
@@ -73,7 +76,7 @@ def test_variants_that_keep_slices_share_the_source_logits_and_score_as_their_ow
     run = _fold_run(tmp_path / "fold")
     case = cache.load_case("Case_000")
     threshold, clean = qc_calibrate.run_settings(run)
-    source = qc_calibrate._source_logits(run, case, "Case_000")
+    source = qc_calibrate._source_logits(run, case)
     for kind in ("original", "trim", "truncate_top", "truncate_bottom", "no_lung", "shift"):
         variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, np.random.default_rng(3))
         own = qc_calibrate.score_series(run, variant, threshold, clean)

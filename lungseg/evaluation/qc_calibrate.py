@@ -152,29 +152,33 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
     for case_id in case_ids:
         f = fold_of(folds, case_id)
         data_key = _case_key(case_id, data)
+        series = []
         for kind in kinds:
             for rep in range(per_kind):
                 hit = known.get((folds[f].run_dir.name, case_id, data_key, kind, rep, seed))
                 if hit is not None:
                     rows.append({**hit, "fold": f})
                 else:
-                    todo.append(SeriesTask(str(folds[f].run_dir), f, case_id, data_key, kind, rep, seed,
-                                           data))
+                    series.append((kind, rep))
+        if series:
+            todo.append(CaseTask(str(folds[f].run_dir), f, case_id, data_key, tuple(series), seed, data))
     executor = _executor(workers, len(todo))
     try:
-        bar = progress_bar(total=len(todo), desc="QC series", unit="series", disable=not todo)
-        for task, row in executor.map_unordered(score_task, todo):
-            bar.update()
-            if isinstance(row, BaseException):
-                raise row
-            if isinstance(row, str):  # the variant cannot be made from this case
-                print(f"{task.case_id} {task.kind}: skipped ({row})", file=sys.stderr)
-                continue
-            rows.append(row)
-            if use_cache:
-                CACHE.mkdir(parents=True, exist_ok=True)
-                with open(_cache_file(folds[task.fold]), "a") as fh:  # one line per finished series
-                    fh.write(json.dumps(row) + "\n")
+        bar = progress_bar(total=sum(len(t.series) for t in todo), desc="QC series", unit="series",
+                           disable=not todo)
+        for task, result in executor.map_unordered(score_case, todo):
+            if isinstance(result, BaseException):
+                raise result
+            for (kind, _), row in zip(task.series, result, strict=True):
+                bar.update()
+                if isinstance(row, str):  # the variant cannot be made from this case
+                    print(f"{task.case_id} {kind}: skipped ({row})", file=sys.stderr)
+                    continue
+                rows.append(row)
+                if use_cache:
+                    CACHE.mkdir(parents=True, exist_ok=True)
+                    with open(_cache_file(folds[task.fold]), "a") as fh:  # one line per finished series
+                        fh.write(json.dumps(row) + "\n")
         bar.close()
     finally:
         executor.close()
@@ -183,42 +187,41 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
 
 
 @dataclass(frozen=True)
-class SeriesTask:
-    """One series of the table, as a worker process receives it (paths and names only)."""
+class CaseTask:
+    """The series of one patient still to score, as a worker process receives them (paths and
+    names only): one task per patient, so its volume is loaded once and the logits of the
+    variants that only keep slices come from one pass of the network over the unchanged scan."""
 
     run_dir: str
     fold: int
     case_id: str
     data_key: str
-    kind: str
-    repeat: int
+    series: tuple[tuple[str, int], ...]
+    """(kind, repeat) of each series."""
     seed: int
     data: str | None
 
 
-_LOADED: dict[str, object] = {}
-"""What this process loaded for :func:`score_task`: fold runs by folder, the last case by id and
-its logits under the last run that needed them."""
+_RUNS: dict[str, TrainResult] = {}
+"""The fold runs this process loaded (a worker scores several patients of a run)."""
 
 
-def _source_logits(run: TrainResult, case: cache.Case, case_id: str
-                   ) -> Callable[[], tuple[np.ndarray, bool]]:
-    """The case's logits under ``run`` and whether they were kept from an earlier series: computed on
-    first use and kept for the process's next series of the same case (the variants that only keep
-    slices share them)."""
+def _source_logits(run: TrainResult, case: cache.Case) -> Callable[[], tuple[np.ndarray, bool]]:
+    """The case's logits under ``run`` and whether they had been computed before: computed on first
+    use and kept for the patient's other series (the variants that only keep slices share them)."""
+    kept: list[np.ndarray] = []
+
     def get() -> tuple[np.ndarray, bool]:
-        key = (str(run.run_dir), case_id)
-        kept = _LOADED.get("logits_key") == key
-        if not kept:
-            _LOADED.update(logits_key=key, logits=forward.run_logits(
-                run.model, run.config, np.asarray(case.volume.hu), "cpu"))
-        return _LOADED["logits"], kept
+        had = bool(kept)
+        if not had:
+            kept.append(forward.run_logits(run.model, run.config, np.asarray(case.volume.hu), "cpu"))
+        return kept[0], had
     return get
 
 
-def score_task(task: SeriesTask) -> dict | str:
-    """The row of one series (:func:`score_series` with the fold run's settings), or why its variant
-    cannot be made. Runs in a worker: the run and the case are loaded once per process."""
+def score_case(task: CaseTask) -> list[dict | str]:
+    """The row of each series of ``task`` (:func:`score_series` with the fold run's settings), or why
+    its variant cannot be made. Runs in a worker: the run is loaded once per process."""
     import torch
 
     from lungseg.inference.batch import tasks
@@ -226,29 +229,32 @@ def score_task(task: SeriesTask) -> dict | str:
     threads = tasks.dask_worker_threads()
     if threads:  # a one-thread worker: torch and ONNX Runtime must not take every core each
         torch.set_num_threads(threads)
-    run = _LOADED.get(task.run_dir) or _LOADED.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
-    if _LOADED.get("case_id") != task.case_id:
-        _LOADED.update(case_id=task.case_id, case=cache.load_case(task.case_id, task.data))
-    case = _LOADED["case"]
+    run = _RUNS.get(task.run_dir) or _RUNS.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
+    case = cache.load_case(task.case_id, task.data)
     threshold, clean = run_settings(run)
-    rng = np.random.default_rng([task.seed, int(task.case_id.split("_")[-1]), failures.KINDS.index(task.kind),
-                                 task.repeat])
-    try:
-        variant = failures.make_failure(case.volume, np.asarray(case.mask), task.kind, rng)
-    except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
-        return str(exc)
-    return {"case": task.case_id, "fold": task.fold, "run": run.run_dir.name, "data_key": task.data_key,
-            "repeat": task.repeat, "seed": task.seed, "threshold": threshold, "postprocess": clean,
-            **score_series(run, variant, threshold, clean, _source_logits(run, case, task.case_id))}
+    source = _source_logits(run, case)
+    out: list[dict | str] = []
+    for kind, repeat in task.series:
+        rng = np.random.default_rng([task.seed, int(task.case_id.split("_")[-1]), failures.KINDS.index(kind),
+                                     repeat])
+        try:
+            variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, rng)
+        except ValueError as exc:  # e.g. too few slices outside the lungs for "no_lung"
+            out.append(str(exc))
+            continue
+        out.append({"case": task.case_id, "fold": task.fold, "run": run.run_dir.name,
+                    "data_key": task.data_key, "repeat": repeat, "seed": task.seed, "threshold": threshold,
+                    "postprocess": clean, **score_series(run, variant, threshold, clean, source)})
+    return out
 
 
 def _executor(workers: int | None, tasks: int):
-    """Where the table's series run: a local Dask cluster when it pays (several workers, more series
-    than workers), else this process."""
+    """Where the table's patients run: a local Dask cluster when it pays (several workers and several
+    patients, each a task of tens of seconds against a pool's few seconds to start), else this process."""
     from lungseg.inference.batch import executors
 
     workers = executors.default_workers() if workers is None else workers
-    if workers > 1 and tasks > workers:
+    if workers > 1 and tasks > 1:
         return executors.DaskExecutor(workers=workers)
     return executors.InProcess()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lungseg.inference import resample
 from lungseg.inference.resample import area_matrix, bilinear_matrix
 
 AIR_HU = -1024
@@ -69,7 +70,7 @@ class Field:
         """(N, padded rows, padded columns) float32 → (N, size, size) float32."""
         rows = _resampler(self.padded[0], self.size)
         cols = _resampler(self.padded[1], self.size)
-        return np.matmul(np.matmul(rows, x), cols.T)
+        return resample.resample(x, rows, cols)
 
     def from_model(self, y: np.ndarray) -> np.ndarray:
         """(N, size, size) logits → (N, rows, columns) on the original pixels (the padding cropped
@@ -77,7 +78,7 @@ class Field:
         (r0, c0), (nr, nc) = self.before, self.shape
         rows = _resampler(self.size, self.padded[0])[r0:r0 + nr]
         cols = _resampler(self.size, self.padded[1])[c0:c0 + nc]
-        return np.matmul(np.matmul(rows, y), cols.T)
+        return resample.resample(y, rows, cols)
 
 
 def field(shape_hw: Sequence[int], spacing_yx: Sequence[float] | None, size: int) -> Field:

@@ -35,6 +35,18 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def resample(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(N, H, W) → (N, h, w): ``rows @ x @ rows.T`` slice by slice (separable resampling)."""
-    return np.matmul(np.matmul(rows, x), rows.T)
+def resample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) → (N, h, w): ``rows @ x[i] @ cols.T`` for every slice i (separable resampling), with
+    ``rows`` (h, H) and ``cols`` (w, W) (None: ``rows``).
+
+    Computed as two large matrix products over the whole stack, not two small ones per slice: the
+    same sums (each output is one dot product over the same axis), but N small BLAS calls on a busy
+    2-core machine measured 8-20x slower (OpenBLAS threads starting and waiting on every small
+    product, 2.3 s per 136-slice volume against 0.2 s), and the QC study made 60 such calls per patient.
+    """
+    cols = rows if cols is None else cols
+    n, h, w = x.shape
+    oh, ow = rows.shape[0], cols.shape[0]
+    t = rows @ np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(h, n * w)  # (h', N*W): along y
+    t = np.ascontiguousarray(t.reshape(oh, n, w).transpose(1, 0, 2)).reshape(n * oh, w)
+    return (t @ cols.T).reshape(n, oh, ow)  # along x

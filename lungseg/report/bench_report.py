@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lungseg import paths
 from lungseg.io import writing
+from lungseg.network import config
 
 OUT = paths.FIGURES / "report_timing.json"
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
@@ -105,7 +106,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--isa", nargs="+", choices=list(ISA_ENV), default=list(ISA_ENV),
                    help="CPU kinds to time (default: %(default)s)")
-    p.add_argument("--profile", default="cpu", help="report profile (default %(default)s)")
+    p.add_argument("--profile", default=config.DEFAULT_PROFILE, help="report profile (default %(default)s)")
     p.add_argument("--data", default=None, help=f"data directory (default ${paths.DATA_ENV} or data/)")
     p.add_argument("--out", default=str(OUT), help="where to write the timings (default %(default)s)")
     p.set_defaults(func=run_report_bench)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungseg import progress
+from lungseg import paths, progress
 from lungseg.inference import postprocess
 from lungseg.io import writing
 from lungseg.network import config, data, disease, losses, model, runs, speed
@@ -228,6 +228,25 @@ def _finish(run_dir: Path, net: model.UNet, history: dict, cfg: TrainConfig, man
              history["test_loss"][-1], history["test_acc"][-1])
 
 
+_LAST_DATASET: dict[tuple, data.SliceDataset] = {}
+"""The slices the last run of this process was built from: a profile's runs (main, other protocol,
+plain twin, folds) share cases, size and preprocessing, so each builds them once (~5 s per run saved).
+One entry only, so memory does not grow with the runs."""
+
+
+def _dataset_of(cfg: TrainConfig, case_keys: dict[str, str]) -> data.SliceDataset:
+    """The training slices of ``cfg`` (its cases, size, input mode and HU window), shared with the
+    previous run of this process when those and the cases' data (``case_keys``: their files' key)
+    are the same (the slices are never modified)."""
+    key = (tuple(case_keys.items()), str(paths.data_dir(cfg.data_dir or None)), cfg.image_size,
+           cfg.input_mode, tuple(cfg.hu_window))
+    if key not in _LAST_DATASET:
+        _LAST_DATASET.clear()
+        _LAST_DATASET[key] = data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
+                                               cfg.input_mode, cfg.hu_window)
+    return _LAST_DATASET[key]
+
+
 def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
         runs_dir: str | os.PathLike[str] | None = None) -> TrainResult:
     """Train (or resume, or load) the run defined by ``config`` under ``runs_dir`` (default
@@ -250,8 +269,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
     final, ckpt_path = run_dir / runs.WEIGHTS, run_dir / "checkpoint.pt"
     if final.is_file() and not cfg.force_retrain:
         return _load_final(run_dir)
-    ds = dataset or data.load_dataset(cfg.cases, cfg.data_dir or None, cfg.image_size,
-                                      cfg.input_mode, cfg.hu_window)
+    ds = dataset or _dataset_of(cfg, case_keys)
     train_idx, test_idx = split_indices(ds, cfg)
     probe = speed.cached_choice(cfg.image_size, cfg.batch_size, device)
     manifest = runs.manifest(cfg, key, case_keys,
