@@ -132,11 +132,18 @@ def plant_secret(path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def torch_logits(net: model.UNet, cfg, volume: dicom.Volume) -> np.ndarray:
+    """Logits (z, y, x) of a volume by PyTorch (the path a checkpoint's ``--runtime torch`` takes)."""
+    from lungseg.inference import forward
+
+    return forward.run_logits(net, cfg, volume.hu, "cpu", runtime="torch", spacing=volume.spacing[1:])
+
+
 def median_threshold(series: Path, ckpt: Path) -> tuple[float, np.ndarray]:
     """A probability between the two middle logits (so the mask is neither empty nor full), and
     the logits (z, y, x)."""
     net, cfg = predict.load_checkpoint(ckpt)
-    logits = predict.predict_volume(net, cfg, dicom.load_series(series))
+    logits = torch_logits(net, cfg, dicom.load_series(series))
     values = np.unique(logits)
     mid = len(values) // 2
     t = float(values[mid - 1] + values[mid]) / 2

@@ -141,12 +141,12 @@ def _ras_labels(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_predict_gives_the_same_mask_in_the_world_for_every_orientation(tmp_path: Path,
                                                                         base: tuple) -> None:
-    from builders import write_checkpoint
+    from builders import torch_logits, write_checkpoint
 
     hu, spacing, origin, _ = base
     ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=32)
     net, cfg = predict.load_checkpoint(ckpt)
-    logits = predict.predict_volume(net, cfg, load_series(write_oriented(
+    logits = torch_logits(net, cfg, load_series(write_oriented(
         tmp_path / "ref", hu, spacing, origin, ORIENTATIONS["axial-HFS"])[0].parent))
     p = 1 / (1 + math.exp(-float(np.median(logits))))  # neither an empty nor a full mask
     labels = {}

@@ -161,17 +161,6 @@ def onnx_export(checkpoint: Path) -> Path:
     return cached
 
 
-def predict_volume(net: model.UNet, cfg: TrainConfig, volume: dicom.Volume,
-                   batch_size: int = ort.BATCH, device: str = "cpu") -> np.ndarray:
-    """Logits (z, y, x) float32 at full slice size by PyTorch (:func:`lungseg.inference.forward.run_logits`,
-    with a progress bar). Slices that are not square in pixels or in mm go through a square field of
-    view (:mod:`lungseg.inference.fov`)."""
-    from lungseg.inference import forward
-
-    return forward.run_logits(net, cfg, volume.hu, device, batch_size, name=volume.case_id, progress=True,
-                                runtime="torch", spacing=volume.spacing[1:])
-
-
 class Network:
     """The network of a checkpoint on one runtime, loaded once: :meth:`logits` of a volume, and what
     stats.json records of it. ``threads``: ONNX Runtime's threads (None: every core)."""

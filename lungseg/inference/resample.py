@@ -40,9 +40,10 @@ def resample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) ->
     ``rows`` (h, H) and ``cols`` (w, W) (None: ``rows``).
 
     Computed as two large matrix products over the whole stack, not two small ones per slice: the
-    same sums (each output is one dot product over the same axis), but N small BLAS calls on a busy
-    2-core machine measured 8-20x slower (OpenBLAS threads starting and waiting on every small
-    product, 2.3 s per 136-slice volume against 0.2 s), and the QC study made 60 such calls per patient.
+    same sums (each output is one dot product over the same axis; equal bits in
+    ``benchmarks/resample_timing.py``). On an idle machine both forms take about the same time
+    (``figures/resample_timing.json``); while another process competed for the cores, the per-slice
+    form's many small BLAS calls ran several times slower in this session's profile of the QC study.
     """
     cols = rows if cols is None else cols
     n, h, w = x.shape
