@@ -134,8 +134,9 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
     """One row per series: every test patient of every fold run (or ``case_ids``), each variant kind
     ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached per fold run in
     ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed), one
-    line per finished series, so an interrupted table resumes and other selections reuse it.
-    ``workers``: series scored in parallel on a local Dask cluster of that many one-thread processes
+    line per series, written as each patient finishes (a patient is one task), so an interrupted table
+    resumes from its finished patients and other selections reuse them.
+    ``workers``: patients scored in parallel on a local Dask cluster of that many one-thread processes
     (the cohort machinery of ``batch``); None: one per core; 0 or 1: in this process."""
     case_ids = sorted(case_ids or {c for r in folds for c in r.config.test_cases})
     rows: list[dict] = []
