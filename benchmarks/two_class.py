@@ -42,7 +42,7 @@ def train_two_class(cfg: loop.TrainConfig, cases: list[cache.Case]) -> torch.nn.
     empty = y.flatten(1).amax(1) == 0
     idx = list(range(len(x)))
     device = torch.device("cpu")
-    steps = len(loop._epoch_batches(loop.epoch_indices(idx, empty, cfg, 0), cfg, 0, 1))
+    steps = loop.total_steps(idx, empty, cfg)
     torch.manual_seed(cfg.seed)
     net, opt, sched = loop._build(cfg, steps, device)
     net.final = torch.nn.Conv2d(net.final.in_channels, 2, kernel_size=1)

@@ -66,8 +66,9 @@ def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool)
 
 def test_variants_that_keep_slices_share_the_source_logits_and_score_as_their_own(tmp_path: Path,
                                                                                    real_case: Path) -> None:
-    """A variant that declares source_slices holds exactly those slices' pixels, and its row scored
-    with the source's logits equals the row scored by running the network on its own pixels."""
+    """A variant that declares source_slices holds exactly those slices' pixels, a variant that
+    changes some slices (metal streaks, a consolidation) shares the others' logits, and each row
+    scored with the source's logits equals the row scored by running the network on its own pixels."""
     import numpy as np
 
     from lungseg.evaluation import failures
@@ -76,16 +77,22 @@ def test_variants_that_keep_slices_share_the_source_logits_and_score_as_their_ow
     run = _fold_run(tmp_path / "fold")
     case = cache.load_case("Case_000")
     threshold, clean = qc_calibrate.run_settings(run)
-    source = qc_calibrate._source_logits(run, case)
-    for kind in ("original", "trim", "truncate_top", "truncate_bottom", "no_lung", "shift"):
+    source = qc_calibrate.source_logits(run, np.asarray(case.volume.hu))
+    hu = np.asarray(case.volume.hu)
+    for kind in ("original", "trim", "truncate_top", "truncate_bottom", "no_lung", "shift", "metal",
+                 "consolidation"):
         variant = failures.make_failure(case.volume, np.asarray(case.mask), kind, np.random.default_rng(3))
         own = qc_calibrate.score_series(run, variant, threshold, clean)
-        shared = qc_calibrate.score_series(run, variant, threshold, clean, source)
-        if variant.source_slices is None:
-            assert kind == "shift" and not shared["logits_shared"]  # moved pixels: their own logits
+        shared = qc_calibrate.score_series(run, variant, threshold, clean, source, hu)
+        if kind == "shift":
+            assert not shared["logits_shared"]  # every slice's pixels moved: their own logits
             continue
-        start, stop = variant.source_slices
-        assert np.array_equal(variant.volume.hu, np.asarray(case.volume.hu)[start:stop])
-        assert shared["logits_shared"] == (kind != "original")  # the first series computes them
+        if variant.source_slices is not None:
+            start, stop = variant.source_slices
+            assert np.array_equal(variant.volume.hu, hu[start:stop])
+            assert shared["logits_shared"] == (kind != "original")  # the first series computes them
+        else:
+            same = [np.array_equal(a, b) for a, b in zip(variant.volume.hu, hu, strict=True)]
+            assert 0 < sum(same) < len(same) and shared["logits_shared"]  # some slices changed
         assert _same({k: v for k, v in own.items() if k not in TIMES},
                      {k: v for k, v in shared.items() if k not in TIMES})

@@ -197,3 +197,42 @@ def test_paper_profile_is_the_coursework_recipe_stated_once() -> None:
     assert (cfg.image_size, cfg.split, cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule, cfg.seed) == (
         512, "slices", 10, 3, 0.1, "constant", 42)
     assert cfg.disease_p == 0.0 and plan.compare_split == "cases" and plan.cv_folds == 0
+
+
+def test_lung_stride_alternates_lung_slices_and_keeps_every_empty_draw() -> None:
+    """Known answer on 12 slices (4 empty): stride 2 takes the even lung slices in even epochs and the
+    odd ones in odd epochs, so two epochs use each lung slice once; the empty-slice draw is the one
+    stride 1 makes, and the schedule counts each epoch's own batches."""
+    empty = torch.tensor([True, True] + [False] * 8 + [True, True])
+    idx = list(range(12))
+    base = loop.TrainConfig(empty_keep=0.5, batch_size=3, epochs=2)
+    strided = dataclasses.replace(base, lung_stride=2)
+    lungs = set(range(2, 10))
+    for epoch in (0, 1):
+        every = loop.epoch_indices(idx, empty, base, epoch)
+        half = loop.epoch_indices(idx, empty, strided, epoch)
+        assert set(every) - lungs == set(half) - lungs and len(set(every) - lungs) == 2
+        assert set(half) & lungs == {i for i in lungs if i % 2 == epoch % 2}
+    both = set(loop.epoch_indices(idx, empty, strided, 0)) | set(loop.epoch_indices(idx, empty, strided, 1))
+    assert both >= lungs
+    assert loop.total_steps(idx, empty, strided) == 2 * 2  # 4 lung + 2 empty slices, batches of 3
+    assert loop.total_steps(idx, empty, base) == 2 * 4  # 8 + 2 slices: 4 batches
+
+
+@realdata
+def test_progressive_size_trains_the_early_epochs_on_reduced_slices(tiny_ds, tmp_path, monkeypatch) -> None:
+    """early_size: epoch 0's batches are the dataset's slices reduced by area means (masks: at least
+    half lung), the last epoch's are the dataset's own; a run trains through both and is checked."""
+    cfg = _tiny_cfg(early_size=16, early_epochs=1).resolved()
+    assert [loop.epoch_size(cfg, e) for e in range(cfg.epochs)] == [16, TINY]
+    b = torch.arange(4)
+    x, y = loop._to_device(tiny_ds, b, torch.device("cpu"), False, None, loop.epoch_size(cfg, 0))
+    assert x.shape == y.shape == (4, 1, 16, 16)
+    assert torch.allclose(x, data.resize_slices(tiny_ds.images[b], 16))
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    monkeypatch.setattr(runs, "RUNS", tmp_path)
+    result = loop.fit(cfg, dataset=tiny_ds)
+    assert len(result.history["train_loss"]) == 2 and all(v == v for v in result.history["train_loss"])
+    for bad in (12, 2 * TINY):  # not a multiple of 8; larger than the slices
+        with pytest.raises(ValueError, match="early_size"):
+            _tiny_cfg(early_size=bad, early_epochs=1).resolved()

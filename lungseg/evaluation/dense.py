@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from lungseg.evaluation import failures, metrics, qc_calibrate
-from lungseg.inference import forward, postprocess, qc, sides
+from lungseg.inference import postprocess, qc, sides
 from lungseg.io.dicom import Volume
 from lungseg.network.runs import TrainResult
 
@@ -205,8 +205,9 @@ def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Gene
     return DenseVariant(failures.Variant(replace(volume, hu=out), truth, kind, detail), extent, density)
 
 
-Scorer = Callable[[failures.Variant], dict]
-"""A variant → a row with at least ``dice`` and ``status`` (the QC verdict)."""
+Scorer = Callable[[failures.Variant, Volume], dict]
+"""(a variant, the unchanged volume it was made from) → a row with at least ``dice`` and ``status``
+(the QC verdict)."""
 
 
 def study(
@@ -235,7 +236,7 @@ def study(
                 split = {case.case_id: sides.split_lungs(np.asarray(case.mask, dtype=bool), case.volume)}
             dv = make_dense(case.volume, case.mask, kind, rng, split[case.case_id])
         for model, score in scorers.items():
-            row = score(dv.variant)
+            row = score(dv.variant, case.volume)
             rows.append(
                 {
                     "case": case.case_id,
@@ -257,13 +258,19 @@ def run_scorer(run: TrainResult, with_qc: bool = True) -> Scorer:
     RUN`` uses; with ``with_qc`` the QC verdict under the shipped limits (the flip test doubles the
     cost), else ``status`` is ""."""
     threshold, clean = qc_calibrate.run_settings(run)
+    kept: dict[int, tuple[np.ndarray, Callable]] = {}  # the last source volume's logits
 
-    def score(variant: failures.Variant) -> dict:
+    def score(variant: failures.Variant, source: Volume) -> dict:
+        if id(source) not in kept:
+            hu = np.asarray(source.hu)
+            kept.clear()
+            kept[id(source)] = (hu, qc_calibrate.source_logits(run, hu))
+        hu, source_logits = kept[id(source)]
         if with_qc:
-            row = qc_calibrate.score_series(run, variant, threshold, clean)
+            row = qc_calibrate.score_series(run, variant, threshold, clean, source_logits, hu)
             verdict = qc.assess(row["scores"])
             return {"dice": row["dice"], "status": verdict.status, "checks": verdict.flagged}
-        logits = forward.run_logits(run.model, run.config, np.asarray(variant.volume.hu), "cpu")
+        logits, _ = qc_calibrate.variant_logits(run, variant, hu, source_logits)
         mask = postprocess.segment(logits, threshold, clean)  # the mask of segment.segment, no sides
         return {"dice": metrics.volume_dice(mask, variant.truth), "status": ""}
 

@@ -62,22 +62,43 @@ def run_settings(run: TrainResult) -> tuple[float, bool]:
     return predict.inference_settings(run.run_dir, None, None)
 
 
-def score_series(run: TrainResult, variant: failures.Variant, threshold: float, clean: bool,
-                 source_logits: Callable[[], tuple[np.ndarray, bool]] | None = None) -> dict:
-    """QC scores, true Dice and the bad/sound label of one series, predicted as ``predict`` does.
-    ``source_logits``: gives the logits (z, y, x) of the volume the variant was made from and whether
-    they had been computed before; given, a variant that only keeps some of its slices
-    (``variant.source_slices``) takes those slices' logits instead of running the 2D network on the
-    same pixels again (``logits_shared`` in the row when they had)."""
-    volume, truth = variant.volume, variant.truth
-    shared = False
-    t0 = time.perf_counter()
-    if source_logits is not None and variant.source_slices is not None:
+def variant_logits(run: TrainResult, variant: failures.Variant, source_hu: np.ndarray | None,
+                    source_logits: Callable[[], tuple[np.ndarray, bool]] | None) -> tuple[np.ndarray, bool]:
+    """The variant's logits (z, y, x) and whether any came from the source volume's. A 2D network
+    gives an unchanged slice the logits it gave it in the source: a variant that keeps some of the
+    source's slices (``variant.source_slices``) takes theirs, and a variant on the source's grid that
+    changes the pixels of some slices only (metal streaks, a consolidation) runs the network on those
+    slices alone."""
+    hu = np.asarray(variant.volume.hu)
+    if source_logits is None:
+        return forward.run_logits(run.model, run.config, hu, "cpu"), False
+    if variant.source_slices is not None:
         start, stop = variant.source_slices
         full, shared = source_logits()
-        logits = full[start:stop]
-    else:
-        logits = forward.run_logits(run.model, run.config, np.asarray(volume.hu), "cpu")
+        return full[start:stop], shared
+    if source_hu is None or hu.shape != source_hu.shape:
+        return forward.run_logits(run.model, run.config, hu, "cpu"), False
+    changed = np.flatnonzero([not np.array_equal(a, b) for a, b in zip(hu, source_hu, strict=True)])
+    if len(changed) == len(hu):
+        return forward.run_logits(run.model, run.config, hu, "cpu"), False
+    full, _ = source_logits()
+    logits = full.copy()
+    if len(changed):
+        logits[changed] = forward.run_logits(run.model, run.config, hu[changed], "cpu")
+    return logits, True
+
+
+def score_series(run: TrainResult, variant: failures.Variant, threshold: float, clean: bool,
+                 source_logits: Callable[[], tuple[np.ndarray, bool]] | None = None,
+                 source_hu: np.ndarray | None = None) -> dict:
+    """QC scores, true Dice and the bad/sound label of one series, predicted as ``predict`` does.
+    ``source_logits``: gives the logits (z, y, x) of ``source_hu`` (z, y, x, HU), the volume the
+    variant was made from, and whether they had been computed before; given, the variant's unchanged
+    slices take those logits instead of running the 2D network on the same pixels again
+    (:func:`variant_logits`; ``logits_shared`` in the row when some did)."""
+    volume, truth = variant.volume, variant.truth
+    t0 = time.perf_counter()
+    logits, shared = variant_logits(run, variant, source_hu, source_logits)
     inference_s = time.perf_counter() - t0
     timings: dict[str, float] = {}
 
@@ -207,15 +228,16 @@ _RUNS: dict[str, TrainResult] = {}
 """The fold runs this process loaded (a worker scores several patients of a run)."""
 
 
-def _source_logits(run: TrainResult, case: cache.Case) -> Callable[[], tuple[np.ndarray, bool]]:
-    """The case's logits under ``run`` and whether they had been computed before: computed on first
-    use and kept for the patient's other series (the variants that only keep slices share them)."""
+def source_logits(run: TrainResult, hu: np.ndarray) -> Callable[[], tuple[np.ndarray, bool]]:
+    """The logits of ``hu`` (z, y, x, a case's unchanged volume) under ``run`` and whether they had
+    been computed before: computed on first use and kept for the patient's other series (their
+    unchanged slices share them, :func:`variant_logits`)."""
     kept: list[np.ndarray] = []
 
     def get() -> tuple[np.ndarray, bool]:
         had = bool(kept)
         if not had:
-            kept.append(forward.run_logits(run.model, run.config, np.asarray(case.volume.hu), "cpu"))
+            kept.append(forward.run_logits(run.model, run.config, np.asarray(hu), "cpu"))
         return kept[0], had
     return get
 
@@ -233,7 +255,7 @@ def score_case(task: CaseTask) -> list[dict | str]:
     run = _RUNS.get(task.run_dir) or _RUNS.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
     case = cache.load_case(task.case_id, task.data)
     threshold, clean = run_settings(run)
-    source = _source_logits(run, case)
+    source = source_logits(run, np.asarray(case.volume.hu))
     out: list[dict | str] = []
     for kind, repeat in task.series:
         rng = np.random.default_rng([task.seed, int(task.case_id.split("_")[-1]), failures.KINDS.index(kind),
@@ -245,7 +267,8 @@ def score_case(task: CaseTask) -> list[dict | str]:
             continue
         out.append({"case": task.case_id, "fold": task.fold, "run": run.run_dir.name,
                     "data_key": task.data_key, "repeat": repeat, "seed": task.seed, "threshold": threshold,
-                    "postprocess": clean, **score_series(run, variant, threshold, clean, source)})
+                    "postprocess": clean,
+                    **score_series(run, variant, threshold, clean, source, np.asarray(case.volume.hu))})
     return out
 
 

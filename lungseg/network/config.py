@@ -69,6 +69,14 @@ class TrainConfig:
     empty_keep: float = 1.0
     """Share of the training slices with an empty mask (above and below the lungs, ~45 %) used in
     each epoch, drawn anew every epoch from (seed, epoch); 1 = all of them."""
+    early_size: int = 0
+    """Progressive image size: the first ``early_epochs`` epochs train on slices reduced (area means)
+    to ``early_size`` px, the others at ``image_size``; 0 = every epoch at ``image_size``."""
+    early_epochs: int = 0
+    lung_stride: int = 1
+    """Each epoch uses every ``lung_stride``-th lung-holding training slice (dataset index ≡ epoch
+    modulo the stride): neighbouring slices, 2.5–3 mm apart and nearly alike, take turns, and every
+    slice is still used once in every ``lung_stride`` epochs; 1 = all of them in every epoch."""
     disease_p: float = 0.0
     """Share of the lung-holding training slices of every batch that get simulated dense lung inside
     their true lung, mask unchanged (:mod:`lungseg.train.disease`); 0 = none (the report's recipe)."""
@@ -121,6 +129,11 @@ class TrainConfig:
             raise ValueError(f"hu_window must be [low, high] HU with low < high, got {cfg.hu_window}")
         if not (isinstance(cfg.dilation, int) and cfg.dilation >= 1):
             raise ValueError(f"dilation must be an integer >= 1, got {cfg.dilation!r}")
+        if cfg.early_size and not (0 < cfg.early_size <= cfg.image_size and cfg.early_size % 8 == 0):
+            raise ValueError(f"early_size must be a multiple of 8 up to image_size={cfg.image_size} "
+                             f"(the UNet pools three times), got {cfg.early_size}")
+        if not (isinstance(cfg.lung_stride, int) and cfg.lung_stride >= 1):
+            raise ValueError(f"lung_stride must be an integer >= 1, got {cfg.lung_stride!r}")
         cfg.disease_spec()  # checks the disease_* fields
         return cfg
 

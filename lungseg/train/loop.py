@@ -52,9 +52,9 @@ def split_indices(ds: data.SliceDataset, cfg: TrainConfig) -> tuple[list[int], l
     return data.split_cases(ds.case_ids, cfg.test_cases)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """The learning-rate schedule, stepped once per optimisation step."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """The learning-rate schedule over ``total_steps`` optimisation steps, stepped once per step."""
+    total = max(1, total_steps)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     if cfg.schedule == "cosine":
@@ -65,17 +65,27 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 def epoch_indices(train_idx: list[int], empty: torch.Tensor, cfg: TrainConfig, epoch: int) -> list[int]:
-    """The training slices of one epoch: every slice with lung, and a share ``cfg.empty_keep`` of
-    the empty-mask ones (``empty[i]`` for slice i), drawn from (seed, epoch) so resume is exact."""
-    if cfg.empty_keep >= 1:
+    """The training slices of one epoch: the slices with lung (every ``cfg.lung_stride``-th dataset
+    index, turn by turn), and a share ``cfg.empty_keep`` of the empty-mask ones (``empty[i]`` for
+    slice i), drawn from (seed, epoch) so resume is exact."""
+    if cfg.empty_keep >= 1 and cfg.lung_stride <= 1:
         return train_idx
     idx = torch.as_tensor(train_idx)
     is_empty = empty[idx]
-    empties = idx[is_empty]
-    n_keep = round(cfg.empty_keep * len(empties))
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-    kept = empties[torch.randperm(len(empties), generator=gen)[:n_keep]]
-    return sorted(idx[~is_empty].tolist() + kept.tolist())
+    lungs, empties = idx[~is_empty], idx[is_empty]
+    if cfg.lung_stride > 1:
+        lungs = lungs[(lungs + epoch) % cfg.lung_stride == 0]
+    if cfg.empty_keep < 1:
+        n_keep = round(cfg.empty_keep * len(empties))
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        empties = empties[torch.randperm(len(empties), generator=gen)[:n_keep]]
+    return sorted(lungs.tolist() + empties.tolist())
+
+
+def total_steps(train_idx: list[int], empty: torch.Tensor, cfg: TrainConfig, world: int = 1) -> int:
+    """Optimisation steps of the whole run (epochs may differ in size by a batch with ``lung_stride``)."""
+    return sum(len(_epoch_batches(epoch_indices(train_idx, empty, cfg, e), cfg, e, world))
+               for e in range(cfg.epochs))
 
 
 def curve_indices(test_idx: list[int], n: int) -> list[int]:
@@ -102,12 +112,21 @@ def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bo
     return out[:cap] if cap else out
 
 
+def epoch_size(cfg: TrainConfig, epoch: int) -> int:
+    """Input size (px) of the training batches of ``epoch`` (progressive size: ``early_size``)."""
+    return cfg.early_size if cfg.early_size and epoch < cfg.early_epochs else cfg.image_size
+
+
 def _to_device(ds: data.SliceDataset, b: torch.Tensor, device: torch.device, channels_last: bool,
-               augment=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch ``b`` on ``device``; ``augment(x, y) -> x`` (host tensors) first, when given."""
+               augment=None, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``b`` on ``device``; ``augment(x, y) -> x`` (host tensors) first, when given; then reduced
+    to ``size`` px as the dataset reduces 512² slices (area means; mask: at least half lung)."""
     x, y = ds.images[b], ds.masks[b].float()
     if augment is not None:
         x = augment(x, y)
+    if size and size != x.shape[-1]:
+        x = data.resize_slices(x, size)
+        y = (data.resize_slices(y, size) >= data.MASK_THRESHOLD).float()
     x = x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True)
     if channels_last:
@@ -154,13 +173,13 @@ def _save(path: Path, obj: dict) -> None:
     writing.atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _build(cfg: TrainConfig, steps_per_epoch: int, device: torch.device):
+def _build(cfg: TrainConfig, steps: int, device: torch.device):
     torch.manual_seed(cfg.seed)
     net = model.UNet(base_channels=cfg.base_channels, dropout=cfg.dropout, dilation=cfg.dilation).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return net, opt, make_scheduler(opt, cfg, steps_per_epoch)
+    return net, opt, make_scheduler(opt, cfg, steps)
 
 
 def _resume(ck_path: Path, net, opt, sched, dist: Dist, device: torch.device) -> tuple[dict, int]:
@@ -187,7 +206,7 @@ def _train_epoch(ddp_net, opt, sched, ds: data.SliceDataset, train_idx: list[int
                                           leave=False, disable=not dist.main)):
         b = b.tensor_split(dist.world)[dist.rank]  # this process's share of the global batch
         augment = _disease_augment(spec, cfg, epoch, step, dist.rank) if spec.active else None
-        x, y = _to_device(ds, b, device, cfg.channels_last, augment)
+        x, y = _to_device(ds, b, device, cfg.channels_last, augment, epoch_size(cfg, epoch))
         loss, correct = train_step(ddp_net, opt, sched, x, y, device, cfg.amp)
         # One host sync per step, for the epoch means the report plots.
         sums += torch.tensor([float(loss) * len(b), float(correct), len(b)], dtype=torch.float64)
@@ -278,7 +297,7 @@ def fit(config: TrainConfig, dataset: data.SliceDataset | None = None,
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_manifest(run_dir, manifest)
-    steps = len(_epoch_batches(epoch_indices(train_idx, ds.empty, cfg, 0), cfg, 0, dist.world))
+    steps = total_steps(train_idx, ds.empty, cfg, dist.world)
     curve_idx = curve_indices(test_idx, cfg.curve_slices)
     net, opt, sched = _build(cfg, steps, device)
     torch.manual_seed(cfg.seed + dist.rank)  # own dropout stream per process (rank 0: as alone)
