@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,11 @@ def _git(*args: str, cwd: Path = paths.ROOT) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def time_report(isa: str, profile: str, data: Path) -> dict:
+def time_report(isa: str, profile: str, data: Path, keep: Path | None = None) -> dict:
     """One report run on a fresh clone of HEAD under ``isa``'s environment: wall seconds of the
-    command and of each notebook, the torch CPU capability it ran with and its result levels."""
+    command and of each notebook, the torch CPU capability it ran with and its result levels. With
+    ``keep``, the clone's ``figures/`` are copied there (the committed code's own outputs: no second
+    report run to regenerate them)."""
     with tempfile.TemporaryDirectory(prefix="lungseg-bench-report-") as tmp:
         clone = Path(tmp) / "lungseg"
         subprocess.run(["git", "clone", "--quiet", str(paths.ROOT), str(clone)], check=True)
@@ -51,6 +54,9 @@ def time_report(isa: str, profile: str, data: Path) -> dict:
         prov = json.loads((figures / "provenance.json").read_text())
         summary = json.loads((figures / "summary.json").read_text())
         qc_eval = figures / "qc_evaluation.json"
+        if keep is not None:
+            shutil.copytree(figures, keep, dirs_exist_ok=True)
+            print(f"bench report: {isa}: copied the run's figures to {keep}", file=sys.stderr, flush=True)
         return {"isa": isa, "env": ISA_ENV[isa], "cpu_capability": prov.get("cpu_capability"),
                 "machine": prov.get("machine"),
                 "command_s": round(wall, 1),
@@ -79,6 +85,7 @@ def run_report_bench(args: argparse.Namespace) -> int:
     data = paths.data_dir(args.data)
     path = Path(args.out)
     commit = _git("rev-parse", "HEAD")
+    keep = paths.FIGURES if args.keep_figures else None
     # Runs of other CPU kinds on the same commit and profile stay: the kinds may be timed one at a time.
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     kept = ([r for r in earlier.get("runs", []) if r["isa"] not in args.isa]
@@ -88,7 +95,8 @@ def run_report_bench(args: argparse.Namespace) -> int:
                    "`lungseg bench report`.",
            "commit": commit, "profile": args.profile,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "runs": kept + [time_report(isa, args.profile, data) for isa in args.isa]}
+           "runs": kept + [time_report(isa, args.profile, data, keep if i == 0 else None)
+                           for i, isa in enumerate(args.isa)]}
     out["runs"].sort(key=lambda r: list(ISA_ENV).index(r["isa"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     writing.atomic_write_text(path, json.dumps(out, indent=1) + "\n")
@@ -109,4 +117,6 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default=config.DEFAULT_PROFILE, help="report profile (default %(default)s)")
     p.add_argument("--data", default=None, help=f"data directory (default ${paths.DATA_ENV} or data/)")
     p.add_argument("--out", default=str(OUT), help="where to write the timings (default %(default)s)")
+    p.add_argument("--keep-figures", action="store_true",
+                   help="copy the first run's figures/ into this tree's figures/ (its report outputs)")
     p.set_defaults(func=run_report_bench)
