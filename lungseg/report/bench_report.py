@@ -42,6 +42,9 @@ def time_report(isa: str, profile: str, data: Path, keep: Path | None = None) ->
     with tempfile.TemporaryDirectory(prefix="lungseg-bench-report-") as tmp:
         clone = Path(tmp) / "lungseg"
         subprocess.run(["git", "clone", "--quiet", str(paths.ROOT), str(clone)], check=True)
+        shared = paths.ROOT.parent / "shared"
+        if shared.is_dir():  # ../shared beside the clone, as beside this tree: the course's reference weights
+            (Path(tmp) / "shared").symlink_to(shared.resolve(), target_is_directory=True)
         # The clone's package first; this interpreter's tools (jupyter, papermill) on the PATH.
         env = {**os.environ, **ISA_ENV[isa], "PYTHONPATH": str(clone), paths.DATA_ENV: str(data),
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
