@@ -250,6 +250,19 @@ def test_surface_distances_match_brute_force(seed: int) -> None:
     np.testing.assert_allclose(d_gp, _brute_directed(sg, sp, ANISO), rtol=1e-12)
 
 
+@pytest.mark.parametrize(("near_mm", "max_far"), [(10.0, 20_000), (0.5, 20_000), (0.5, 0)])
+def test_directed_ways_agree(monkeypatch: pytest.MonkeyPatch, near_mm: float, max_far: int) -> None:
+    """The bounded tree, the unbounded re-query of far voxels and the feature transform give the
+    same distances as brute force (a far stray blob makes voxels beyond the bound)."""
+    pred, gt = _blob_pair(3, shape=(10, 16, 16))
+    pred[8:, 13:, 13:] = True  # a stray corner blob far from the truth
+    sp, sg = _brute_surface(pred), _brute_surface(gt)
+    monkeypatch.setattr(m, "NEAR_MM", near_mm)
+    monkeypatch.setattr(m, "MAX_FAR_BY_TREE", max_far)
+    np.testing.assert_allclose(m._directed(sp, sg, ANISO), _brute_directed(sp, sg, ANISO), rtol=1e-12)
+    np.testing.assert_allclose(m._directed(sg, sp, ANISO), _brute_directed(sg, sp, ANISO), rtol=1e-12)
+
+
 # MONAI 1.6.1 uses the same surface definition: get_mask_edges crops to the union's bounding
 # box with a 1-voxel background margin (padding if needed), then takes
 # binary_erosion(mask) ^ mask with scipy's default cross structure. Its euclidean distances

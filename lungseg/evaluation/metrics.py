@@ -58,6 +58,15 @@ MM3_PER_ML: float = 1000.0
 SURFACE_CONNECTIVITY: int = 1
 """Connectivity for the surface structuring element (1 = face neighbours, 3D cross)."""
 
+NEAR_MM: float = 10.0
+"""Surface distances up to this are found by bounded k-d tree queries (most of a lung's surface lies
+within it of the other mask's); the few beyond are queried again without bound."""
+
+MAX_FAR_BY_TREE: int = 20_000
+"""Up to this many surface voxels beyond :data:`NEAR_MM`, they are queried without bound (fast when
+few); more (a prediction far from the truth, where unbounded queries get slow), one feature
+transform of the box gives them all, whose cost does not grow with them."""
+
 VOLUME_NDIM: int = 3
 SLICE_STACK_NDIM: int = 3
 SLICE_AXES: tuple[int, int] = (1, 2)
@@ -184,16 +193,36 @@ def surface_distances(
 
 
 def _directed(src: np.ndarray, dst: np.ndarray, sp: tuple[float, float, float]) -> np.ndarray:
-    """Distances (mm) from each voxel of bool ``src`` to the nearest voxel of bool ``dst``, in C order:
-    the Euclidean feature transform of ``~dst`` (the nearest ``dst`` voxel of every voxel), read at
-    ``src``'s voxels only. The same values as ``distance_transform_edt``'s distances, without computing
-    them for the whole box (1.4x faster); linear in the box whatever the shapes (k-d tree queries were
-    6x faster for clean lungs but took minutes for a noisy prediction far from the truth)."""
+    """Distances (mm) from each voxel of bool ``src`` to the nearest voxel of bool ``dst``, in C order.
+
+    Exact, by the cheaper of two ways: a k-d tree of ``dst``'s voxels (mm) queried within
+    :data:`NEAR_MM` (most surface voxels; 2-4x faster than a transform of the box, on all cores), the
+    few beyond again without bound; or, with more than :data:`MAX_FAR_BY_TREE` beyond, the Euclidean
+    feature transform of ``~dst`` read at ``src``'s voxels (:func:`_directed_by_transform`)."""
     at = np.nonzero(src)
     if len(at[0]) == 0:
         return np.empty(0, dtype=np.float64)
     if not dst.any():
         return np.full(len(at[0]), np.inf, dtype=np.float64)
+    from scipy.spatial import cKDTree  # imported only where surface distances are measured
+
+    spacing = np.asarray(sp, dtype=np.float64)
+    tree = cKDTree(np.argwhere(dst) * spacing)
+    points = np.column_stack(at) * spacing
+    dist, _ = tree.query(points, distance_upper_bound=NEAR_MM, workers=-1)
+    far = np.flatnonzero(np.isinf(dist))
+    if far.size > MAX_FAR_BY_TREE:
+        return _directed_by_transform(at, dst, sp)
+    if far.size:
+        dist[far] = tree.query(points[far], workers=-1)[0]
+    return dist
+
+
+def _directed_by_transform(at: tuple[np.ndarray, ...], dst: np.ndarray,
+                           sp: tuple[float, float, float]) -> np.ndarray:
+    """:func:`_directed` at the voxels ``at`` (``np.nonzero`` of the source) by the Euclidean feature
+    transform of ``~dst`` (the nearest ``dst`` voxel of every voxel of the box): linear in the box
+    whatever the shapes."""
     nearest = ndimage.distance_transform_edt(~dst, sampling=sp, return_distances=False, return_indices=True)
     offsets = [(nearest[axis][at] - at[axis]) * sp[axis] for axis in range(VOLUME_NDIM)]
     return np.sqrt(sum(o.astype(np.float64) ** 2 for o in offsets))
