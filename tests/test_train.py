@@ -219,6 +219,24 @@ def test_lung_stride_alternates_lung_slices_and_keeps_every_empty_draw() -> None
     assert loop.total_steps(idx, empty, base) == 2 * 4  # 8 + 2 slices: 4 batches
 
 
+def test_full_size_stride_thins_only_the_full_size_epochs() -> None:
+    """Known answer: with progressive size (epoch 0 reduced), full_size_stride 2 leaves epoch 0 every
+    lung slice and gives epoch 1 (full size) every other one; without progressive size it does nothing;
+    a stride below 1 is refused."""
+    empty = torch.tensor([True, True] + [False] * 8 + [True, True])
+    idx = list(range(12))
+    cfg = loop.TrainConfig(empty_keep=1.0, batch_size=3, epochs=2, image_size=32, early_size=16,
+                           early_epochs=1, full_size_stride=2)
+    lungs = set(range(2, 10))
+    assert [loop.lung_stride(cfg, e) for e in (0, 1)] == [1, 2]
+    assert set(loop.epoch_indices(idx, empty, cfg, 0)) >= lungs
+    assert set(loop.epoch_indices(idx, empty, cfg, 1)) & lungs == {i for i in lungs if i % 2 == 1}
+    plain = dataclasses.replace(cfg, early_size=0, early_epochs=0)
+    assert [loop.lung_stride(plain, e) for e in (0, 1)] == [1, 1]
+    with pytest.raises(ValueError, match="full_size_stride"):
+        dataclasses.replace(cfg, full_size_stride=0).resolved()
+
+
 @realdata
 def test_progressive_size_trains_the_early_epochs_on_reduced_slices(tiny_ds, tmp_path, monkeypatch) -> None:
     """early_size: epoch 0's batches are the dataset's slices reduced by area means (masks: at least

@@ -77,6 +77,10 @@ class TrainConfig:
     """Each epoch uses every ``lung_stride``-th lung-holding training slice (dataset index ≡ epoch
     modulo the stride): neighbouring slices, 2.5–3 mm apart and nearly alike, take turns, and every
     slice is still used once in every ``lung_stride`` epochs; 1 = all of them in every epoch."""
+    full_size_stride: int = 1
+    """With progressive size, the epochs at ``image_size`` (after the ``early_epochs``) use every
+    ``full_size_stride``-th of the lung slices ``lung_stride`` leaves (turn by turn, as it does): the
+    costliest epochs refine what the early ones learned; 1 = all of them."""
     disease_p: float = 0.0
     """Share of the lung-holding training slices of every batch that get simulated dense lung inside
     their true lung, mask unchanged (:mod:`lungseg.train.disease`); 0 = none (the report's recipe)."""
@@ -134,6 +138,8 @@ class TrainConfig:
                              f"(the UNet pools three times), got {cfg.early_size}")
         if not (isinstance(cfg.lung_stride, int) and cfg.lung_stride >= 1):
             raise ValueError(f"lung_stride must be an integer >= 1, got {cfg.lung_stride!r}")
+        if not (isinstance(cfg.full_size_stride, int) and cfg.full_size_stride >= 1):
+            raise ValueError(f"full_size_stride must be an integer >= 1, got {cfg.full_size_stride!r}")
         cfg.disease_spec()  # checks the disease_* fields
         return cfg
 

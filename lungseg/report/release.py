@@ -160,9 +160,10 @@ def model_card(manifest: dict) -> str:
     rel, cfg, prep, inf = (manifest["release"], manifest["config"], manifest["preprocessing"],
                            manifest["inference"])
     acc = rel["expected_accuracy"]
-    keys = ("image_size", "epochs", "batch_size", "lr", "schedule", "empty_keep", "lung_stride", "seed",
-            "base_channels", "dropout", "dilation", "disease_p", "disease_kinds", "disease_dense_hu",
-            "disease_ggo_hu", "disease_noise_hu", "channels_last", "amp")
+    keys = ("image_size", "epochs", "batch_size", "lr", "schedule", "empty_keep", "early_size",
+            "early_epochs", "lung_stride", "full_size_stride", "seed", "base_channels", "dropout",
+            "dilation", "disease_p", "disease_kinds", "disease_dense_hu", "disease_ggo_hu",
+            "disease_noise_hu", "channels_last", "amp")
     lines = [
         f"# Model card: {rel['name']}",
         "",

@@ -65,16 +65,17 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: in
 
 
 def epoch_indices(train_idx: list[int], empty: torch.Tensor, cfg: TrainConfig, epoch: int) -> list[int]:
-    """The training slices of one epoch: the slices with lung (every ``cfg.lung_stride``-th dataset
+    """The training slices of one epoch: the slices with lung (every :func:`lung_stride`-th dataset
     index, turn by turn), and a share ``cfg.empty_keep`` of the empty-mask ones (``empty[i]`` for
     slice i), drawn from (seed, epoch) so resume is exact."""
-    if cfg.empty_keep >= 1 and cfg.lung_stride <= 1:
+    stride = lung_stride(cfg, epoch)
+    if cfg.empty_keep >= 1 and stride <= 1:
         return train_idx
     idx = torch.as_tensor(train_idx)
     is_empty = empty[idx]
     lungs, empties = idx[~is_empty], idx[is_empty]
-    if cfg.lung_stride > 1:
-        lungs = lungs[(lungs + epoch) % cfg.lung_stride == 0]
+    if stride > 1:
+        lungs = lungs[(lungs + epoch) % stride == 0]
     if cfg.empty_keep < 1:
         n_keep = round(cfg.empty_keep * len(empties))
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
@@ -110,6 +111,13 @@ def _batches(idx: list[int], batch_size: int, seed: int, epoch: int, shuffle: bo
         t = t[torch.randperm(len(t), generator=torch.Generator().manual_seed(seed * 1000 + epoch))]
     out = list(t.split(batch_size))
     return out[:cap] if cap else out
+
+
+def lung_stride(cfg: TrainConfig, epoch: int) -> int:
+    """Every how many lung slices ``epoch`` uses: ``lung_stride``, times ``full_size_stride`` in the
+    epochs at full size of a progressive-size run."""
+    full = bool(cfg.early_size) and epoch >= cfg.early_epochs
+    return cfg.lung_stride * (cfg.full_size_stride if full else 1)
 
 
 def epoch_size(cfg: TrainConfig, epoch: int) -> int:
