@@ -96,3 +96,23 @@ def test_variants_that_keep_slices_share_the_source_logits_and_score_as_their_ow
             assert 0 < sum(same) < len(same) and shared["logits_shared"]  # some slices changed
         assert _same({k: v for k, v in own.items() if k not in TIMES},
                      {k: v for k, v in shared.items() if k not in TIMES})
+
+
+def test_dense_study_in_workers_matches_the_study_here(tmp_path: Path, real_case: Path) -> None:
+    """03_eval's dense-lung study on the worker pool gives :func:`dense.study`'s rows, in the order of
+    the patients, for a model scored with QC and one without."""
+    from lungseg.evaluation import dense
+    from lungseg.io import cache
+
+    run = _fold_run(tmp_path / "fold")
+    kinds = ("dense_shift",)
+    ids = ["Case_003", "Case_000"]
+    here = dense.study(cache.load_cases(ids), {"a": dense.run_scorer(run), "b": dense.run_scorer(run, False)},
+                       kinds)
+    models = {"a": (run, True), "b": (run, False)}
+    pooled = dense.pooled_study(ids, models, kinds, workers=2)
+    assert [(r["case"], r["kind"], r["model"]) for r in pooled] == [
+        (c, k, m) for c in ids for k in ("original", *kinds) for m in "ab"]
+    assert all(_same(a, b) for a, b in zip(here, pooled, strict=True))
+    assert {r["qc"] for r in here if r["model"] == "a"} <= {"pass", "review", "fail"}
+    assert {r["qc"] for r in here if r["model"] == "b"} == {""}

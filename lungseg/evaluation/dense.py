@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -275,6 +276,63 @@ def run_scorer(run: TrainResult, with_qc: bool = True) -> Scorer:
         return {"dice": metrics.volume_dice(mask, variant.truth), "status": ""}
 
     return score
+
+
+@dataclass(frozen=True)
+class DenseTask:
+    """One held-out patient of :func:`pooled_study`: its dense-lung series scored by every model
+    (name, run folder, with QC), in a worker."""
+
+    case_id: str
+    models: tuple[tuple[str, str, bool], ...]
+    kinds: tuple[str, ...]
+    seed: int
+    data: str | None
+
+
+def study_case(task: DenseTask) -> list[dict]:
+    """:func:`study`'s rows of one patient, in a worker (one torch thread per one-thread worker; each
+    run loaded once per process, as the QC study's :func:`qc_calibrate.score_case` does)."""
+    import torch
+
+    from lungseg.inference.batch import tasks
+    from lungseg.io import cache
+    from lungseg.network import runs
+
+    threads = tasks.dask_worker_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    scorers = {}
+    for name, run_dir, with_qc in task.models:
+        if run_dir not in qc_calibrate._RUNS:
+            qc_calibrate._RUNS[run_dir] = runs.load_run(Path(run_dir))
+        run = qc_calibrate._RUNS[run_dir]
+        scorers[name] = run_scorer(run, with_qc)
+    return study([cache.load_case(task.case_id, task.data)], scorers, task.kinds, task.seed)
+
+
+def pooled_study(case_ids: Sequence[str], models: dict[str, tuple[TrainResult, bool]],
+                 kinds: Sequence[str] = KINDS, seed: int = 0, data: str | None = None,
+                 workers: int | None = None) -> list[dict]:
+    """:func:`study` of the held-out ``case_ids``, one task per patient on the QC study's worker pool
+    (one-thread processes, one per core; ``workers`` 0 or 1: in this process): the numpy work of the
+    series (disease drawn in 3D, post-processing, sides, QC measures) runs on every core. ``models``:
+    name → (finished run, with its QC verdict). Rows in the order of ``case_ids``."""
+    from lungseg.progress import bar as progress_bar
+
+    todo = [DenseTask(c, tuple((n, str(r.run_dir), q) for n, (r, q) in models.items()), tuple(kinds), seed,
+                      data) for c in case_ids]
+    executor = qc_calibrate._executor(workers, len(todo))
+    by_case: dict[str, list[dict]] = {}
+    try:
+        for task, result in progress_bar(executor.map_unordered(study_case, todo), total=len(todo),
+                                         desc="dense-lung study", unit="case"):
+            if isinstance(result, BaseException):
+                raise result
+            by_case[task.case_id] = result
+    finally:
+        executor.close()
+    return [r for c in case_ids for r in by_case[c]]
 
 
 BAD_DICE = 0.90
