@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -291,23 +290,11 @@ class DenseTask:
 
 
 def study_case(task: DenseTask) -> list[dict]:
-    """:func:`study`'s rows of one patient, in a worker (one torch thread per one-thread worker; each
-    run loaded once per process, as the QC study's :func:`qc_calibrate.score_case` does)."""
-    import torch
-
-    from lungseg.inference.batch import tasks
+    """:func:`study`'s rows of one patient, in a worker (:func:`qc_calibrate.worker_run`)."""
     from lungseg.io import cache
-    from lungseg.network import runs
 
-    threads = tasks.dask_worker_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    scorers = {}
-    for name, run_dir, with_qc in task.models:
-        if run_dir not in qc_calibrate._RUNS:
-            qc_calibrate._RUNS[run_dir] = runs.load_run(Path(run_dir))
-        run = qc_calibrate._RUNS[run_dir]
-        scorers[name] = run_scorer(run, with_qc)
+    scorers = {name: run_scorer(qc_calibrate.worker_run(run_dir), with_qc)
+               for name, run_dir, with_qc in task.models}
     return study([cache.load_case(task.case_id, task.data)], scorers, task.kinds, task.seed)
 
 

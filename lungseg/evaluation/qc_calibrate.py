@@ -242,17 +242,25 @@ def source_logits(run: TrainResult, hu: np.ndarray) -> Callable[[], tuple[np.nda
     return get
 
 
-def score_case(task: CaseTask) -> list[dict | str]:
-    """The row of each series of ``task`` (:func:`score_series` with the fold run's settings), or why
-    its variant cannot be made. Runs in a worker: the run is loaded once per process."""
+def worker_run(run_dir: str) -> TrainResult:
+    """The run in ``run_dir``, loaded once per process, with torch held to a Dask worker's threads (a
+    one-thread worker: torch and ONNX Runtime must not take every core each). For tasks of the pool."""
     import torch
 
     from lungseg.inference.batch import tasks
 
     threads = tasks.dask_worker_threads()
-    if threads:  # a one-thread worker: torch and ONNX Runtime must not take every core each
+    if threads:
         torch.set_num_threads(threads)
-    run = _RUNS.get(task.run_dir) or _RUNS.setdefault(task.run_dir, runs.load_run(Path(task.run_dir)))
+    if run_dir not in _RUNS:
+        _RUNS[run_dir] = runs.load_run(Path(run_dir))
+    return _RUNS[run_dir]
+
+
+def score_case(task: CaseTask) -> list[dict | str]:
+    """The row of each series of ``task`` (:func:`score_series` with the fold run's settings), or why
+    its variant cannot be made. Runs in a worker: the run is loaded once per process."""
+    run = worker_run(task.run_dir)
     case = cache.load_case(task.case_id, task.data)
     threshold, clean = run_settings(run)
     source = source_logits(run, np.asarray(case.volume.hu))
