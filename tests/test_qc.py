@@ -294,7 +294,9 @@ def test_predict_records_and_prints_the_verdict(tmp_path: Path, capsys: pytest.C
     assert run_cli("predict", series, "--out", tmp_path / "o", "--checkpoint", ckpt) == 0
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats["qc"]["status"] in qc.STATUSES and "qc_s" in stats["timings_s"]
-    assert set(stats["qc"]["scores"]) >= {"air_hu", "lung_ml", "flip_dice", "top_cut_share"}
+    assert set(stats["qc"]["scores"]) >= {"air_hu", "lung_ml", "top_cut_share"}
+    # the flip agreement (a second network pass) is measured only when the shipped rule judges by it
+    assert ("flip_dice" in stats["qc"]["scores"]) == qc.judges("flip")
     out = capsys.readouterr().out
     assert f"QC: {stats['qc']['status']}" in out
     assert run_cli("predict", series, "--out", tmp_path / "n", "--checkpoint", ckpt, "--no-qc") == 0
@@ -348,3 +350,10 @@ def test_calibration_entry_point_describes_its_options(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as exit_:
         cli.main(["calibrate", "--help"])
     assert exit_.value.code == 0 and "--profile" in capsys.readouterr().out
+
+
+def test_the_rule_judges_only_by_checks_with_a_kept_limit() -> None:
+    rule = {"checks": {"air": {"limit": -850, "kept": True}, "flip": {"limit": 0.93, "kept": False},
+                       "noise": {"limit": 50}}}
+    assert qc.judges("air", rule) and qc.judges("noise", rule)  # no "kept": set limits are kept
+    assert not qc.judges("flip", rule) and not qc.judges("shape", rule)

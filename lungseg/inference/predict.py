@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lungseg import __version__
-from lungseg.inference import ort, postprocess, segment, sides
+from lungseg.inference import ort, postprocess, qc, segment, sides
 from lungseg.io import dicom, export, imagefile, orient, overlay, rtstruct, series, writing
 from lungseg.network import runs, selection
 
@@ -394,7 +394,9 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
     # Sides from the DICOM geometry, split on the canonical grid so that every acquisition of the
     # same anatomy gets the very same labels (ties in the split are broken in one array order).
     qc_timings: dict[str, float] = {}
-    seg = segment.segment(canon, logits, threshold, clean, network.logits_of, check, qc_timings)
+    # The flip agreement runs the network again: only when the shipped rule judges by it.
+    flip = network.logits_of if check and qc.judges("flip") else None
+    seg = segment.segment(canon, logits, threshold, clean, flip, check, qc_timings)
     canon_labels, split = seg.labels, seg.split
     if split.method == "single":  # sided by position only: say so, the user must check it
         side = "right" if split.right_ml else "left"

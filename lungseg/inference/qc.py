@@ -175,6 +175,15 @@ def load_thresholds(path: str | Path | None = None) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def judges(name: str, thresholds: Mapping | None = None) -> bool:
+    """Whether the rule (``thresholds``; None: the shipped limits) judges by check ``name``: its limit
+    is set and kept. A check it does not judge by need not be measured (the flip agreement costs a
+    second network pass)."""
+    thresholds = load_thresholds() if thresholds is None else thresholds
+    rule = thresholds.get("checks", {}).get(name)
+    return rule is not None and bool(rule.get("kept", True))
+
+
 def _beyond(check: Check, value: float, limit: float) -> bool:
     return value > limit if check.bad_when == "above" else value < limit
 

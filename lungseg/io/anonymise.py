@@ -50,7 +50,7 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from lungseg import paths
-from lungseg.io import iod, writing
+from lungseg.io import iod, parallel, writing
 from lungseg.io.deid_profile import (
     CODED_VRS,
     DUMMIES,
@@ -71,7 +71,6 @@ from lungseg.io.deid_profile import (
 )
 from lungseg.io.dicom import DicomSeriesError, find_dicom_files, read_dataset, should_hold_image
 from lungseg.io.pixels import stored_pixels
-from lungseg.progress import bar as progress_bar
 
 TOOL = "anonymise"
 CASE_ID_PATTERN = re.compile(r"^Case_\d+$")
@@ -423,5 +422,11 @@ def anonymise_cases(case_ids: list[str], data: str | os.PathLike[str] | None,
     id is the pseudonym). ``overwrite`` replaces only this command's own earlier outputs."""
     root, dst = paths.data_dir(data), paths.resolve(dst_root)
     writing.check_not_overlapping(dst, [root], "destination")
-    return [anonymise(paths.images_dir(root, c), dst / c, c, overwrite=overwrite)
-            for c in progress_bar(case_ids, desc="anonymise", unit="case")]
+    jobs = [(paths.images_dir(root, c), dst / c, c, overwrite) for c in case_ids]
+    return parallel.map_cases(_anonymise_job, jobs, "anonymise")  # one case per core at a time
+
+
+def _anonymise_job(job: tuple[Path, Path, str, bool]) -> AnonymisationSummary:
+    """:func:`anonymise` of one case, in a worker process (:func:`anonymise_cases`)."""
+    src, dst, pseudonym, overwrite = job
+    return anonymise(src, dst, pseudonym, overwrite=overwrite)

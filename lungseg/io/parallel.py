@@ -1,0 +1,42 @@
+"""Independent per-case jobs of the io layer (DICOM conversion, de-identification) on every core.
+
+Reading and writing DICOM is Python-bound (pydicom), so one process uses one core: a report's twelve
+cases convert and de-identify in about half the time on two processes. The processes are spawned,
+never forked, so a parent holding torch's or ONNX Runtime's threads (a notebook kernel) is safe.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import TypeVar
+
+from lungseg.progress import bar as progress_bar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def map_cases(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int | None = None) -> list[R]:
+    """``[fn(item) for item in items]``, in order, with a progress bar; on ``workers`` (None: one per
+    core) spawned processes when there are several items and workers, else in this process. ``fn``
+    must be a module-level function; a worker's exception is raised here, as it was raised there."""
+    workers = min(cores() if workers is None else workers, len(items))
+    if workers <= 1:
+        return [fn(item) for item in progress_bar(items, desc=desc, unit="case")]
+    out: list = [None] * len(items)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for done in progress_bar(as_completed(futures), total=len(items), desc=desc, unit="case"):
+            out[futures[done]] = done.result()
+    return out
