@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg import paths
-from lungseg.io import dicom, masks, orient, parallel
+from lungseg.io import dicom, masks, orient
 from lungseg.progress import bar as progress_bar
 
 _CODE = (Path(dicom.__file__), Path(orient.__file__), Path(__file__))
@@ -135,31 +135,9 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
     return _read(entry, image_dir)
 
 
-def load_cases(case_ids: list[str], data: str | os.PathLike[str] | None = None,
-               workers: int | None = None) -> list[Case]:
-    """:func:`load_case` for each id, with a progress bar; the cases not yet in the cache are first
-    converted from DICOM on ``workers`` processes (None: one per core; :mod:`lungseg.io.parallel`)."""
-    missing = [c for c in case_ids if not _cached(c, data)]
-    if len(missing) > 1:
-        parallel.map_cases(_convert, [(c, None if data is None else str(data)) for c in missing],
-                           "convert", workers)
+def load_cases(case_ids: list[str], data: str | os.PathLike[str] | None = None) -> list[Case]:
+    """:func:`load_case` for each id, with a progress bar."""
     return [load_case(c, data) for c in progress_bar(case_ids, desc="load", unit="case")]
-
-
-def _cached(case_id: str, data: str | os.PathLike[str] | None) -> bool:
-    """Whether ``case_id`` has a finished cache entry (False also when its files are missing: then
-    :func:`load_case` says what is wrong)."""
-    root = paths.data_dir(data)
-    image_dir, mask_path = paths.images_dir(root, case_id), paths.mask_file(root, case_id)
-    if not (image_dir.is_dir() and mask_path.is_file()):
-        return True  # nothing to convert: load_case raises its own clear error
-    return (paths.cache_dir() / case_id / case_key(image_dir, mask_path) / "meta.json").is_file()
-
-
-def _convert(job: tuple[str, str | None]) -> str:
-    """Convert one case into the cache, in a worker process (:func:`load_cases`)."""
-    load_case(*job)
-    return job[0]
 
 
 def resolve_cases(cases: str, data: str | os.PathLike[str] | None = None) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
+from lungseg import paths
 from lungseg.progress import bar as progress_bar
 
 T = TypeVar("T")
@@ -40,3 +41,29 @@ def map_cases(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int 
         for done in progress_bar(as_completed(futures), total=len(items), desc=desc, unit="case"):
             out[futures[done]] = done.result()
     return out
+
+
+def convert_cases(case_ids: Sequence[str], data: str | os.PathLike[str] | None = None,
+                  workers: int | None = None) -> None:
+    """Convert the cases not yet in the volume cache from DICOM (:func:`lungseg.io.cache.load_case`),
+    on ``workers`` processes (None: one per core); then ``cache.load_cases`` only reads them. Cases
+    whose files are missing are left to ``load_cases``, which says what is wrong."""
+    from lungseg.io import cache
+
+    root = paths.data_dir(data)
+    missing = []
+    for c in case_ids:
+        image_dir, mask_path = paths.images_dir(root, c), paths.mask_file(root, c)
+        if image_dir.is_dir() and mask_path.is_file() and not (
+                paths.cache_dir() / c / cache.case_key(image_dir, mask_path) / "meta.json").is_file():
+            missing.append((c, None if data is None else str(data)))
+    if len(missing) > 1:
+        map_cases(_convert, missing, "convert", workers)
+
+
+def _convert(job: tuple[str, str | None]) -> str:
+    """One case into the volume cache, in a worker process (:func:`convert_cases`)."""
+    from lungseg.io import cache
+
+    cache.load_case(*job)
+    return job[0]
