@@ -391,8 +391,8 @@ def test_touching_a_file_invalidates_and_refresh_reconverts(
     data, files, mask_path = data_tree
     cache.load_case(CASE, data)
     key = cache.case_key(paths.images_dir(data, CASE), mask_path)
-    st = mask_path.stat()
-    os.utime(mask_path, ns=(st.st_atime_ns, st.st_mtime_ns + MTIME_BUMP_NS))
+    st = files[0].stat()
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + MTIME_BUMP_NS))
     assert cache.case_key(paths.images_dir(data, CASE), mask_path) != key
     case = cache.load_case(CASE, data, refresh=True)
     np.testing.assert_array_equal(case.mask, lung_mask(N).astype(bool))
@@ -428,3 +428,17 @@ def test_a_sheared_series_is_refused(tmp_path: Path) -> None:
         edit(f, ImagePositionPatient=[-100.0 + 0.5 * i, -90.0, DEFAULT_Z0 + i * DZ])
     with pytest.raises(DicomSeriesError, match=r"shifts 0\.500 mm in-plane.*not supported"):
         load_series(tmp_path)
+
+
+def test_the_same_mask_copied_anew_keeps_the_key_and_other_bytes_change_it(
+        data_tree: tuple[Path, list[Path], Path]) -> None:
+    """unpack.sh copies every mask anew on each call: a new mtime, the same bytes, the same entry
+    (and so the same trained runs); a mask with other bytes is another entry."""
+    data, files, mask_path = data_tree
+    key = cache.case_key(paths.images_dir(data, CASE), mask_path)
+    st = mask_path.stat()
+    os.utime(mask_path, ns=(st.st_atime_ns, st.st_mtime_ns + MTIME_BUMP_NS))
+    assert cache.case_key(paths.images_dir(data, CASE), mask_path) == key
+    other = data / "other_seg.npz"
+    np.savez_compressed(other, mask=np.zeros((N, 16, 16), dtype=np.uint8))
+    assert cache.case_key(paths.images_dir(data, CASE), other) != key

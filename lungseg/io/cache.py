@@ -38,14 +38,17 @@ class Case:
 
 
 def case_key(image_dir: Path, mask_path: Path) -> str:
-    """Hash of the sources' (name, size, mtime) and the conversion code: the cache entry's name."""
+    """Hash of the DICOM files' (name, size, mtime), the mask's bytes and the conversion code: the
+    cache entry's name (and, through the runs' data keys, part of every run key)."""
     h = hashlib.sha256()
     for code in _CODE:
         h.update(code.read_bytes())
-    sources = sorted(p for p in image_dir.iterdir() if p.is_file()) + [mask_path]
-    for p in sources:
+    for p in sorted(p for p in image_dir.iterdir() if p.is_file()):
         st = p.stat()
         h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    # The mask by its bytes (half a MB), not its mtime: the data's unpack.sh copies every mask anew
+    # on each call (./run_all.sh calls it), which must not make every trained run stale.
+    h.update(f"{mask_path.name}\0".encode() + hashlib.sha256(mask_path.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 
