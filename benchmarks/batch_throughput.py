@@ -44,8 +44,8 @@ import numpy as np
 import psutil
 
 from lungseg import paths
-from lungseg.inference import batch, ort, predict
-from lungseg.io import writing
+from lungseg.inference import batch, predict
+from lungseg.io import parallel, writing
 from lungseg.network import selection
 
 ALL_CASES = [f"Case_{i:03d}" for i in range(12)]
@@ -207,7 +207,7 @@ def main() -> int:
     args = ap.parse_args()
     cases = args.cases.split(",")
     ckpt = args.checkpoint
-    cores = ort.cpu_threads()
+    cores = parallel.cores()
     choice = selection.given_model(ckpt)
     predict.onnx_export(Path(ckpt))  # the one-off export, made before any timing
     load_start = os.getloadavg()

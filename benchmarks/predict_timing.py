@@ -29,8 +29,7 @@ import torch
 import lungseg
 from lungseg import paths
 from lungseg.evaluation import metrics
-from lungseg.inference import ort
-from lungseg.io import writing
+from lungseg.io import parallel, writing
 from lungseg.network.data import DEFAULT_TEST_CASES
 
 RUNTIMES = ("onnxruntime", "torch")
@@ -85,7 +84,7 @@ def main() -> int:
         rows = [time_case(c, args.run_dir, args.repeat, tmp) for c in cases]
     # The run folder's name only: no machine path in a committed file.
     result = {"run_dir": Path(args.run_dir).name, "repeat": args.repeat, "warm_up_wall_s": round(first, 2),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": ort.cpu_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": parallel.cores(),
               "processor": platform.processor() or platform.machine(),
               "package_byte_compiled": (Path(lungseg.__file__).parent / "__pycache__").is_dir(),
               "cases": rows}

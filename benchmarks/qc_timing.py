@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg import paths
-from lungseg.inference import ort
-from lungseg.io import writing
+from lungseg.io import parallel, writing
 from lungseg.network.data import DEFAULT_TEST_CASES
 
 
@@ -74,7 +73,7 @@ def main() -> int:
     import torch
 
     result = {"repeat": args.repeat, "run": Path(args.run_dir).name,
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": ort.cpu_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": parallel.cores(),
               "machine": f"{platform.machine()}, {platform.platform()}", "cases": rows}
     text = json.dumps(result, indent=1) + "\n"
     print(text)

@@ -339,7 +339,9 @@ def test_cache_returns_memmaps_equal_to_the_direct_load(
         data_tree: tuple[Path, list[Path], Path], monkeypatch: pytest.MonkeyPatch) -> None:
     data, files, mask_path = data_tree
     before = _sha256([*files, mask_path])
+    assert not cache.is_cached(CASE, data) and not cache.is_cached("Case_999", data)
     case = cache.load_case(CASE, data)
+    assert cache.is_cached(CASE, data)
     assert paths.cache_dir() == data.parent / "cache"
     assert len(list((paths.cache_dir() / CASE).iterdir())) == 1
     direct = load_series(paths.images_dir(data, CASE))

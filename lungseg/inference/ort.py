@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from lungseg import paths
 from lungseg.inference.resample import area_matrix, bilinear_matrix, resample
-from lungseg.io import writing
+from lungseg.io import parallel, writing
 
 CACHE_DIR = paths.BUILD / "onnx"
 EXPORT_VERSION = 1
@@ -58,14 +57,6 @@ SHIPPED = "model.onnx"
 def available() -> bool:
     """True when ONNX Runtime is installed."""
     return importlib.util.find_spec("onnxruntime") is not None
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (its CPU affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def cached_model(weights: Path) -> Path:
@@ -129,7 +120,7 @@ class Session:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        self.threads = threads or cpu_threads()
+        self.threads = threads or parallel.cores()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         # No busy-waiting after each batch: the same speed here, and no core taken from the
@@ -209,7 +200,7 @@ def session_of(net, preprocessing: dict, threads: int | None = None) -> Session:
         h.update(key.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     path = CACHE_DIR / f"{h.hexdigest()[:20]}-state-v{EXPORT_VERSION}.onnx"
-    memo = (str(path), threads or cpu_threads())
+    memo = (str(path), threads or parallel.cores())
     if memo not in _SESSIONS:
         if not path.is_file():
             export(net, preprocessing, path)

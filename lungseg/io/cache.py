@@ -110,6 +110,20 @@ def _read(entry: Path, image_dir: Path) -> Case:
     return Case(volume, mask)
 
 
+def _entry(case_id: str, image_dir: Path, mask_path: Path) -> Path:
+    """The cache folder of a case whose files are ``image_dir`` and ``mask_path``."""
+    return paths.cache_dir() / case_id / case_key(image_dir, mask_path)
+
+
+def is_cached(case_id: str, data: str | os.PathLike[str] | None = None) -> bool:
+    """True when ``case_id``'s files exist and their conversion is complete in the cache (then
+    :func:`load_case` only reads it)."""
+    root = paths.data_dir(data)
+    image_dir, mask_path = paths.images_dir(root, case_id), paths.mask_file(root, case_id)
+    return (image_dir.is_dir() and mask_path.is_file()
+            and (_entry(case_id, image_dir, mask_path) / "meta.json").is_file())
+
+
 def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
               refresh: bool = False) -> Case:
     """Volume and mask of ``case_id`` from the cache, converting from DICOM on a miss.
@@ -129,7 +143,7 @@ def load_case(case_id: str, data: str | os.PathLike[str] | None = None, *,
     if paths.is_within(paths.cache_dir(), root):
         raise ValueError(f"the cache {paths.cache_dir()} must not be inside the data directory "
                          f"{root}; set ${paths.CACHE_ENV} elsewhere")
-    entry = paths.cache_dir() / case_id / case_key(image_dir, mask_path)
+    entry = _entry(case_id, image_dir, mask_path)
     if refresh or not (entry / "meta.json").is_file():
         native = dicom.load_series(image_dir)
         mask = masks.load_mask(mask_path, native)  # masks follow the sorted acquisition grid

@@ -21,7 +21,8 @@ R = TypeVar("R")
 
 
 def cores() -> int:
-    """Cores this process may run on."""
+    """Cores this process may run on (its CPU affinity where the OS tells it): the one count that
+    sizes every pool and thread setting of the package."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -51,12 +52,9 @@ def convert_cases(case_ids: Sequence[str], data: str | os.PathLike[str] | None =
     from lungseg.io import cache
 
     root = paths.data_dir(data)
-    missing = []
-    for c in case_ids:
-        image_dir, mask_path = paths.images_dir(root, c), paths.mask_file(root, c)
-        if image_dir.is_dir() and mask_path.is_file() and not (
-                paths.cache_dir() / c / cache.case_key(image_dir, mask_path) / "meta.json").is_file():
-            missing.append((c, None if data is None else str(data)))
+    missing = [(c, None if data is None else str(data)) for c in case_ids
+               if paths.images_dir(root, c).is_dir() and paths.mask_file(root, c).is_file()
+               and not cache.is_cached(c, data)]
     if len(missing) > 1:
         map_cases(_convert, missing, "convert", workers)
 

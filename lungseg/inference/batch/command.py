@@ -9,7 +9,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lungseg.inference import ort, postprocess, predict
+from lungseg.inference import postprocess, predict
 from lungseg.inference.batch import executors
 from lungseg.inference.batch.discover import (
     SCAN_IN_PROCESS_FILES,
@@ -35,7 +35,7 @@ from lungseg.inference.batch.table import (
     row,
 )
 from lungseg.inference.batch.tasks import Outcome, Settings, Task, remove_stale_stages, run_task
-from lungseg.io import writing
+from lungseg.io import parallel, writing
 from lungseg.network import selection
 
 
@@ -165,7 +165,7 @@ def run(root: str | os.PathLike[str], out: str | os.PathLike[str],
         workers = 0
     in_process = part is not None or (workers == 0 and not scheduler)
     settings = resolve_settings(checkpoint, threshold, clean, device, runtime, batch_size,
-                                ort.cpu_threads() if in_process else None)
+                                parallel.cores() if in_process else None)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_cohort_files(out)
     executor = Lazy(lambda: InProcess() if in_process else

@@ -7,9 +7,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from lungseg.inference import ort
 from lungseg.inference.batch.plan import BatchError
 from lungseg.inference.batch.tasks import Settings, warm_up, worker_network
+from lungseg.io import parallel
 
 
 class InProcess:
@@ -126,7 +126,7 @@ def default_workers() -> int:
         memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (AttributeError, ValueError, OSError):
         memory_gb = float("inf")
-    return max(1, min(ort.cpu_threads(), int(memory_gb // WORKER_MEMORY_GB)))
+    return max(1, min(parallel.cores(), int(memory_gb // WORKER_MEMORY_GB)))
 
 
 class Lazy:
