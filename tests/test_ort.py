@@ -4,6 +4,7 @@ and masks equal to PyTorch's, on synthetic volumes and a real series; predict's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from synthetic import write_series
 from lungseg.evaluation import metrics
 from lungseg.inference import forward, ort, predict, resample
 from lungseg.io import dicom
-from lungseg.network import runs
+from lungseg.network import model, runs
+from lungseg.network.config import TrainConfig
 from lungseg.train import loop
 
 pytestmark = pytest.mark.skipif(not ort.available(), reason="onnxruntime is not installed")
@@ -108,6 +110,21 @@ def test_onnxruntime_on_a_gpu_or_when_absent_is_a_clear_error(monkeypatch: pytes
     assert predict.resolve_runtime("auto", "cpu") == "torch"
     with pytest.raises(predict.PredictError, match="not installed"):
         predict.resolve_runtime("onnxruntime", "cpu")
+
+
+def test_auto_is_torch_where_the_caller_wants_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's evaluation asks for bf16 where native (ort.choose's bf16): then auto is PyTorch
+    with autocast; predict never asks, and an explicit runtime is kept."""
+    assert ort.choose("auto", "cpu", bf16=True) == "torch"
+    assert ort.choose("auto", "cpu") == "onnxruntime"
+    assert ort.choose("onnxruntime", "cpu", bf16=True) == "onnxruntime"
+    net, cfg = model.UNet(), TrainConfig(image_size=64, amp=True)
+    used = []
+    monkeypatch.setattr(model, "bf16_native", lambda device: True)
+    monkeypatch.setattr(forward, "predict_hu", lambda *a, **k: used.append(("torch", k["amp"])))
+    forward.run_logits(net, cfg, np.zeros((2, 64, 64), np.int16))
+    forward.run_logits(net, dataclasses.replace(cfg, amp=False), np.zeros((2, 64, 64), np.int16))
+    assert used == [("torch", True)]  # the float32 run went to ONNX Runtime
 
 
 def test_the_command_line_starts_without_importing_torch() -> None:

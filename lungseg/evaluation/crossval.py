@@ -24,6 +24,7 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
     summary_rows,
 )
 from lungseg.inference import forward, postprocess, sides
+from lungseg.io import parallel
 from lungseg.io.cache import Case
 from lungseg.network.config import fold_cases
 from lungseg.network.runs import TrainResult
@@ -59,12 +60,12 @@ def lung_rows(case: Case, pred: np.ndarray, truth: np.ndarray | None = None) -> 
     return rows
 
 
-def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.ndarray],
-                  device: torch.device | str = "cpu", known: Known | None = None) -> list[dict]:
-    """Per-lung rows of the fold's test patients, at the threshold and post-processing chosen on
-    the fold's training patients (recorded in every row). ``known``: logits per case and the
-    (threshold, post-processing) already computed for a run folder (03_eval's held-out run is a
-    fold), reused instead of computed again; the same functions on the same inputs give them."""
+def fold_masks(run: TrainResult, cases: Sequence[Case], device: torch.device | str = "cpu",
+               known: Known | None = None) -> list[tuple[Case, np.ndarray, dict]]:
+    """(case, mask, fold record) of each of the fold's test patients: the mask at the threshold and
+    post-processing chosen on the fold's training patients (recorded with it). ``known``: logits per
+    case and the (threshold, post-processing) already computed for a run folder (03_eval's held-out
+    run is a fold), reused instead of computed again; the same functions on the same inputs give them."""
     cfg = run.config
     test = set(cfg.test_cases)
     train_cases = [c for c in cases if c.case_id in set(cfg.cases) - test]
@@ -82,24 +83,25 @@ def evaluate_fold(run: TrainResult, cases: Sequence[Case], truths: dict[str, np.
         threshold, clean, _, _ = tuning.tune(train_cases, train_logits)
     else:
         threshold, clean = tuned
-    rows = []
-    test_logits = logits_of(test_cases)
-    for case, lg in zip(test_cases, test_logits, strict=True):
-        pred = postprocess.segment(lg, threshold, clean)
-        for row in lung_rows(case, pred, truths.get(case.case_id)):
-            rows.append({**row, "fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold,
-                         "postprocess": clean})
-    return rows
+    record = {"fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold, "postprocess": clean}
+    return [(case, postprocess.segment(lg, threshold, clean), record)
+            for case, lg in zip(test_cases, logits_of(test_cases), strict=True)]
 
 
-def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case],
-                   device: torch.device | str = "cpu", known: Known | None = None) -> list[dict]:
-    """:func:`evaluate_fold` over every fold run: one row per patient and structure."""
-    truths = {c.case_id: sides.split_lungs(np.asarray(c.mask), c.volume)
-              for c in progress_bar(cases, desc="split ground truth", unit="case")}
-    rows: list[dict] = []
-    for run in progress_bar(runs, desc="folds", unit="fold"):
-        rows += evaluate_fold(run, cases, truths, device, known)
+def _patient_rows(job: tuple[Case, np.ndarray, dict]) -> list[dict]:
+    """:func:`lung_rows` of one test patient with its fold's record (a task of the process pool)."""
+    case, pred, record = job
+    return [{**row, **record} for row in lung_rows(case, pred)]
+
+
+def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case], device: torch.device | str = "cpu",
+                   known: Known | None = None, workers: int | None = None) -> list[dict]:
+    """One row per patient and structure over every fold run: the masks of :func:`fold_masks` (the
+    network on every core, in this process), then their per-lung scores on ``workers`` processes
+    (None: one per core; the side split and the surface distances are single-threaded numpy)."""
+    jobs = [job for run in progress_bar(runs, desc="folds", unit="fold")
+            for job in fold_masks(run, cases, device, known)]
+    rows = [r for rows in parallel.map_cases(_patient_rows, jobs, "per-lung scores", workers) for r in rows]
     return sorted(rows, key=lambda r: (r["case"], r["structure"]))
 
 

@@ -85,15 +85,18 @@ def run_logits(net: model.UNet, cfg: TrainConfig, hu: np.ndarray, device: torch.
                spacing: tuple[float, float] | None = None) -> np.ndarray:
     """Logits (z, H, W) float32 of a (z, H, W) HU volume with the preprocessing a run's config records
     (size, mode, HU window). ``runtime``: "torch" (:func:`predict_hu`), "onnxruntime"
-    (:mod:`lungseg.inference.ort`, CPU only, float32) or "auto" = ONNX Runtime on a CPU when installed
-    (1.4x faster at 160², 1.65x at 512² on 2 AVX2 cores; logits equal to ~1e-5), else torch.
+    (:mod:`lungseg.inference.ort`, CPU only, float32) or "auto" = :func:`lungseg.inference.ort.choose`
+    (PyTorch with bf16 autocast where ``amp`` (None: the run's) and bf16 is native; else ONNX Runtime on
+    a CPU when installed: 1.4x faster at 160², 1.65x at 512² on 2 AVX2 cores, logits equal to ~1e-5).
     ``spacing``: (dy, dx) mm of the pixels, for slices that are not square (:mod:`lungseg.inference.fov`)."""
-    if ort.choose(runtime, str(torch.device(device))) == "onnxruntime":
+    amp = bool(cfg.amp) if amp is None else amp
+    bf16 = amp and model.bf16_native(torch.device(device))
+    if ort.choose(runtime, str(torch.device(device)), bf16) == "onnxruntime":
         prep = ort.preprocessing_of(cfg, model.REFERENCE_INPUT_OFFSET_HU)
         session = ort.session_of(net, prep, threads=torch.get_num_threads())
         return session.logits(np.asarray(hu), name, progress, spacing=spacing)
     return predict_hu(net, hu, cfg.image_size, cfg.input_mode, batch_size, device,
-                      amp=bool(cfg.amp) if amp is None else amp, name=name, progress=progress,
+                      amp=amp, name=name, progress=progress,
                       window=cfg.hu_window, spacing=spacing)
 
 

@@ -1,7 +1,9 @@
-"""Independent per-case jobs of the io layer (DICOM conversion, de-identification) on every core.
+"""Independent per-case jobs on every core: DICOM conversion and de-identification here, the
+per-patient scores of the evaluation (surface distances, side split) above.
 
-Reading and writing DICOM is Python-bound (pydicom), so one process uses one core: a report's twelve
-cases convert and de-identify in about half the time on two processes. The processes are spawned,
+Reading and writing DICOM is Python-bound (pydicom), and scipy's distance transforms run on one
+thread, so one process uses one core: a report's twelve cases convert and de-identify in about half
+the time on two processes. The processes are spawned,
 never forked, so a parent holding torch's or ONNX Runtime's threads (a notebook kernel) is safe.
 """
 
