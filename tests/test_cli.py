@@ -448,3 +448,22 @@ def test_predict_on_a_real_case_labels_the_patients_right_lung_1(tmp_path: Path)
         dice = 2 * np.sum((back == v) & (zyx == v)) / (np.sum(back == v) + np.sum(zyx == v))
         assert dice >= 0.98, (v, dice)
     np.testing.assert_array_equal(seg_pixels(out / predict.SEG_NAME, vol), zyx)
+
+
+def test_a_script_without_the_main_guard_gets_a_clear_error(tmp_path) -> None:
+    """Workers are spawned and import the calling script again: an unguarded script is told what to
+    do instead of seeing a broken pool."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("import math\nfrom lungseg.io import parallel\n"
+                      "print(parallel.map_cases(math.sqrt, [1.0, 4.0], 'demo', workers=2))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert 'demo: a worker process stopped' in out.stderr and '__name__ == "__main__"' in out.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("import math\nfrom lungseg.io import parallel\nif __name__ == '__main__':\n"
+                       "    print(parallel.map_cases(math.sqrt, [1.0, 4.0], 'demo', workers=2))\n")
+    out = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[1.0, 2.0]", out.stderr[-2000:]

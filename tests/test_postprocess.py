@@ -102,3 +102,4 @@ def test_the_one_binarize_keeps_probabilities_strictly_above_the_threshold() -> 
     logits = np.log(prob / (1 - prob))  # binarize takes logits: sigmoid(logit) > threshold
     np.testing.assert_array_equal(postprocess.binarize(logits, 0.5), [False, False, True, True])
     np.testing.assert_array_equal(postprocess.binarize(logits, 0.85), [False, False, False, True])
+

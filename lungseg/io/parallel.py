@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from lungseg import paths
@@ -34,15 +35,23 @@ def cores() -> int:
 def map_cases(fn: Callable[[T], R], items: Sequence[T], desc: str, workers: int | None = None) -> list[R]:
     """``[fn(item) for item in items]``, in order, with a progress bar; on ``workers`` (None: one per
     core) spawned processes when there are several items and workers, else in this process. ``fn``
-    must be a module-level function; a worker's exception is raised here, as it was raised there."""
+    must be a module-level function; a worker's exception is raised here, as it was raised there.
+    A spawned worker imports the caller's script again: a script must run its work under
+    ``if __name__ == "__main__":`` (RuntimeError saying so when a worker stops early)."""
     workers = min(cores() if workers is None else workers, len(items))
     if workers <= 1:
         return [fn(item) for item in progress_bar(items, desc=desc, unit="case")]
     out: list = [None] * len(items)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-        for done in progress_bar(as_completed(futures), total=len(items), desc=desc, unit="case"):
-            out[futures[done]] = done.result()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            for done in progress_bar(as_completed(futures), total=len(items), desc=desc, unit="case"):
+                out[futures[done]] = done.result()
+    except BrokenProcessPool:
+        raise RuntimeError(
+            f"{desc}: a worker process stopped before its work was done: out of memory, or a script "
+            "that runs lungseg work at its top level (workers are spawned and import the script "
+            'again: put that work under `if __name__ == "__main__":`)') from None
     return out
 
 
