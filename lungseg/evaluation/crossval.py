@@ -48,21 +48,28 @@ def lung_rows(case: Case, pred: np.ndarray, truth: np.ndarray | None = None) -> 
     ``pred`` is a bool (z, y, x) mask; ``truth`` the case's labels from :func:`sides.split_lungs`
     (computed when not given).
     """
+    return _rows(case.case_id, np.asarray(case.mask), pred, sides.affine_of(case.volume),
+                 case.volume.spacing, truth)
+
+
+def _rows(case_id: str, mask: np.ndarray, pred: np.ndarray, affine: np.ndarray,
+          spacing: tuple[float, float, float], truth: np.ndarray | None = None) -> list[dict]:
+    """:func:`lung_rows` from the arrays it needs (the case's mask, its voxel-to-LPS affine and
+    spacing in mm), without the image: what a pool task carries."""
     if truth is None:
-        truth = sides.split_lungs(np.asarray(case.mask), case.volume)
-    labels = sides.split_lungs(pred, case.volume)
-    spacing = case.volume.spacing
-    rows = [{"case": case.case_id, "structure": "both lungs",
-             **metrics.per_patient_metrics(pred, np.asarray(case.mask), spacing)}]
+        truth = sides.split_lungs(mask, affine)
+    labels = sides.split_lungs(pred, affine)
+    rows = [{"case": case_id, "structure": "both lungs", **metrics.per_patient_metrics(pred, mask, spacing)}]
     for name, value in STRUCTURES.items():
-        rows.append({"case": case.case_id, "structure": name,
+        rows.append({"case": case_id, "structure": name,
                      **metrics.per_patient_metrics(labels == value, truth == value, spacing)})
     return rows
 
 
 def fold_masks(run: TrainResult, cases: Sequence[Case], device: torch.device | str = "cpu",
-               known: Known | None = None) -> list[tuple[Case, np.ndarray, dict]]:
-    """(case, mask, fold record) of each of the fold's test patients: the mask at the threshold and
+               known: Known | None = None) -> list[tuple[tuple, dict]]:
+    """The arguments of :func:`_rows` (case id, true mask, predicted mask, affine, spacing: no image)
+    and the fold record of each of the fold's test patients: the mask at the threshold and
     post-processing chosen on the fold's training patients (recorded with it). ``known``: logits per
     case and the (threshold, post-processing) already computed for a run folder (03_eval's held-out
     run is a fold), reused instead of computed again; the same functions on the same inputs give them."""
@@ -84,14 +91,15 @@ def fold_masks(run: TrainResult, cases: Sequence[Case], device: torch.device | s
     else:
         threshold, clean = tuned
     record = {"fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold, "postprocess": clean}
-    return [(case, postprocess.segment(lg, threshold, clean), record)
+    return [((case.case_id, np.asarray(case.mask), postprocess.segment(lg, threshold, clean),
+              sides.affine_of(case.volume), case.volume.spacing), record)
             for case, lg in zip(test_cases, logits_of(test_cases), strict=True)]
 
 
-def _patient_rows(job: tuple[Case, np.ndarray, dict]) -> list[dict]:
+def _patient_rows(job: tuple[tuple, dict]) -> list[dict]:
     """:func:`lung_rows` of one test patient with its fold's record (a task of the process pool)."""
-    case, pred, record = job
-    return [{**row, **record} for row in lung_rows(case, pred)]
+    args, record = job
+    return [{**row, **record} for row in _rows(*args)]
 
 
 def cross_validate(runs: Sequence[TrainResult], cases: Sequence[Case], device: torch.device | str = "cpu",
