@@ -205,7 +205,8 @@ def dense_recipe_block(figures_dir: str | Path = paths.FIGURES) -> str:
         return ", ".join(f"{k}={v}" for k, v in r["changes"].items() if v) or "none"
 
     rows = [{"run": r["name"], "changes to the cpu recipe": changes(r),
-             **{k: f"{r[k]:.3f}" for k in kinds}, "train s": r["train_s_native_bf16"]} for r in d["runs"]]
+             **{k: f"{r[k]:.3f}" for k in kinds}, "train s": r["train_s_native_bf16"],
+             "fit recall": f"{r['fit_recall']:.2f}" if "fit_recall" in r else "–"} for r in d["runs"]]
     return d["what"] + "\n\n" + tables.markdown(rows) + "\n"
 
 
