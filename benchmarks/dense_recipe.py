@@ -24,7 +24,7 @@ import torch
 from lungseg import paths
 from lungseg.evaluation import dense
 from lungseg.io import cache
-from lungseg.network import config, data, runs
+from lungseg.network import config, data, disease, runs
 from lungseg.train import loop
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -36,17 +36,16 @@ STUDY = paths.FIGURES / "dense_recipe_study.json"
 def fit_recall(run, case: str = "Case_000") -> float:
     """Share of the training generator's consolidation on ``case`` (a training patient of every run
     here) that ``run`` labels lung; see the module docstring."""
-    cfg = config.config_from_profile("cpu", {
-        "cases": case, "test_cases": "Case_003", "image_size": str(run.config.image_size),
-        "disease_p": "1.0", "disease_full": "0.35", "disease_dense_hu": "[-150,70]",
-        "disease_kinds": '["consolidation"]'}).resolved()
-    ds = data.load_dataset([case], None, cfg.image_size, run.config.input_mode, run.config.hu_window)
-    lung = [i for i in range(len(ds.empty)) if not ds.empty[i]]
-    net, cpu, changed, hit = run.model.eval(), torch.device("cpu"), 0, 0
+    cfg = run.config
+    spec = disease.DiseaseSpec(p=1.0, kinds=("consolidation",), dense_hu=(-150.0, 70.0), full=0.35)
+    ds = data.load_dataset([case], None, cfg.image_size, cfg.input_mode, cfg.hu_window)
+    lung = torch.tensor([i for i in range(len(ds.empty)) if not ds.empty[i]])
+    net, changed, hit = run.model.eval(), 0, 0
     for k in range(0, len(lung), 16):
-        b = torch.tensor(lung[k:k + 16])
-        x, y = loop._to_device(ds, b, cpu, False, loop._disease_augment(cfg.disease_spec(), cfg, 0, k, 0))
-        x0, _ = loop._to_device(ds, b, cpu, False)
+        x0, y = ds.images[lung[k:k + 16]], ds.masks[lung[k:k + 16]].float()
+        x = disease.simulate(x0, y, spec, disease.step_generator(cfg.seed, 0, k),
+                             lambda v: data.denormalise(v, cfg.input_mode, cfg.hu_window),
+                             lambda hu: data.normalise(hu, cfg.input_mode, cfg.hu_window))
         with torch.no_grad():
             said = torch.sigmoid(net(x)) > 0.5
         c = ((x - x0).abs() > 0.02) & (y > 0.5)
