@@ -188,18 +188,27 @@ def _split_component(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
     spacing = _spacing_zyx(affine)
     depth = _in_plane_depth(comp, spacing, _slice_axis(affine))
     step = float(np.delete(spacing, _slice_axis(affine)).min())
-    for d in np.arange(step, MAX_SPLIT_DEPTH_MM + step / 2, step):
-        cores, n = ndimage.label(depth > d, _FACE)
-        if n == 0:
+    steps = np.arange(step, MAX_SPLIT_DEPTH_MM + step / 2, step)
+    # The erosion levels once: ``level > i`` is ``depth > steps[i]`` (the same float64 comparisons),
+    # as uint8, and each step's cores are labelled only inside their own, shrinking, bounding box.
+    level = np.searchsorted(steps, depth, side="left").astype(np.uint8)
+    del depth
+    reach = [level.max(axis=axes) for axes in ((1, 2), (0, 2), (0, 1))]  # deepest level per index
+    for i, d in enumerate(steps):
+        inside = [np.flatnonzero(r > i) for r in reach]
+        if inside[0].size == 0:
             return None
+        box = tuple(slice(int(v[0]), int(v[-1]) + 1) for v in inside)
+        # intp labels: bincount counts them without a converted copy
+        cores, n = ndimage.label(level[box] > i, _FACE, output=np.intp)
         if n < 2:
             continue
         sizes = np.bincount(cores.ravel())[1:]
         first, second = np.argsort(sizes, kind="stable")[::-1][:2] + 1
-        if _lung_pair(x, cores, sizes, first, second):
-            right, left = _right_first(x, cores, first, second)
+        if _lung_pair(x[box], cores, sizes, first, second):
+            right, left = _right_first(x[box], cores, first, second)
             seeds = np.zeros(comp.shape, dtype=np.uint8)
-            seeds[cores == right], seeds[cores == left] = RIGHT, LEFT
+            seeds[box][cores == right], seeds[box][cores == left] = RIGHT, LEFT
             return np.where(comp, _nearest_label(seeds, spacing), 0).astype(np.uint8), float(d)
     return None
 
