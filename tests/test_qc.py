@@ -76,6 +76,28 @@ def test_scores_of_a_plausible_phantom() -> None:
     assert s["stray_share"] == 0.0 and s["uncertain_share"] == 0.0
 
 
+def test_uncertain_share_counts_doubt_near_the_lungs_not_far_air() -> None:
+    """Known answers, per lung voxel on the SUBSAMPLE grid: doubt (logit 0) over the lungs of one
+    slice counts; the same amount over the air of a slice 50 mm from the lungs (an airway, outside
+    air) does not; over soft tissue that far it does."""
+    hu, mask = phantom()
+    sub = (slice(None, None, qc_scores.SUBSAMPLE),) * 3
+    lung_voxels = np.count_nonzero(mask[sub])
+    logits = np.where(mask, 6.0, -6.0).astype(np.float32)
+    in_lungs = logits.copy()
+    in_lungs[24][mask[24]] = 0.0  # slice 24 is subsampled slice 12
+    doubt = np.count_nonzero(mask[sub][12])
+    assert qc_scores.uncertain_share(in_lungs, mask, hu, SPACING) == pytest.approx(doubt / lung_voxels)
+    far = logits.copy()
+    far[0][mask[24]] = 0.0  # the same pixels on slice 0, 50 mm below the lungs' first slice
+    far_hu = hu.copy()
+    far_hu[0] = -1000.0  # air there
+    assert qc_scores.uncertain_share(far, mask, far_hu, SPACING) == 0.0
+    far_hu[0] = 40.0  # soft tissue there
+    assert qc_scores.uncertain_share(far, mask, far_hu, SPACING) == pytest.approx(doubt / lung_voxels)
+    assert qc_scores.uncertain_share(far, np.zeros_like(mask), far_hu, SPACING) is None
+
+
 def test_coverage_of_a_mask_cut_by_the_first_slice_and_by_the_image_edge() -> None:
     mask = np.zeros((4, 10, 10), dtype=bool)
     mask[0:3, 3:7, 3:7] = True  # widest slice 16 pixels; slice 0 holds all 16
