@@ -45,8 +45,12 @@ def time_report(isa: str, profile: str, data: Path, keep: Path | None = None) ->
         shared = paths.ROOT.parent / "shared"
         if shared.is_dir():  # ../shared beside the clone, as beside this tree: the course's reference weights
             (Path(tmp) / "shared").symlink_to(shared.resolve(), target_is_directory=True)
+        # The data as the clone's own data/ (a link): a path given by $LUNGSEG_DATA would be recorded
+        # in the figures' provenance and summary, which --keep-figures copies into this tree.
+        (clone / "data").symlink_to(Path(data).resolve(), target_is_directory=True)
         # The clone's package first; this interpreter's tools (jupyter, papermill) on the PATH.
-        env = {**os.environ, **ISA_ENV[isa], "PYTHONPATH": str(clone), paths.DATA_ENV: str(data),
+        env = {k: v for k, v in os.environ.items() if k != paths.DATA_ENV}
+        env = {**env, **ISA_ENV[isa], "PYTHONPATH": str(clone),
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         print(f"bench report: {isa}: running the {profile} report in {clone}", file=sys.stderr, flush=True)
         start = time.perf_counter()
