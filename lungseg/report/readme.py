@@ -95,9 +95,11 @@ def timing_block(summary: dict, provenance: dict) -> str:
         trained = sum(t["train_wall_s"] for t in training.values())
         train_nb = whole.get("02_train", {}).get("wall_s", 0.0)
         if trained > train_nb:  # the models were loaded from earlier runs, not trained again
-            out += (f" That run loaded its {len(training)} models from earlier runs; a fresh clone also "
-                    f"trains them: **about {_minutes(total - train_nb + trained)} in all** (the other "
-                    "notebooks plus the training times above).")
+            # No estimate of a fresh clone's time from it: the other notebooks reuse cached work too
+            # (the QC study's scored series), which training times alone do not put back.
+            out += (f" That run loaded its {len(training)} models from earlier runs and reused what they had "
+                    "scored, so its time is no measure of a fresh clone's: `lungseg bench report` "
+                    "measures that (below).")
         else:
             # (the twin trained without simulated dense lung is trained too, and not listed above)
             out += f" It trained its models: **{_minutes(total)} in all**."
