@@ -4,6 +4,7 @@ processes (the cohort machinery) give the rows scored in this process."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,10 @@ def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool)
     executor = qc_calibrate._executor(workers, tasks)
     try:
         assert (type(executor).__name__ == "DaskExecutor") == pooled
+        if pooled:  # one-thread workers without Dask's malloc trim threshold (slower numpy and torch)
+            env = executor.client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                               os.environ.get("OMP_NUM_THREADS")))
+            assert sorted(env.values()) == [(None, "1"), (None, "1")]
     finally:
         executor.close()
 
