@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lungseg.evaluation import tuning
+from lungseg.evaluation import metrics, tuning
 from lungseg.inference import postprocess
 
 
@@ -52,6 +52,19 @@ def test_threshold_study_and_choice() -> None:
     study = tuning.threshold_study([Case(gt)], [lg], (0.3, 0.5))
     assert study[0]["mean volume Dice"] < study[1]["mean volume Dice"] == 1.0
     assert tuning.best_threshold(study) == 0.5
+
+
+def test_threshold_study_is_volume_dice_at_each_threshold() -> None:
+    """The one-pass study gives exactly metrics.volume_dice of binarize at every threshold, also for an
+    empty truth, an empty prediction and thresholds out of order."""
+    rng = np.random.default_rng(3)
+    gt = rng.random((5, 16, 16)) < 0.3
+    lg = (rng.normal(0, 2, gt.shape) + 2 * gt).astype(np.float32)
+    for truth, logits in ((gt, lg), (np.zeros_like(gt), lg), (gt, np.full(gt.shape, -9, np.float32)),
+                          (np.zeros_like(gt), np.full(gt.shape, -9, np.float32))):
+        thresholds = (0.7, 0.2, 0.5, 0.9)
+        got = tuning._dice_per_threshold(logits, truth, thresholds)
+        assert got == [metrics.volume_dice(postprocess.binarize(logits, p), truth) for p in thresholds]
 
 
 class _Case:  # the attributes the studies read (a module-level class: the pool pickles it)

@@ -20,13 +20,28 @@ THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 def threshold_study(cases: Sequence[Case], logits: Sequence[np.ndarray],
                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
     """Mean volume Dice over ``cases`` (training patients!) for each probability threshold."""
-    rows = []
+    dice = np.array([_dice_per_threshold(lg, np.asarray(c.mask), thresholds)
+                     for c, lg in zip(cases, logits, strict=True)])
+    return [{"threshold": p, "mean volume Dice": float(np.mean(dice[:, i])),
+             "min volume Dice": float(np.min(dice[:, i]))} for i, p in enumerate(thresholds)]
+
+
+def _dice_per_threshold(logits: np.ndarray, truth: np.ndarray, thresholds: Sequence[float]) -> list[float]:
+    """:func:`lungseg.evaluation.metrics.volume_dice` of :func:`binarize` (``logits``, p) against bool
+    ``truth`` for every p, from one pass over the volume: every mask of a higher threshold lies inside
+    the lowest threshold's, so the counts of each come from those voxels alone (a tenth of the volume)
+    -- the same integer counts, so the same Dice, as thresholding the whole volume once per p."""
+    truth = np.asarray(truth, dtype=bool)
+    lowest = binarize(logits, min(thresholds))
+    values, inside = logits[lowest], truth[lowest]
+    n_truth = int(np.count_nonzero(truth))
+    out = []
     for p in thresholds:
-        dice = [metrics.volume_dice(binarize(lg, p), np.asarray(c.mask))
-                for c, lg in zip(cases, logits, strict=True)]
-        rows.append({"threshold": p, "mean volume Dice": float(np.mean(dice)),
-                     "min volume Dice": float(np.min(dice))})
-    return rows
+        above = binarize(values, p)
+        total = int(np.count_nonzero(above)) + n_truth
+        out.append(metrics.DICE_BOTH_EMPTY if total == 0
+                   else 2.0 * int(np.count_nonzero(above & inside)) / total)
+    return out
 
 
 def best_threshold(study: Sequence[dict]) -> float:
