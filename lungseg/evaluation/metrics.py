@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from lungseg.inference.postprocess import bounding_box
+
 DICE_EPS: float = 1e-6
 """Smoothing term in the denominator of the report's per-slice Dice (eq. 4)."""
 
@@ -178,13 +180,15 @@ def surface_distances(
     p, g = _as_bool_pair(pred, gt, VOLUME_NDIM)
     sp = _as_spacing(spacing)
     empty = np.empty(0, dtype=np.float64)
-    union = p | g
-    if not union.any():
+    boxes = [b for b in (bounding_box(p), bounding_box(g)) if b is not None]
+    if not boxes:
         return empty, empty.copy()
 
-    # Crop to the union's bounding box and pad one background voxel on each side. This
-    # keeps the EDT small and makes array-border voxels count as surface.
-    box = ndimage.find_objects(union.astype(np.uint8))[0]
+    # Crop to the union's bounding box (the hull of both masks' boxes, by projections: a fifth of
+    # this function's time went to ndimage.find_objects of the union) and pad one background voxel
+    # on each side. This keeps the EDT small and makes array-border voxels count as surface.
+    box = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes))
+                for i in range(VOLUME_NDIM))
     p = np.pad(p[box], 1, constant_values=False)
     g = np.pad(g[box], 1, constant_values=False)
     sp_surf, sg_surf = _surface(p), _surface(g)
