@@ -120,12 +120,12 @@ def _depth_mm(lung: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     one voxel more on each side that the array has: the same values (a lung voxel's nearest background
     voxel lies in that box: moving a farther one into the box, axis by axis, only brings it closer and
     lands on the all-background margin), at the cost of the box instead of the whole scan."""
-    box = ndimage.find_objects(lung.astype(np.uint8))
+    box = postprocess.bounding_box(lung)
     depth = np.zeros(lung.shape, dtype=np.float64)
-    if not box:
+    if box is None:
         return depth
     grown = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n))
-                  for b, n in zip(box[0], lung.shape, strict=True))
+                  for b, n in zip(box, lung.shape, strict=True))
     depth[grown] = ndimage.distance_transform_edt(lung[grown], sampling=spacing)
     return depth
 
