@@ -149,10 +149,16 @@ def volume_dice(pred: np.ndarray, gt: np.ndarray) -> float:
     :data:`DICE_BOTH_EMPTY` (1.0), exactly one empty gives :data:`DICE_ONE_EMPTY` (0.0).
     """
     p, g = _as_bool_pair(pred, gt, VOLUME_NDIM)
-    total = int(p.sum()) + int(g.sum())
+    return dice_of_counts(int(np.count_nonzero(p & g)), int(p.sum()), int(g.sum()))
+
+
+def dice_of_counts(overlap: int, pred: int, truth: int) -> float:
+    """Volume Dice from voxel counts (overlap, predicted, true): 2·overlap / (pred + truth), and
+    :data:`DICE_BOTH_EMPTY` when both are empty (:func:`volume_dice`'s rule, in one place)."""
+    total = pred + truth
     if total == 0:
         return DICE_BOTH_EMPTY
-    return 2.0 * int(np.count_nonzero(p & g)) / total
+    return 2.0 * overlap / total
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

@@ -38,9 +38,8 @@ def _dice_per_threshold(logits: np.ndarray, truth: np.ndarray, thresholds: Seque
     out = []
     for p in thresholds:
         above = binarize(values, p)
-        total = int(np.count_nonzero(above)) + n_truth
-        out.append(metrics.DICE_BOTH_EMPTY if total == 0
-                   else 2.0 * int(np.count_nonzero(above & inside)) / total)
+        out.append(metrics.dice_of_counts(int(np.count_nonzero(above & inside)),
+                                          int(np.count_nonzero(above)), n_truth))
     return out
 
 
