@@ -108,14 +108,11 @@ def test_a_dilated_bottleneck_keeps_the_parameters_and_the_shape() -> None:
 
 
 def test_the_wall_gap_sees_a_lung_that_stops_short_of_the_ribs() -> None:
-    from test_qc import SHAPE, SPACING, labels_of
+    from test_qc import SPACING, labels_of
 
     from lungseg.inference import qc_scores
 
-    hu, mask = phantom()
-    z, y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]].astype(np.float32)
-    shell = ((y - 62) / 27) ** 2 + ((x - 64) / 42) ** 2  # ribs: a bony ring just outside the lungs
-    hu = np.where((shell >= 1.0) & (shell <= 1.15) & (hu > -900), 400, hu).astype(np.int16)
+    hu, mask = _ribbed_phantom()  # ribs: a bony ring just outside the lungs
     sound = qc_scores.wall_scores(hu, labels_of(mask), SPACING)["wall_gap_share"]
     short = mask.copy()
     short[:, :, :30] = False  # the patient's right lung loses its outer 7 voxels (27 mm): dense lung left out
@@ -123,6 +120,58 @@ def test_the_wall_gap_sees_a_lung_that_stops_short_of_the_ribs() -> None:
     assert sound is not None and missed is not None
     assert sound < 0.05 and missed > 0.15  # the cut face lies 27 mm inside the ribs
     assert qc_scores.wall_scores(hu, labels_of(np.zeros_like(mask)), SPACING)["wall_gap_share"] is None
+
+
+def _ribbed_phantom() -> tuple[np.ndarray, np.ndarray]:
+    """test_qc's phantom with a bony ring (ribs, 400 HU) just outside the lungs, in the body."""
+    from test_qc import SHAPE
+
+    hu, mask = phantom()
+    z, y, x = np.mgrid[0:SHAPE[0], 0:SHAPE[1], 0:SHAPE[2]].astype(np.float32)
+    shell = ((y - 62) / 27) ** 2 + ((x - 64) / 42) ** 2
+    return np.where((shell >= 1.0) & (shell <= 1.15) & (hu > -900), 400, hu).astype(np.int16), mask
+
+
+def test_the_back_wall_gap_sees_dense_lung_left_out_of_both_lungs_alike() -> None:
+    """Both lungs losing their back 20 rows (78 mm, of 48): the one-lung-against-the-other gap
+    cannot see it, the distance to the bone behind the lungs can."""
+    from test_qc import SPACING, labels_of
+
+    from lungseg.inference import qc_scores
+
+    hu, mask = _ribbed_phantom()
+    sound = qc_scores.back_wall_gap(hu, labels_of(mask), SPACING)
+    back = np.flatnonzero(mask.any(axis=(0, 2)))[-1]
+    short = mask.copy()
+    short[:, back - 19:, :] = False
+    missed = qc_scores.back_wall_gap(hu, labels_of(short), SPACING)
+    assert sound is not None and missed is not None
+    assert sound < 25 and missed > sound + 30
+    assert qc_scores.posterior_gap(labels_of(short), SPACING) == 0.0
+    assert qc_scores.back_wall_gap(hu, labels_of(np.zeros_like(mask)), SPACING) is None
+    no_bone = np.where(hu > 150, 40, hu).astype(np.int16)  # nothing behind the lungs: the cap
+    assert qc_scores.back_wall_gap(no_bone, labels_of(mask), SPACING) == qc_scores.BACK_CAP_MM
+
+
+def test_the_end_gaps_measure_one_lung_ending_short_of_the_other() -> None:
+    """The phantom's lungs are mirror images (gaps 0); one lung losing its top or bottom 6 slices
+    (30 mm) moves that end by 6 slices or a little less (the lost end's thin tip did not count)."""
+    from test_qc import SPACING, labels_of
+
+    from lungseg.inference import qc_scores
+
+    _, mask = phantom()
+    labels = labels_of(mask)
+    assert qc_scores.end_gaps(labels, SPACING) == {"apex_gap_mm": 0.0, "base_gap_mm": 0.0}
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    top, bottom = labels.copy(), labels.copy()
+    top[zs[-1] - 5:, :, :64] = 0
+    bottom[:zs[0] + 6, :, 64:] = 0
+    for cut, key in ((top, "apex_gap_mm"), (bottom, "base_gap_mm")):
+        gaps = qc_scores.end_gaps(cut, SPACING)
+        assert 4 * SPACING[0] <= gaps[key] <= 6 * SPACING[0], (key, gaps)
+        assert gaps["base_gap_mm" if key == "apex_gap_mm" else "apex_gap_mm"] == 0.0
+    assert qc_scores.end_gaps(np.where(labels == 2, 0, labels), SPACING)["apex_gap_mm"] is None
 
 
 def test_depth_on_the_lungs_box_equals_the_whole_scans_transform() -> None:

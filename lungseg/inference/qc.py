@@ -110,6 +110,17 @@ CHECKS: tuple[Check, ...] = (
           "one lung stops {value:.0f} mm short of the other at the back (at most {limit:.0f} mm on sound "
           "scans): dense dependent lung (consolidation, effusion, collapse) left out of the mask?",
           fail_margins=4.0),
+    Check("apex", "apex_gap_mm", "above", "anatomy", 10.0,
+          "one lung's top ends {value:.0f} mm below the other's (at most {limit:.0f} mm on sound scans): "
+          "dense upper lung (consolidation, collapse) left out of the mask?", fail_margins=4.0),
+    Check("base", "base_gap_mm", "above", "anatomy", 10.0,
+          "one lung's base ends {value:.0f} mm above the other's (at most {limit:.0f} mm on sound scans): "
+          "dense lower lung (consolidation, collapse) left out of the mask, or a raised diaphragm?",
+          fail_margins=4.0),
+    Check("back", "back_wall_mm", "above", "wall", 10.0,
+          "a lung stops {value:.0f} mm short of the ribs and spine at the back (at most {limit:.0f} mm on "
+          "sound scans): dense dependent lung (consolidation, collapse) left out of the mask, or an "
+          "effusion?", fail_margins=4.0),
     Check("wall", "wall_gap_share", "above", "wall", 0.05,
           "{value:.0%} of one lung's outer wall stops more than "
           f"{GAP_MM:.0f} mm short of the ribs (at most {{limit:.0%}} on sound scans): dense lung "

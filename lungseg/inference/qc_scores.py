@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-SCORES_VERSION = 7
+SCORES_VERSION = 8
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 
 PADDING_BELOW_HU = -1500.0
@@ -180,7 +180,28 @@ def anatomy_scores(hu: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     solid = [v for v in (solidity(labels == side, spacing) for side in (1, 2)) if v]
     out["solidity_balance"] = min(solid) / max(solid) if len(solid) == 2 else None
     out["posterior_gap_mm"] = posterior_gap(labels, spacing)
+    out.update(end_gaps(labels, spacing))
     return out
+
+
+def end_gaps(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float | None]:
+    """How far (mm) one lung ends short of the other at the top and at the bottom: ``apex_gap_mm`` and
+    ``base_gap_mm``, the difference between the two lungs' highest (lowest) slices holding at least
+    :data:`WIDE_SLICE` of that lung's widest area (the thin tip of an apex, a stretch of trachea or a
+    stray fragment do not count). The apices lie within a centimetre or two of each other and the
+    right base a little above the left; dense lung left out of one mask over the top (upper-lobe
+    consolidation or collapse) or the bottom of one lung (lower-lobe disease) moves that end by
+    centimetres. ``labels``: canonical (z, y, x), 1 = right, 2 = left lung; ``spacing`` (dz, dy, dx) mm."""
+    ends = []
+    for side in (1, 2):
+        area = (labels == side).sum(axis=(1, 2))
+        if area.max() == 0:
+            return {"apex_gap_mm": None, "base_gap_mm": None}
+        zs = np.flatnonzero(area >= WIDE_SLICE * area.max())
+        ends.append((int(zs[0]), int(zs[-1])))
+    dz = float(spacing[0])
+    return {"apex_gap_mm": abs(ends[0][1] - ends[1][1]) * dz,
+            "base_gap_mm": abs(ends[0][0] - ends[1][0]) * dz}
 
 
 def posterior_gap(labels: np.ndarray, spacing: Sequence[float], percentile: float = 75.0) -> float | None:
@@ -289,6 +310,52 @@ def wall_scores(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) ->
     return {"wall_gap_share": max(shares)}
 
 
+CORE_SLICE = 0.3
+"""Share of a lung's widest slice's area from which a slice counts for :func:`back_wall_gap` (its
+middle, away from the apex and from the domes of the diaphragm)."""
+BACK_STEP = 2
+"""Every BACK_STEP-th of those slices and of the lung's columns is read by :func:`back_wall_gap`."""
+BACK_CAP_MM = 100.0
+"""A column without bone behind the lung within this distance counts as this distance."""
+
+
+def back_wall_gap(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) -> float | None:
+    """How far (mm) the lungs stop short of the bone of the back, for the worse lung: per column of the
+    lung's middle 80 % (every :data:`BACK_STEP`-th, on every :data:`BACK_STEP`-th slice holding at
+    least :data:`CORE_SLICE` of its widest area), the distance from the lung's most posterior voxel to
+    the first bone (> :data:`BONE_HU`) behind it in that column, capped at :data:`BACK_CAP_MM`; the
+    median over those columns. A lung lies in the paravertebral gutter and against the posterior ribs
+    (about 5-25 mm); dense dependent lung left out of *both* masks (bilateral consolidation, the
+    dependent lung of acute lung injury), which :func:`posterior_gap` cannot see since both lungs stop
+    short alike, leaves centimetres of soft tissue between mask and bone. ``hu`` in HU, ``labels``
+    canonical (z, y, x, rows towards the back), 1 = right, 2 = left lung."""
+    worst = None
+    dy = float(spacing[1])
+    ny = labels.shape[1]
+    rows = np.arange(ny)[None, :, None]
+    for side in (1, 2):
+        lung = labels == side
+        area = lung.sum(axis=(1, 2))
+        if area.max() == 0:
+            return None
+        zs = np.flatnonzero(area >= CORE_SLICE * area.max())[::BACK_STEP]
+        cols = np.flatnonzero(lung[zs].any(axis=(0, 1)))
+        width = int(cols[-1] - cols[0])
+        xs = np.arange(cols[0] + width // 10, cols[-1] - width // 10 + 1, BACK_STEP)
+        sub = lung[np.ix_(zs, np.arange(ny), xs)]
+        has = sub.any(axis=1)  # (z, x): the lung crosses this column on this slice
+        back = ny - 1 - np.argmax(sub[:, ::-1, :], axis=1)
+        bone = (np.asarray(hu[np.ix_(zs, np.arange(ny), xs)]) > BONE_HU) & (rows > back[:, None, :])
+        found = bone.any(axis=1)
+        gap = np.where(found, (np.argmax(bone, axis=1) - back) * dy, BACK_CAP_MM)
+        gap = np.minimum(gap, BACK_CAP_MM)[has]
+        if gap.size == 0:
+            return None
+        value = float(np.median(gap))
+        worst = value if worst is None else max(worst, value)
+    return worst
+
+
 def uncertain_share(logits: np.ndarray, mask: np.ndarray, hu: np.ndarray,
                     spacing: Sequence[float]) -> float | None:
     """Voxels whose probability lies in (:data:`UNCERTAIN_P`, 1 - :data:`UNCERTAIN_P`), except air far
@@ -358,6 +425,7 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray | None,
     scores.update(anatomy_scores(hu, raw, labels, spacing))
     lap("anatomy_s")
     scores.update(wall_scores(hu, labels, spacing))
+    scores["back_wall_mm"] = back_wall_gap(hu, labels, spacing)
     lap("wall_s")
     scores["uncertain_share"] = (None if logits is None  # a mask judged without the network (lungseg qc)
                                  else uncertain_share(logits, mask, hu, spacing))
