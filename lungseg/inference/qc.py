@@ -110,14 +110,17 @@ CHECKS: tuple[Check, ...] = (
           "one lung stops {value:.0f} mm short of the other at the back (at most {limit:.0f} mm on sound "
           "scans): dense dependent lung (consolidation, effusion, collapse) left out of the mask?",
           fail_margins=4.0),
-    Check("apex", "apex_gap_mm", "above", "anatomy", 10.0,
+    # Floors: the two apices and the two domes of the diaphragm normally lie up to 2-3 cm apart, and
+    # how far on the 12 calibration patients says little about the next one (a 10 mm floor raised 10
+    # of 60 false alarms on held-out sound series, all on the two patients with the widest gaps).
+    Check("apex", "apex_gap_mm", "above", "anatomy", 25.0,
           "one lung's top ends {value:.0f} mm below the other's (at most {limit:.0f} mm on sound scans): "
           "dense upper lung (consolidation, collapse) left out of the mask?", fail_margins=4.0),
-    Check("base", "base_gap_mm", "above", "anatomy", 10.0,
+    Check("base", "base_gap_mm", "above", "anatomy", 40.0,
           "one lung's base ends {value:.0f} mm above the other's (at most {limit:.0f} mm on sound scans): "
           "dense lower lung (consolidation, collapse) left out of the mask, or a raised diaphragm?",
           fail_margins=4.0),
-    Check("back", "back_wall_mm", "above", "wall", 10.0,
+    Check("back", "back_wall_mm", "above", "wall", 5.0,
           "a lung stops {value:.0f} mm short of the ribs and spine at the back (at most {limit:.0f} mm on "
           "sound scans): dense dependent lung (consolidation, collapse) left out of the mask, or an "
           "effusion?", fail_margins=4.0),

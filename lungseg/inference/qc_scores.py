@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-SCORES_VERSION = 8
+SCORES_VERSION = 9
 """Bump when :func:`measure` computes any score differently (the calibration table is then recomputed)."""
 
 PADDING_BELOW_HU = -1500.0
@@ -273,22 +273,23 @@ def wall_scores(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) ->
     3D within about 15 mm); where dense lung next to the chest wall was left out, the mask's wall stops
     centimetres inside them. ``wall_gap_share``: on the worse side, the share of the lung's lateral
     outline (beyond its own middle, away from the mediastinum) whose nearest bone lies further than
-    :data:`GAP_MM`."""
+    :data:`GAP_MM`. ``back_wall_mm``: :func:`back_wall_gap` on the same grid."""
     from scipy import ndimage
 
+    none = {"wall_gap_share": None, "back_wall_mm": None}
     mask = labels > 0
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     if zs.size < 3:
-        return {"wall_gap_share": None}
+        return none
     kz = max(1, round(WALL_STEP_MM[0] / float(spacing[0])))
     ky, kx = (max(1, round(WALL_STEP_MM[1] / float(s))) for s in spacing[1:])
     lo, hi = zs[0] + WALL_Z[0] * (zs[-1] - zs[0]), zs[0] + WALL_Z[1] * (zs[-1] - zs[0])
     z_grid = np.arange(int(math.ceil(lo)), int(hi) + 1, kz)
     if z_grid.size == 0:
-        return {"wall_gap_share": None}
+        return none
     bone = np.asarray(hu[z_grid[0]:z_grid[-1] + 1:kz, ::ky, ::kx]) > BONE_HU
     if not bone.any():
-        return {"wall_gap_share": None}
+        return none
     step = (kz * float(spacing[0]), ky * float(spacing[1]), kx * float(spacing[2]))
     to_bone = ndimage.distance_transform_edt(~bone, sampling=step)
     lab = labels[z_grid[0]:z_grid[-1] + 1:kz, ::ky, ::kx]
@@ -298,7 +299,7 @@ def wall_scores(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) ->
     for side in (1, 2):
         lung = lab == side
         if not lung.any():
-            return {"wall_gap_share": None}
+            return none
         outline = lung & ~ndimage.binary_erosion(lung, in_plane)
         cx = np.nonzero(lung)[2].mean()
         cols = np.arange(lung.shape[2])
@@ -307,51 +308,33 @@ def wall_scores(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) ->
         wall = outline & lateral[None, None, :]
         n = int(np.count_nonzero(wall))
         shares.append(float(np.count_nonzero(wall & (to_bone > GAP_MM))) / n if n else 0.0)
-    return {"wall_gap_share": max(shares)}
+    return {"wall_gap_share": max(shares), "back_wall_mm": back_wall_gap(to_bone, lab)}
 
 
-CORE_SLICE = 0.3
-"""Share of a lung's widest slice's area from which a slice counts for :func:`back_wall_gap` (its
-middle, away from the apex and from the domes of the diaphragm)."""
-BACK_STEP = 2
-"""Every BACK_STEP-th of those slices and of the lung's columns is read by :func:`back_wall_gap`."""
-BACK_CAP_MM = 100.0
-"""A column without bone behind the lung within this distance counts as this distance."""
-
-
-def back_wall_gap(hu: np.ndarray, labels: np.ndarray, spacing: Sequence[float]) -> float | None:
-    """How far (mm) the lungs stop short of the bone of the back, for the worse lung: per column of the
-    lung's middle 80 % (every :data:`BACK_STEP`-th, on every :data:`BACK_STEP`-th slice holding at
-    least :data:`CORE_SLICE` of its widest area), the distance from the lung's most posterior voxel to
-    the first bone (> :data:`BONE_HU`) behind it in that column, capped at :data:`BACK_CAP_MM`; the
-    median over those columns. A lung lies in the paravertebral gutter and against the posterior ribs
-    (about 5-25 mm); dense dependent lung left out of *both* masks (bilateral consolidation, the
-    dependent lung of acute lung injury), which :func:`posterior_gap` cannot see since both lungs stop
-    short alike, leaves centimetres of soft tissue between mask and bone. ``hu`` in HU, ``labels``
-    canonical (z, y, x, rows towards the back), 1 = right, 2 = left lung."""
+def back_wall_gap(to_bone: np.ndarray, labels: np.ndarray) -> float | None:
+    """How far (mm) the lungs stop short of the bone of the back, for the worse lung: the median, over
+    the columns (z, x) of the lung's middle 80 % in x, of the distance from the lung's most posterior
+    voxel in that column to the nearest bone. ``to_bone``: distance (mm) of every voxel to the nearest
+    bone; ``labels``: 1 = right, 2 = left lung; both (z, y, x) canonical (rows towards the back) on the
+    grid of :func:`wall_scores`. A lung lies in the paravertebral gutter against the posterior ribs
+    (about 6-10 mm on that grid, whatever the reconstruction kernel: the nearest bone in 3D, not the
+    one straight behind, which a soft kernel can blur below the bone level); dense dependent lung
+    left out of *both* masks alike (bilateral consolidation, the dependent lung of acute lung injury),
+    which :func:`posterior_gap` cannot see, leaves the mask's back centimetres from the bone."""
     worst = None
-    dy = float(spacing[1])
     ny = labels.shape[1]
-    rows = np.arange(ny)[None, :, None]
     for side in (1, 2):
         lung = labels == side
-        area = lung.sum(axis=(1, 2))
-        if area.max() == 0:
+        across = lung.any(axis=1)  # (z, x): the lung crosses this column on this slice
+        cols = np.flatnonzero(across.any(axis=0))
+        if cols.size == 0:
             return None
-        zs = np.flatnonzero(area >= CORE_SLICE * area.max())[::BACK_STEP]
-        cols = np.flatnonzero(lung[zs].any(axis=(0, 1)))
         width = int(cols[-1] - cols[0])
-        xs = np.arange(cols[0] + width // 10, cols[-1] - width // 10 + 1, BACK_STEP)
-        sub = lung[np.ix_(zs, np.arange(ny), xs)]
-        has = sub.any(axis=1)  # (z, x): the lung crosses this column on this slice
-        back = ny - 1 - np.argmax(sub[:, ::-1, :], axis=1)
-        bone = (np.asarray(hu[np.ix_(zs, np.arange(ny), xs)]) > BONE_HU) & (rows > back[:, None, :])
-        found = bone.any(axis=1)
-        gap = np.where(found, (np.argmax(bone, axis=1) - back) * dy, BACK_CAP_MM)
-        gap = np.minimum(gap, BACK_CAP_MM)[has]
-        if gap.size == 0:
-            return None
-        value = float(np.median(gap))
+        middle = np.zeros(lung.shape[2], dtype=bool)
+        middle[cols[0] + width // 10: cols[-1] - width // 10 + 1] = True
+        zz, xx = np.nonzero(across & middle[None, :])
+        back = ny - 1 - np.argmax(lung[:, ::-1, :], axis=1)  # (z, x): the most posterior lung row
+        value = float(np.median(to_bone[zz, back[zz, xx], xx]))
         worst = value if worst is None else max(worst, value)
     return worst
 
@@ -425,7 +408,6 @@ def measure(hu: np.ndarray, spacing: Sequence[float], logits: np.ndarray | None,
     scores.update(anatomy_scores(hu, raw, labels, spacing))
     lap("anatomy_s")
     scores.update(wall_scores(hu, labels, spacing))
-    scores["back_wall_mm"] = back_wall_gap(hu, labels, spacing)
     lap("wall_s")
     scores["uncertain_share"] = (None if logits is None  # a mask judged without the network (lungseg qc)
                                  else uncertain_share(logits, mask, hu, spacing))
