@@ -106,10 +106,10 @@ def main() -> None:
                          "bad": r["dice"] < dense.BAD_DICE,
                          "missed": r["dice"] < dense.BAD_DICE and r["status"] == "pass"})
     bad = [r for r in rows if r["bad"]]
+    calibration = qc.load_thresholds().get("calibration", {})  # which limits judged the series
     out = {"what": __doc__.split("\n\n")[1].replace("\n", " "),
            "run": run.run_dir.name, "profile": a.profile,
-           "qc_limits": {k: qc.load_thresholds().get("calibration", {}).get(k) for k in ("git_commit", "date",
-                                                                                        "fold_runs")},
+           "qc_limits": {k: calibration.get(k) for k in ("git_commit", "date", "fold_runs")},
            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                     cwd=paths.ROOT).stdout.strip(),
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
