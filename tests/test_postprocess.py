@@ -80,12 +80,52 @@ def test_postprocess_study_known_answer_on_the_pool_and_in_process(workers: int)
     truth = _two_lungs_and_noise()
     truth[0, 18, 18], truth[4, 5, 5] = False, True  # the two clean lungs
     logits = np.where(_two_lungs_and_noise(), 3.0, -3.0)
-    study = tuning.postprocess_study([_Case(truth), _Case(truth)], [logits, logits], 0.5, workers)
+    study, by_threshold = tuning.postprocess_study([_Case(truth), _Case(truth)], [logits, logits], 0.5,
+                                                   workers)
     none, cleaned = study
+    assert by_threshold.shape == (2, len(tuning.THRESHOLDS)) and np.all(by_threshold == 1.0)
     assert cleaned["mean volume Dice"] == 1.0 and cleaned["mean HD95 mm"] == 0.0
     assert none["mean volume Dice"] == pytest.approx(2 * 587 / (588 + 588))
     assert none["mean HD95 mm"] == 0.0 < none["mean MSD mm"]  # one voxel of 588 is not the 95th percentile
     assert tuning.helps(study) is False  # HD95 is not lowered: the rule keeps it off
+
+
+def _rim_and_strays() -> tuple[np.ndarray, np.ndarray]:
+    """Truth: two lungs, each with a rim column the network doubts (p 0.55); logits: the lungs' cores
+    at p 0.85, three stray blobs at p 0.65 and one at p 0.95, all far from the lungs."""
+    truth = np.zeros((6, 30, 30), dtype=bool)
+    truth[1:5, 2:10, 2:11] = truth[1:5, 2:10, 14:23] = True
+    logits = np.full(truth.shape, postprocess.logit(0.05))
+    logits[truth] = postprocess.logit(0.85)
+    logits[1:5, 2:10, 10] = logits[1:5, 2:10, 22] = postprocess.logit(0.55)
+    for x in (2, 8, 14):
+        logits[1:5, 20:23, x:x + 3] = postprocess.logit(0.65)
+    logits[1:5, 25:28, 25:28] = postprocess.logit(0.95)
+    return truth, logits
+
+
+def test_tune_chooses_the_threshold_again_on_the_post_processed_masks() -> None:
+    """Raw masks: a low threshold keeps the doubted rims but also the strays, so 0.7 is best (ties with
+    0.8, the lower first); post-processing helps there (the p 0.95 blob goes); on the post-processed
+    masks every threshold up to 0.5 is exact (the strays are small components, the rims are lung)."""
+    truth, logits = _rim_and_strays()
+    threshold, keep, study, pp_study = tuning.tune([_Case(truth)], [logits], workers=1)
+    raw = {r["threshold"]: r["mean volume Dice"] for r in study}
+    cleaned = {r["threshold"]: r[tuning.CLEANED] for r in study}
+    assert tuning.best_threshold(study) == 0.7 and raw[0.7] == raw[0.8] > raw[0.5]
+    assert pp_study[1]["mean HD95 mm"] < pp_study[0]["mean HD95 mm"] and keep is True
+    assert all(cleaned[p] == 1.0 for p in (0.2, 0.3, 0.4, 0.5)) and cleaned[0.5] > cleaned[0.6]
+    assert threshold == 0.2  # the first of the tied best
+    assert cleaned[0.6] == pytest.approx(2 * 512 / (512 + 576))
+
+
+def test_tune_keeps_the_first_threshold_without_post_processing() -> None:
+    """Nothing for post-processing to remove: the threshold is the raw study's."""
+    truth = _two_lungs_and_noise()
+    truth[0, 18, 18], truth[4, 5, 5] = False, True
+    logits = np.where(truth, 3.0, -3.0)
+    threshold, keep, study, _ = tuning.tune([_Case(truth)], [logits], workers=1)
+    assert keep is False and threshold == tuning.best_threshold(study) == 0.2
 
 
 def _reference_keep_largest(mask: np.ndarray, n: int) -> np.ndarray:

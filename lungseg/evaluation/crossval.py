@@ -26,6 +26,7 @@ from lungseg.evaluation.goals import (  # noqa: F401 - the results table of a cr
 from lungseg.inference import forward, postprocess, sides
 from lungseg.io import parallel
 from lungseg.io.cache import Case
+from lungseg.network import runs
 from lungseg.network.config import fold_cases
 from lungseg.network.runs import TrainResult
 from lungseg.network.selection import ProfileRuns
@@ -88,6 +89,9 @@ def fold_masks(run: TrainResult, cases: Sequence[Case], device: torch.device | s
     if tuned is None:
         train_logits = logits_of(train_cases)
         threshold, clean, _, _ = tuning.tune(train_cases, train_logits)
+        # saved with the fold's run, as 03_eval saves its held-out run's: predict and the QC study
+        # (05_qc) use a fold run at the settings chosen for it
+        runs.save_inference(run.run_dir, threshold, clean, "the fold's training patients")
     else:
         threshold, clean = tuned
     record = {"fold": ",".join(c[-3:] for c in sorted(test)), "threshold": threshold, "postprocess": clean}

@@ -223,7 +223,8 @@ def model_card(manifest: dict) -> str:
         f"Threshold **{inf['threshold']}**, post-processing **{'on' if inf['postprocess'] else 'off'}** "
         "(keep the two largest 3D components, fill enclosed holes), chosen on "
         f"{inf['chosen_on']}: the threshold of best mean volume Dice, then post-processing kept only "
-        "when it lowers mean HD95 without lowering mean Dice. These are training patients, so the "
+        "when it lowers mean HD95 without lowering mean Dice, and then (when kept) the threshold of "
+        "best mean Dice of the post-processed masks. These are training patients, so the "
         "studies below measure fit, not accuracy:",
         "",
         _table(rel["tuning"]["threshold_study"]),
