@@ -84,6 +84,26 @@ def _bad(tmp_path: Path, kind: str) -> Path:
     elif kind == "huge":
         img = sitk.GetImageFromArray(np.linspace(-1000, 1e6, 4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8))
         sitk.WriteImage(img, str(path))
+    elif kind in ("truncated", "truncated_nii"):  # ITK would fill the missing half with 0 HU
+        path = tmp_path / ("truncated.nii.gz" if kind == "truncated" else "truncated.nii")
+        data = np.random.default_rng(1).integers(-1000, 400, (32, 32, 16)).astype(np.int16)
+        nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 2.5, 1.0])), str(path))
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif kind == "no_orientation":  # both codes 0: nothing says which side is the patient's right
+        nib.save(nib.Nifti1Image(np.random.default_rng(2).integers(-1000, 400, (8, 8, 4)).astype(np.int16),
+                                 None), str(path))
+        header = nib.load(str(path)).header
+        assert int(header["sform_code"]) == 0 == int(header["qform_code"])
+    elif kind == "nrrd_no_space":  # an NRRD without 'space': ITK would assume an orientation
+        path = tmp_path / "nospace.nhdr"
+        (tmp_path / "nospace.raw").write_bytes(np.full(8 * 8 * 4, -1000, dtype="<i2").tobytes())
+        path.write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 4\nspacings: 1 1 2.5\n"
+                        "endian: little\nencoding: raw\ndata file: nospace.raw\n\n")
+    elif kind == "no_air":  # an MR-like range whose noise dips a little below 0
+        rng = np.random.default_rng(3)
+        data = (rng.integers(0, 4000, (4, 16, 16)) - rng.integers(0, 20, (4, 16, 16))).astype(np.int16)
+        sitk.WriteImage(sitk.GetImageFromArray(data), str(path))
     elif kind in ("uint8", "labels", "positive", "rgb"):
         rng = np.random.default_rng(0)
         data = {"uint8": rng.integers(0, 255, (4, 8, 8)).astype(np.uint8),
@@ -99,7 +119,11 @@ def _bad(tmp_path: Path, kind: str) -> Path:
                                            ("sheared_nrrd", "not orthogonal"),
                                            ("nan", "NaN"), ("nan_nrrd", "NaN"), ("huge", "int16 range"),
                                            ("uint8", "8-bit"), ("labels", "label map"),
-                                           ("positive", "no voxel below 0"), ("rgb", "3 component")])
+                                           ("positive", "no voxel below 0"), ("rgb", "3 component"),
+                                           ("truncated", "truncated"), ("truncated_nii", "truncated"),
+                                           ("no_orientation", "right and left cannot be told"),
+                                           ("nrrd_no_space", "right and left cannot be told"),
+                                           ("no_air", "no air")])
 def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:
     path = _bad(tmp_path, kind)
     with pytest.raises(imagefile.ImageFileError, match=message) as err:
@@ -131,6 +155,25 @@ def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: d
     assert run_cli("predict", _bad(tmp_path, "corrupt"), "--out", tmp_path / "o2", "--checkpoint", ckpt) != 0
     err = capsys.readouterr().err
     assert "corrupt.nii.gz" in err and "Traceback" not in err
+
+
+def test_predict_writes_a_nifti_inputs_mask_on_its_own_voxel_grid(tmp_path: Path, slab: dicom.Volume) -> None:
+    """A NIfTI stored the other way round (as RAS files often are): lung_mask.nii.gz has the input's
+    affine and voxel order, so ``ct[mask > 0]`` indexes the lungs, as for the same CT stored as is."""
+    ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=64)
+    masks_by_order = {}
+    for order in ("as is", "reversed"):
+        src = tmp_path / order.replace(" ", "_") / "ct.nii.gz"
+        src.parent.mkdir()
+        sitk.WriteImage(image_of(slab, order), str(src))
+        out = src.parent / "out"
+        assert run_cli("predict", src, "--out", out, "--checkpoint", ckpt, "--threshold", "0.5") == 0
+        ct, mask = nib.load(str(src)), nib.load(str(out / predict.NIFTI_NAME))
+        np.testing.assert_allclose(mask.affine, ct.affine, atol=1e-4)
+        assert mask.shape == ct.shape
+        stored = np.asarray(mask.dataobj)
+        masks_by_order[order] = stored[:, :, ::-1] if order == "reversed" else stored
+    np.testing.assert_array_equal(masks_by_order["as is"], masks_by_order["reversed"])
 
 
 def test_a_plain_axial_volume_round_trips(tmp_path: Path) -> None:

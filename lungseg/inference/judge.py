@@ -30,7 +30,7 @@ def load_ct(path: str | os.PathLike[str], series_uid: str | None = None) -> dico
         return imagefile.load_image(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: neither a DICOM folder nor a {', '.join(imagefile.SUFFIXES)} file")
-    return dicom.load_series(path, series_uid)
+    return dicom.load_series(path, series_uid, volume_only=True)
 
 
 def judge(ct: str | os.PathLike[str], mask_file: str | os.PathLike[str],

@@ -294,9 +294,14 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
                    clock: _Clock, image_file: Path | None = None) -> list[str]:
     """NIfTI, SEG and RTSTRUCT on the acquisition grid (``volume``, ``labels``); the overview in the
     canonical axial orientation, whatever the acquisition plane. For an ``image_file`` input (no DICOM
-    to reference) no SEG or RTSTRUCT; an NRRD or MetaImage input also gets its mask in its own format,
-    on its own grid. Returns the names written."""
-    export.write_nifti(labels, volume, tmp / NIFTI_NAME)
+    to reference) no SEG or RTSTRUCT; a NIfTI input gets its NIfTI mask on its own voxel grid, an NRRD
+    or MetaImage input also gets its mask in its own format, on its own grid. Returns the names
+    written."""
+    nifti_input = image_file is not None and image_file.name.lower().endswith((".nii", ".nii.gz"))
+    if nifti_input:  # on the input's own voxel grid and header, so that ct[mask > 0] picks the lungs
+        imagefile.write_mask_like(labels, image_file, tmp / NIFTI_NAME)
+    else:
+        export.write_nifti(labels, volume, tmp / NIFTI_NAME)
     clock.lap("nifti_s")
     canon, _ = orient.canonical(volume)
     # Titled by the series, never by the input's folder or file name (often an MRN).
@@ -305,7 +310,7 @@ def _write_outputs(tmp: Path, volume: dicom.Volume, labels: np.ndarray, reo: ori
     clock.lap("overview_s")
     if image_file is not None:
         written = [NIFTI_NAME, OVERVIEW_NAME]
-        if not image_file.name.lower().endswith((".nii", ".nii.gz")):
+        if not nifti_input:
             like = tmp / mask_like_name(image_file)
             written.append(imagefile.write_mask_like(labels, image_file, like).name)
             clock.lap("mask_like_s")
@@ -371,7 +376,7 @@ def predict(dicom_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         except imagefile.ImageFileError as exc:
             raise PredictError(str(exc)) from None
     else:
-        volume = dicom.load_series(dicom_dir, series_uid, recursive)
+        volume = dicom.load_series(dicom_dir, series_uid, recursive, volume_only=True)
     clock.lap("read_dicom_s")
     return segment_series(network, volume, out_dir, choice, threshold, clean, clock, overwrite=overwrite,
                           sources=[dicom_dir], check=check, image_file=image_file,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import struct
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
 
-from lungseg.io import pixels, series
+from lungseg.io import headers, pixels, series
 from lungseg.io.errors import DicomSeriesError, DicomWarning
 
 # A slice step may deviate from the series' median step by this much before it counts as a gap or
@@ -30,7 +28,7 @@ SPACING_ATOL_MM = 0.01
 # In-plane drift allowed between consecutive slice positions (gantry tilt / sheared series otherwise).
 SHEAR_ATOL_MM = 0.01
 # Two slices closer than this along the normal are duplicates.
-DUPLICATE_ATOL_MM = 1e-3
+DUPLICATE_ATOL_MM = headers.DUPLICATE_ATOL_MM
 # Tolerance for PixelSpacing (mm) and orientation cosines agreeing between slices of one series.
 GEOMETRY_ATOL = 1e-4
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -119,21 +117,17 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
 
 def find_dicom_files(folder: str | os.PathLike[str], recursive: bool | None = None
                      ) -> tuple[list[Path], list[Path]]:
-    """(DICOM files, other files) in ``folder``, each sorted by path; hidden files are ignored.
-
-    ``recursive=None`` looks into subfolders when the folder holds a ``DICOMDIR`` or no file but
-    subfolders (a media export). The DICOMDIR index itself is not a data file and is left out.
-    """
+    """(DICOM files, other files) in ``folder`` and every folder below it (the one walk of every
+    command, :func:`lungseg.io.headers.walk`: linked folders followed, hidden names skipped), each
+    sorted by path; ``recursive=False``: the folder's own files only. The DICOMDIR index itself is
+    not a data file and is left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"DICOM folder not found: {folder}")
-    top = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if recursive is None:
-        recursive = any(p.name.upper() == "DICOMDIR" for p in top) or (
-            not any(p.is_file() for p in top) and any(p.is_dir() for p in top))
-    candidates = folder.rglob("*") if recursive else top
-    files = sorted(p for p in candidates if p.is_file() and p.name.upper() != "DICOMDIR"
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    listing = (headers.walk(folder) if recursive is not False
+               else [(".", sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))])
+    files = sorted(p for rel, names in listing for p in (folder / rel / n for n in names)
+                   if p.is_file() and p.name.upper() != "DICOMDIR")
     dicom = [p for p in files if is_dicom(p)]
     return dicom, [p for p in files if p not in set(dicom)]
 
@@ -189,11 +183,7 @@ def _check_geometry(path: Path, spacing: tuple[float, ...], iop: tuple[float, ..
                                "unit vectors")
 
 
-def should_hold_image(ds: pydicom.Dataset) -> bool:
-    """True when the header declares an image (image SOP class or Rows), pixel data or not."""
-    meta = getattr(ds, "file_meta", None)
-    uids = (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta else None)
-    return "Rows" in ds or any(u is not None and "Image Storage" in UID(u).name for u in uids)
+should_hold_image = headers.should_hold_image
 
 
 def _header(path: Path, ds: pydicom.Dataset) -> dict:
@@ -235,65 +225,77 @@ def _read_one(path: Path) -> _Slice | None:
         raise DicomSeriesError(f"{path}: unreadable or truncated DICOM file ({exc})") from exc
 
 
-def describe_series(slices: list[_Slice]) -> str:
-    """One line per series: UID, modality, plane, slices, image type and description."""
-    groups: dict[str, list[_Slice]] = {}
-    for s in slices:
-        groups.setdefault(s.series_uid, []).append(s)
-    return "; ".join(
-        f"{uid or '<no SeriesInstanceUID>'}: {g[0].modality or '?'} {series.plane_name(g[0].orientation)}, "
-        f"{len(g)} slices" + (f", {g[0].image_type}" if g[0].image_type else "")
-        + (f", '{g[0].description}'" if g[0].description else "")
-        for uid, g in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+def _listing(groups: dict[str, list[tuple[Path, headers.Header]]],
+             facts: dict[str, series.SeriesFacts]) -> str:
+    """One entry per series, the largest first: UID, modality, plane, slices, image type, description."""
+    out = []
+    for uid, f in sorted(facts.items(), key=lambda kv: (-kv[1].images, kv[0])):
+        h = groups[uid][0][1]
+        out.append(f"{uid or '<no SeriesInstanceUID>'}: {f.modality or '?'} {f.plane}, {f.images} slices"
+                   + (f", {h.image_type}" if h.image_type else "")
+                   + (f", '{h.description}'" if h.description else ""))
+    return "; ".join(out)
 
 
-def series_facts(slices: list[_Slice]) -> list[series.SeriesFacts]:
-    """What :mod:`lungseg.io.series` reads of each series among ``slices`` (in order of appearance)."""
-    groups: dict[str, list[_Slice]] = {}
-    for s in slices:
-        groups.setdefault(s.series_uid, []).append(s)
-    facts = []
-    for uid, g in groups.items():
-        iop = g[0].orientation
-        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)) if len(iop) == 6 else None
-        steps = np.diff(np.sort([float(np.dot(s.position, normal)) for s in g])) if normal is not None else []
-        steps = [d for d in steps if d > DUPLICATE_ATOL_MM]
-        thick = [s.thickness for s in g if s.thickness]
-        facts.append(series.SeriesFacts(
-            uid=uid, modality=g[0].modality, images=len(g), orientation=tuple(iop) if len(iop) == 6 else None,
-            localizer=any("LOCALIZER" in s.image_type.upper() for s in g)
-            or len({tuple(np.round(s.orientation, 3)) for s in g}) > 1,
-            derived=series.is_derived([s.image_type for s in g]),
-            thickness=float(np.median(thick)) if thick else None,
-            step=float(np.median(steps)) if len(steps) else None))
-    return facts
-
-
-def _pick_series(slices: list[_Slice], folder: Path, series_uid: str | None) -> list[_Slice]:
-    """The slices of ``series_uid``; without it, the only series, or the one
-    :func:`lungseg.io.series.choose` prefers (said in a DicomWarning)."""
-    uids = Counter(s.series_uid for s in slices)
+def choose_files(folder: Path, files: Sequence[Path], series_uid: str | None = None,
+                 volume_only: bool = False) -> list[Path]:
+    """The files of the series to read among ``files``, from their headers alone (pixel data not
+    read; :mod:`lungseg.io.headers`, as ``batch`` chooses): ``series_uid``, else the CT volume the
+    series rule prefers (:func:`lungseg.io.series.choose`; said in a DicomWarning when there are
+    several series). DicomSeriesError when no series is a CT volume (a scout, a single image, another
+    modality: :func:`lungseg.io.series.not_a_volume`), when the volumes belong to several studies, or
+    when two tie; ``volume_only`` (what is segmented: ``predict``, ``qc``, ``batch``) also refuses a
+    lone series or ``series_uid`` that is not a CT volume, which a plain read accepts."""
+    groups: dict[str, list[tuple[Path, headers.Header]]] = {}
+    for p in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd values: the full read validates
+            ds = read_dataset(p, stop_before_pixels=True)
+        if headers.is_directory(ds):
+            continue
+        h = headers.header_of(ds)
+        if not h.image:
+            warnings.warn(f"skipping {p}: DICOM without pixel data ({h.modality or '?'}, not an image)",
+                          DicomWarning, stacklevel=3)
+            continue
+        groups.setdefault(h.uid, []).append((p, h))
+    if not groups:
+        raise DicomSeriesError(f"{folder}: no DICOM image in the folder ({len(files)} files)")
+    if "" in groups and len(groups) > 1:  # beside series with UIDs: a header cut short (as batch says)
+        raise DicomSeriesError(f"{groups[''][0][0]}: no SeriesInstanceUID "
+                               "(truncated or damaged DICOM file)")
+    facts = {uid: headers.facts_of(uid, [h for _, h in g]) for uid, g in groups.items()}
+    listing = _listing(groups, facts)
     if series_uid is not None:
-        chosen = [s for s in slices if s.series_uid == series_uid]
-        if not chosen:
-            raise DicomSeriesError(f"{folder}: no slice of series {series_uid}; found "
-                                   f"{describe_series(slices)}")
-        return chosen
-    if len(uids) == 1:
-        return slices
-    candidates = [f for f in series_facts(slices) if not series.not_a_volume(f)]
+        if series_uid not in facts:
+            raise DicomSeriesError(f"{folder}: no slice of series {series_uid}; found {listing}")
+        chosen = facts[series_uid]
+        if volume_only and series.not_a_volume(chosen):
+            raise DicomSeriesError(f"{folder}: {chosen.describe()} is not a CT volume to segment: "
+                                   f"{series.not_a_volume(chosen)}")
+        return [p for p, _ in groups[series_uid]]
+    if len(facts) == 1 and not volume_only:
+        return [p for p, _ in next(iter(groups.values()))]
+    volumes = [f for f in facts.values() if not series.not_a_volume(f)]
+    if not volumes:
+        why = "; ".join(f"{f.uid or '<no SeriesInstanceUID>'}: {series.not_a_volume(f)}"
+                        for f in facts.values())
+        raise DicomSeriesError(f"{folder}: no CT volume to segment among {listing} ({why}); choose one "
+                               "with --series UID")
     try:
-        best = series.choose(candidates)
+        chosen = series.choose(volumes)
     except series.AmbiguousSeries as exc:
         raise DicomSeriesError(f"{folder}: more than one series and no single best CT series ({exc}): "
-                               f"{describe_series(slices)}; choose one with --series UID") from None
-    except ValueError:
-        raise DicomSeriesError(f"{folder}: more than one series and no CT volume among them: "
-                               f"{describe_series(slices)}; choose one with --series UID") from None
-    warnings.warn(f"{folder}: {len(uids)} series; using {best.describe()} by the rule ({series.RULE}) "
-                  f"(all: {describe_series(slices)}); choose another with --series UID",
-                  DicomWarning, stacklevel=3)
-    return [s for s in slices if s.series_uid == best.uid]
+                               f"{listing}; choose one with --series UID") from None
+    studies = {groups[f.uid][0][1].study for f in volumes}
+    if len(studies) > 1:
+        raise DicomSeriesError(f"{folder}: CT volumes of {len(studies)} studies ({listing}); predict "
+                               "segments one series: give it one study's folder, choose with --series "
+                               "UID, or segment every study with `lungseg batch`")
+    if len(facts) > 1:
+        warnings.warn(f"{folder}: {len(facts)} series; using {chosen.describe()} by the rule ({series.RULE}) "
+                      f"(all: {listing}); choose another with --series UID", DicomWarning, stacklevel=3)
+    return [p for p, _ in groups[chosen.uid]]
 
 
 def _check_consistent(slices: list[_Slice]) -> None:
@@ -359,36 +361,45 @@ def mislabelled(path: Path) -> DicomSeriesError:
                             "DICOM header): damaged or mislabelled")
 
 
-def read_slices(folder: str | os.PathLike[str], recursive: bool | None = None) -> list[_Slice]:
-    """Read every image file in ``folder`` (see :func:`find_dicom_files`); non-DICOM files are
-    skipped with a warning, a non-DICOM file named ``*.dcm`` is an error."""
-    folder = Path(folder)
+def _dicom_files(folder: Path, recursive: bool | None) -> list[Path]:
+    """The DICOM files of ``folder`` (see :func:`find_dicom_files`); non-DICOM files are skipped with
+    a warning, a non-DICOM file named ``*.dcm`` is an error."""
     files, others = find_dicom_files(folder, recursive)
     for p in others:
         if p.suffix.lower() in DICOM_SUFFIXES:
             raise mislabelled(p)
-        warnings.warn(f"skipping non-DICOM file {p}", DicomWarning, stacklevel=2)
+        warnings.warn(f"skipping non-DICOM file {p}", DicomWarning, stacklevel=3)
+    if not files:
+        raise DicomSeriesError(f"{folder}: no DICOM image in the folder ({len(others)} files)")
+    return files
+
+
+def _read_series(files: Sequence[Path], where: Path) -> list[_Slice]:
     # A plain loop: parsing is pure Python under the GIL, and measured threads or processes slower.
     slices = [s for s in map(_read_one, files) if s is not None]
     if not slices:
-        raise DicomSeriesError(f"{folder}: no DICOM image in the folder ({len(files) + len(others)} files)")
+        raise DicomSeriesError(f"{where}: no DICOM image among {len(files)} files")
     return slices
 
 
 def load_series(folder: str | os.PathLike[str], series_uid: str | None = None,
-                recursive: bool | None = None) -> Volume:
+                recursive: bool | None = None, volume_only: bool = False) -> Volume:
     """Read a DICOM CT series folder into a :class:`Volume` (z, y, x) in HU, sorted by slice position.
 
-    The volume stays in the acquisition's own orientation (see :mod:`lungseg.io.orient` to bring it to
-    the axial orientation the model was trained in). Slices are sorted by ImagePositionPatient
-    projected on the slice normal. Raises :class:`DicomSeriesError` naming the file and tag for
-    unreadable files, no image, a non-CT modality, missing or invalid PixelSpacing /
-    ImageOrientationPatient / ImagePositionPatient / rescale values, several series with no clear
-    choice (``series_uid`` picks one), inconsistent geometry, duplicate positions, gaps or uneven
-    steps beyond ``SPACING_RTOL``/``SPACING_ATOL_MM``, and sheared (gantry-tilt) series.
+    The folder and its subfolders (``recursive=False``: the folder alone) are scanned header by
+    header and the series chosen (:func:`choose_files`, with ``volume_only``) before any pixel is
+    read. The volume stays
+    in the acquisition's own orientation (see :mod:`lungseg.io.orient` to bring it to the axial
+    orientation the model was trained in). Slices are sorted by ImagePositionPatient projected on
+    the slice normal. Raises :class:`DicomSeriesError` naming the file and tag for unreadable files,
+    no image, a non-CT modality, missing or invalid PixelSpacing / ImageOrientationPatient /
+    ImagePositionPatient / rescale values, several series with no clear choice (``series_uid``
+    picks one), inconsistent geometry, duplicate positions, gaps or uneven steps beyond
+    ``SPACING_RTOL``/``SPACING_ATOL_MM``, and sheared (gantry-tilt) series.
     """
     folder = Path(folder)
-    return _volume(_pick_series(read_slices(folder, recursive), folder, series_uid), folder.name)
+    chosen = choose_files(folder, _dicom_files(folder, recursive), series_uid, volume_only)
+    return _volume(_read_series(chosen, folder), folder.name)
 
 
 def load_files(files: Sequence[str | os.PathLike[str]], name: str, series_uid: str | None = None) -> Volume:
@@ -399,11 +410,8 @@ def load_files(files: Sequence[str | os.PathLike[str]], name: str, series_uid: s
     for p in paths:
         if p.suffix.lower() in DICOM_SUFFIXES and not is_dicom(p):
             raise mislabelled(p)
-    slices = [s for s in map(_read_one, paths) if s is not None]
-    if not slices:
-        raise DicomSeriesError(f"{paths[0].parent if paths else name}: no DICOM image among "
-                               f"{len(paths)} files")
-    return _volume(_pick_series(slices, paths[0].parent, series_uid), name)
+    where = paths[0].parent if paths else Path(name)
+    return _volume(_read_series(choose_files(where, paths, series_uid, True), where), name)
 
 
 def _volume(slices: list[_Slice], case_id: str) -> Volume:

@@ -83,7 +83,7 @@ def read_sources(volume: Volume) -> list[pydicom.Dataset]:
     Missing Type 2 patient/study attributes are added empty to these in-memory copies, as DICOM
     allows and highdicom requires; the files themselves are never written.
     """
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in volume.files]
     for ds in sources:
         for keyword in _TYPE2_STUDY_ATTRIBUTES:
             if keyword not in ds:

@@ -26,6 +26,10 @@ ORTHOGONAL_TOL = 1e-3
 taken as an orthogonal grid."""
 HU_LIMITS = (-32768, 32767)
 LABEL_MAP_VALUES = 16
+AIR_ABOVE = -500.0
+"""HU: when the lowest 1% of a chest CT's values (padding left out) lie above this, it holds no air."""
+PADDING_BELOW = -1500.0
+"""HU: values below this are padding outside the field of view (e.g. -2048, -3024), not air."""
 """An image with no more distinct values (sampled) is a label map, not a CT."""
 SORT_KEY = "image file geometry (SimpleITK direction and origin)"
 FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
@@ -64,6 +68,8 @@ def _read(path: Path):
         raise ImageFileError(f"{path}: image file not found")
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti(path)
+    if path.name.lower().endswith((".nrrd", ".nhdr")):
+        _check_nrrd_space(path)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints to the terminal; we check ourselves
     try:
         return sitk.ReadImage(str(path))
@@ -82,13 +88,33 @@ def _check_nifti(path: Path) -> None:
         m = np.asarray(img.affine, dtype=float)[:3, :3]
     except Exception as exc:  # nibabel's many header errors; the file is not read further
         raise ImageFileError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    if int(img.header["qform_code"]) == 0 and int(img.header["sform_code"]) == 0:
+        raise ImageFileError(f"{path}: no orientation in the NIfTI header (qform_code and sform_code are "
+                             "both 0), so the patient's right and left cannot be told; convert the scan "
+                             "again with its orientation (e.g. dcm2niix from the DICOM series)")
+    try:  # every voxel the header promises must be there (ITK fills a cut-off file with zeros)
+        data = np.asarray(img.dataobj.get_unscaled())
+    except Exception as exc:  # nibabel's IOError/EOFError/zlib errors on a short or damaged file
+        raise ImageFileError(f"{path}: truncated or damaged NIfTI file: the voxel data ends early "
+                             f"({type(exc).__name__}: {exc})") from None
     cols = m / np.linalg.norm(m, axis=0)
     if not np.all(np.abs(cols.T @ cols - np.eye(3)) <= ORTHOGONAL_TOL):
         raise ImageFileError(f"{path}: the image axes are not orthogonal (sheared grid, e.g. a tilted "
                              "gantry); resample it to an orthogonal grid first")
-    if np.issubdtype(img.get_data_dtype(), np.floating):
-        if not np.isfinite(np.asarray(img.dataobj.get_unscaled())).all():
-            raise ImageFileError(f"{path}: NaN or infinite voxel values")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise ImageFileError(f"{path}: NaN or infinite voxel values")
+
+
+def _check_nrrd_space(path: Path) -> None:
+    """An NRRD header without ``space`` (or ``space dimension``) and ``space directions`` has no
+    patient orientation: ITK would assume one, and right and left could come out swapped."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536).split(b"\n\n", 1)[0].decode("latin-1").lower()
+    fields = {line.split(":", 1)[0].strip() for line in head.splitlines() if ":" in line}
+    if not ({"space", "space dimension"} & fields and "space directions" in fields):
+        raise ImageFileError(f"{path}: no patient orientation in the NRRD header (no 'space' and 'space "
+                             "directions' fields), so the patient's right and left cannot be told; write "
+                             "the scan with its orientation")
 
 
 def _grid(path: Path, dimension: int, components: int, size: tuple[int, ...],
@@ -129,6 +155,12 @@ def _hu(path: Path, values: np.ndarray) -> np.ndarray:
     if lo < HU_LIMITS[0] or hi > HU_LIMITS[1]:
         raise ImageFileError(f"{path}: values {lo:g} to {hi:g} exceed the int16 range of CT numbers; "
                              "is it a CT in Hounsfield units?")
+    inside = sample[sample > PADDING_BELOW]  # padding outside the field of view is not air
+    if lo < 0 and inside.size and np.percentile(inside, 1) > AIR_ABOVE:
+        raise ImageFileError(f"{path}: no air in the image (the lowest 1% of values lie above "
+                             f"{np.percentile(inside, 1):g}, values {lo:g} to {hi:g}); in HU the air "
+                             "around a chest and in its lungs is -1000 to -800: values not in Hounsfield "
+                             "units (another rescale, or not a CT)?")
     return np.rint(values).astype(np.int16) if values.dtype != np.int16 else values
 
 

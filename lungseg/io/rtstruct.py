@@ -138,7 +138,7 @@ def _source_headers(volume: Volume, sources: Sequence[Dataset] | None = None) ->
         if len(sources) != volume.shape[0]:
             raise ValueError(f"{volume.case_id}: {len(sources)} source headers for {volume.shape[0]} slices")
         return list(sources)
-    return [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.files]
+    return [pydicom.dcmread(f, stop_before_pixels=True, force=True) for f in volume.files]
 
 
 def _item(**attributes: object) -> Dataset:
@@ -285,7 +285,8 @@ def _read_dataset(path: Path) -> Dataset:
 def _slice_lookup(volume: Volume) -> tuple[dict[str, int], str]:
     """SOPInstanceUID -> slice index of the volume's files, and their FrameOfReferenceUID ('' if none)."""
     tags = ["SOPInstanceUID", "FrameOfReferenceUID"]
-    headers = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags) for f in volume.files]
+    headers = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=True)
+               for f in volume.files]
     return ({str(h.get("SOPInstanceUID", "")): k for k, h in enumerate(headers)},
             str(headers[0].get("FrameOfReferenceUID", "")) if headers else "")
 

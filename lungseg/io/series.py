@@ -8,7 +8,8 @@ originals, so the rule (:func:`preference`) is:
 1. axial before any other plane (a coronal MPR may hold *more* images than the axial series, yet it is
    interpolated from it and lies in the plane the network never saw);
 2. an original (ImageType ORIGINAL) before a derived reconstruction (DERIVED: MPR, MIP, reformat);
-3. the thinnest slices (SliceThickness, else the measured step), the finest detail in z;
+3. the thinnest slices, the finest detail in z (the larger of SliceThickness and the measured step:
+   thin slices written far apart are as coarse as their step);
 4. the most slices (the longest coverage).
 
 What is not a CT volume at all (:func:`not_a_volume`: no pixels, another modality, a scout, fewer than
@@ -81,8 +82,10 @@ class SeriesFacts:
 
     @property
     def slice_mm(self) -> float | None:
-        """Slice thickness for the "thinnest" point: SliceThickness, else the measured step."""
-        return self.thickness if self.thickness else self.step
+        """How fine the series is in z, for the "thinnest" point: the larger of SliceThickness and the
+        measured step (thin slices far apart are as coarse as their step), else whichever is known."""
+        known = [v for v in (self.thickness, self.step) if v]
+        return max(known) if known else None
 
     def describe(self) -> str:
         kind = "derived" if self.derived else "original"

@@ -8,16 +8,13 @@ import json
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from lungseg.io import dicom, imagefile, series
-
-DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage (a DICOMDIR)
-
+from lungseg.io import dicom, headers, imagefile, series
 
 SCAN_IN_PROCESS_FILES = 5000
 """Trees with fewer files are scanned in this process (~1-2 ms a file), larger ones on the workers."""
@@ -91,34 +88,11 @@ class FolderScan:
     bad: list[tuple[str, str]]
 
 
-def walk(root: Path) -> Iterator[tuple[str, list[str]]]:
-    """(folder relative to ``root`` in POSIX form, sorted names of its files) for every folder
-    below ``root`` holding files; hidden names skipped; linked folders followed, each real folder
-    once."""
-    seen: set[tuple[int, int]] = set()
-    for top, dirs, files in os.walk(root, followlinks=True):
-        st = os.stat(top)
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = sorted(f for f in files if not f.startswith("."))
-        if names:
-            yield Path(top).relative_to(root).as_posix(), names
+walk = headers.walk  # the one file walk of every command
 
 
 def _median(values: Sequence[float]) -> float | None:
     return float(np.median(values)) if len(values) else None
-
-
-def _numbers(value: object) -> tuple[float, ...] | None:
-    try:
-        values = tuple(float(v) for v in (value if isinstance(value, Sequence) and not isinstance(value, str)
-                                          else [value]))
-    except (TypeError, ValueError):
-        return None
-    return values if all(np.isfinite(values)) else None
 
 
 def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
@@ -143,46 +117,31 @@ def scan_folder(root: str, folder: str, names: Sequence[str]) -> FolderScan:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pydicom's notes on odd values: the reader validates
                 ds = dicom.read_dataset(path, stop_before_pixels=True)
-                if str(ds.get("SOPClassUID", "")) == DIRECTORY_SOP_CLASS:
+                if headers.is_directory(ds):
                     continue
                 st = path.stat()
-                uid = str(ds.get("SeriesInstanceUID", "") or "")
-                g = groups.setdefault(uid, {
-                    "files": [], "stat": [], "study": str(ds.get("StudyInstanceUID", "") or ""),
-                    "modality": str(ds.get("Modality", "") or ""), "image": False, "types": set(),
-                    "iops": set(), "iop": None, "pos": [], "thick": []})
-                g["files"].append(name)
-                g["stat"].append((name, st.st_size, st.st_mtime_ns))
-                g["image"] |= dicom.should_hold_image(ds)
-                g["types"].add("\\".join(str(v) for v in (ds.get("ImageType") or [])).upper())
-                iop = _numbers(ds.get("ImageOrientationPatient"))
-                if iop is not None and len(iop) == 6:
-                    g["iops"].add(tuple(round(v, 3) for v in iop))
-                    g["iop"] = g["iop"] or iop
-                    pos = _numbers(ds.get("ImagePositionPatient"))
-                    if pos is not None and len(pos) == 3:
-                        g["pos"].append(float(np.dot(pos, np.cross(iop[:3], iop[3:]))))
-                thick = _numbers(ds.get("SliceThickness"))
-                if thick and thick[0] > 0:
-                    g["thick"].append(thick[0])
+                h = headers.header_of(ds)
         except dicom.DicomSeriesError as exc:
             bad.append((name, str(exc)))
+            continue
         except Exception as exc:  # a damaged header value
             bad.append((name, f"{path}: unreadable or truncated DICOM file ({exc})"))
+            continue
+        g = groups.setdefault(h.uid, {"files": [], "stat": [], "headers": []})
+        g["files"].append(name)
+        g["stat"].append((name, st.st_size, st.st_mtime_ns))
+        g["headers"].append(h)
     if "" in groups and len(groups) > 1:  # beside series with UIDs: headers cut short, or damaged
         bad += [(name, f"{base / name}: no SeriesInstanceUID (truncated or damaged DICOM file)")
                 for name in groups.pop("")["files"]]
     found = []
     for uid, g in groups.items():
-        steps = np.diff(np.sort(g["pos"]))
-        steps = steps[steps > dicom.DUPLICATE_ATOL_MM]
+        f = headers.facts_of(uid, g["headers"])
         key = hashlib.sha256(json.dumps(sorted(g["stat"])).encode()).hexdigest()[:16]
         found.append(SeriesScan(
-            folder=folder, uid=uid, study=g["study"], modality=g["modality"], image=g["image"],
-            localizer=any("LOCALIZER" in t for t in g["types"]) or len(g["iops"]) > 1,
-            derived=series.is_derived(sorted(g["types"])),
-            orientation=g["iop"], thickness=_median(g["thick"]), step=_median(steps), files=g["files"],
-            key=key))
+            folder=folder, uid=uid, study=g["headers"][0].study, modality=f.modality, image=f.has_pixels,
+            localizer=f.localizer, derived=f.derived, orientation=f.orientation, thickness=f.thickness,
+            step=f.step, files=g["files"], key=key))
     return FolderScan(folder, found + files, bad)
 
 
