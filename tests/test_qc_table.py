@@ -55,6 +55,20 @@ def test_series_scored_in_workers_match_those_scored_here(tmp_path: Path, real_c
     assert all(r["logits_shared"] == (r["kind"] != "original") for r in here + pooled)
 
 
+def test_cached_rows_are_used_only_at_the_runs_current_settings(tmp_path: Path, real_case: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold run retuned since its rows were cached (03_eval saves its inference.json) is scored
+    again at its new threshold, not served the rows of the old one."""
+    monkeypatch.setattr(qc_calibrate, "CACHE", tmp_path / "qc")
+    run = _fold_run(tmp_path / "fold")
+    first = qc_calibrate.score_table([run], ["original"], case_ids=["Case_000"], workers=0)
+    again = qc_calibrate.score_table([run], ["original"], case_ids=["Case_000"], workers=0)
+    assert first == again and first[0]["threshold"] == 0.5  # a cache hit at the default settings
+    runs.save_inference(run.run_dir, 0.7, False, "a test")
+    retuned = qc_calibrate.score_table([run], ["original"], case_ids=["Case_000"], workers=0)
+    assert (retuned[0]["threshold"], retuned[0]["postprocess"]) == (0.7, False)
+
+
 @pytest.mark.parametrize("workers, tasks, pooled", [(0, 10, False), (1, 10, False), (2, 1, False),
                                                      (2, 2, True)])
 def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool) -> None:

@@ -163,7 +163,8 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
                 use_cache: bool = True, workers: int | None = None) -> list[dict]:
     """One row per series: every test patient of every fold run (or ``case_ids``), each variant kind
     ``per_kind`` times with its severity drawn from (seed, case, kind, repeat). Cached per fold run in
-    ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed), one
+    ``build/qc/`` (keyed by the run, the scoring code, the case's data, kind, repeat and seed, and
+    used only at the run's current threshold and post-processing), one
     line per series, written as each patient finishes (a patient is one task), so an interrupted table
     resumes from its finished patients and other selections reuse them.
     ``workers``: patients scored in parallel on a local Dask cluster of that many one-thread processes
@@ -174,11 +175,13 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
     if use_cache:
         for run in folds:
             f = _cache_file(run)
+            threshold, clean = run_settings(run)  # rows of other settings (retuned since) are stale
             if f.is_file():
                 for line in f.read_text().splitlines():
                     if line.strip():
                         r = json.loads(line)
-                        known[(r["run"], r["case"], r["data_key"], r["kind"], r["repeat"], r["seed"])] = r
+                        if r.get("threshold") == threshold and r.get("postprocess") == clean:
+                            known[(r["run"], r["case"], r["data_key"], r["kind"], r["repeat"], r["seed"])] = r
     todo = []
     for case_id in case_ids:
         f = fold_of(folds, case_id)
