@@ -116,8 +116,8 @@ def _add_series_options(p: argparse.ArgumentParser) -> None:
                         "only one, or the one the series rule prefers: axial, original, thinnest, "
                         "most slices; said in a note)")
     p.add_argument("--recursive", action="store_true", default=None,
-                   help="also read subfolders (automatic when the folder holds a DICOMDIR or only "
-                        "subfolders)")
+                   help="read subfolders too: the default, as batch reads a folder (kept so that old "
+                        "scripts run)")
 
 
 def _run_predict(args: argparse.Namespace) -> int:

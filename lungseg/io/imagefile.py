@@ -186,8 +186,8 @@ def load_image(path: str | os.PathLike[str]) -> Volume:
     name = stem_of(path)
     return Volume(hu=np.ascontiguousarray(hu), spacing=(float(sz), float(sy), float(sx)),
                   origin=tuple(float(v) for v in origin), positions=positions,
-                  files=(str(path),) * nz, case_id=name, series_uid="", orientation=tuple(d[:, :2].T.ravel()),
-                  sort_key=SORT_KEY)
+                  files=(str(path),) * nz, case_id=name, series_uid="",
+                  orientation=tuple(float(v) for v in d[:, :2].T.ravel()), sort_key=SORT_KEY)
 
 
 def write_mask_like(mask: np.ndarray, source: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
