@@ -1,4 +1,5 @@
-"""Read and write: which series of a study to read (``series``), DICOM series to HU volumes
+"""Read and write: which series of a study to read (``series``, from the facts of one header scan
+shared by every command: ``headers``), DICOM series to HU volumes
 (``dicom``: headers and volume; ``pixels``: pixel data to HU; ``errors``: what reading raises;
 ``orient``), the data set's lung masks (``masks``), NIfTI/NRRD/MetaImage files to the
 same volumes (``imagefile``), the memory-mapped volume cache (``cache``), per-case jobs on
