@@ -159,6 +159,28 @@ def test_the_back_wall_gap_sees_dense_lung_left_out_of_both_lungs_alike() -> Non
     assert back(np.where(hu > 150, 40, hu).astype(np.int16), mask) is None  # no bone: nothing to measure
 
 
+def test_the_front_wall_gap_sees_anterior_dense_lung_left_out_of_one_lung() -> None:
+    """One lung losing its front 16 rows (62 mm): neither the back's distance to bone nor the
+    one-lung-against-the-other gap at the back moves; the distance from its front to the bone does."""
+    from test_qc import SPACING, labels_of
+
+    from lungseg.inference import qc_scores
+
+    hu, mask = _ribbed_phantom()
+    sound = qc_scores.wall_scores(hu, labels_of(mask), SPACING)
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    short = mask.copy()
+    short[:, : rows[0] + 16, :64] = False  # the patient's right lung: the image's left half here
+    missed = qc_scores.wall_scores(hu, labels_of(short), SPACING)
+    assert sound["front_wall_mm"] is not None and missed["front_wall_mm"] is not None
+    assert sound["front_wall_mm"] < 15 and missed["front_wall_mm"] > sound["front_wall_mm"] + 30
+    assert missed["back_wall_mm"] == pytest.approx(sound["back_wall_mm"])
+    gap = qc_scores.posterior_gap
+    assert gap(labels_of(short), SPACING) == gap(labels_of(mask), SPACING)
+    no_bone = np.where(hu > 150, 40, hu).astype(np.int16)
+    assert qc_scores.wall_scores(no_bone, labels_of(mask), SPACING)["front_wall_mm"] is None
+
+
 def test_the_end_gaps_measure_one_lung_ending_short_of_the_other() -> None:
     """The phantom's lungs are mirror images (gaps 0); one lung losing its top or bottom 6 slices
     (30 mm) moves that end by 6 slices or a little less (the lost end's thin tip did not count)."""

@@ -15,9 +15,9 @@ The checks (:data:`CHECKS`), each a score with the side on which it is bad:
   one lung is against the other and how far one stops short of the other at the back (consolidation
   left out), the mean HU inside the mask, the share of the raw mask that post-processing removed as
   stray parts;
-* wall: how far each lung's outer wall stops short of the ribs on the middle slices of the chest
-  (dense lung next to the chest wall that the mask left out: the mask alone cannot see it, the bone
-  can);
+* wall: how far each lung's outer wall, its back and its front stop short of the ribs on the middle
+  slices of the chest (dense lung next to the chest wall that the mask left out: the mask alone cannot
+  see it, the bone can);
 * model confidence: the share of voxels whose probability lies between 0.1 and 0.9 per lung voxel,
   and the agreement of the mask with the network's answer on the mirrored image.
 
@@ -126,6 +126,10 @@ CHECKS: tuple[Check, ...] = (
           "a lung stops {value:.0f} mm short of the ribs and spine at the back (at most {limit:.0f} mm on "
           "sound scans): dense dependent lung (consolidation, collapse) left out of the mask, or an "
           "effusion?", fail_margins=4.0),
+    Check("front", "front_wall_mm", "above", "wall", 5.0,
+          "a lung stops {value:.0f} mm short of the ribs at the front (at most {limit:.0f} mm on sound "
+          "scans): dense non-dependent lung (an anterior consolidation or collapse) left out of the mask?",
+          fail_margins=4.0),
     Check("wall", "wall_gap_share", "above", "wall", 0.05,
           "{value:.0%} of one lung's outer wall stops more than "
           f"{GAP_MM:.0f} mm short of the ribs (at most {{limit:.0%}} on sound scans): dense lung "
