@@ -131,6 +131,24 @@ def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_a_cut_off_file_is_named_with_the_reader_s_own_reason(tmp_path: Path, suffix: str, capfd) -> None:
+    # ITK's MetaImage reader writes its diagnosis to the C++ error stream and then raises with a stale
+    # errno ("No such file or directory"): the message must carry the diagnosis, the terminal nothing.
+    path = tmp_path / f"cut{suffix}"
+    data = np.random.default_rng(4).integers(-1000, 400, (16, 32, 32)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(data), str(path))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    capfd.readouterr()
+    with pytest.raises(imagefile.ImageFileError) as err:
+        imagefile.load_image(path)
+    message = str(err.value)
+    assert str(path) in message and "No such file" not in message
+    assert any(w in message for w in ("not read completely", "fread got only"))
+    assert capfd.readouterr().err == ""
+
+
 def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: dicom.Volume, capsys) -> None:
     src = tmp_path / "in" / "ct.mha"
     src.parent.mkdir()

@@ -12,7 +12,11 @@ with the file named; an oblique grid is refused by :mod:`lungseg.io.orient`, as 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +75,34 @@ def _read(path: Path):
     if path.name.lower().endswith((".nrrd", ".nhdr")):
         _check_nrrd_space(path)
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints to the terminal; we check ourselves
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:  # SimpleITK's only error type: keep its first line, not the C++ trace
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ImageFileError(f"{path}: not a readable NIfTI/NRRD/MetaImage file ({first})") from None
+    with native_stderr() as said:
+        try:
+            return sitk.ReadImage(str(path))
+        except RuntimeError as exc:  # SimpleITK's only error type: keep its last line, not the C++ trace
+            error = exc
+    # The readers' own diagnostics (MetaIO writes "data not read completely" to the C++ stream, and
+    # ITK then reports a stale errno such as "No such file or directory") say more than the exception.
+    reason = " ".join(" ".join(said).split()) or (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    raise ImageFileError(f"{path}: not a readable NIfTI/NRRD/MetaImage file ({reason})") from None
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Capture what C/C++ code (ITK's readers) writes to file descriptor 2 while the block runs,
+    instead of letting it reach the terminal between our own messages; the list receives its
+    non-empty lines when the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(ln for ln in sink.read().decode("utf-8", "replace").splitlines() if ln.strip())
 
 
 def _check_nifti(path: Path) -> None:
@@ -199,7 +226,8 @@ def write_mask_like(mask: np.ndarray, source: str | os.PathLike[str], out: str |
     source = Path(source)
     header = sitk.ImageFileReader()  # the header only: the voxels were read once, by load_image
     header.SetFileName(str(source))
-    header.ReadImageInformation()
+    with native_stderr():
+        header.ReadImageInformation()
     _, reverse = _grid(source, header.GetDimension(), header.GetNumberOfComponents(), header.GetSize(),
                        header.GetDirection())
     stored = np.ascontiguousarray(np.asarray(mask, dtype=np.uint8)[::-1] if reverse else mask, dtype=np.uint8)
