@@ -82,7 +82,8 @@ def _read(path: Path):
             error = exc
     # The readers' own diagnostics (MetaIO writes "data not read completely" to the C++ stream, and
     # ITK then reports a stale errno such as "No such file or directory") say more than the exception.
-    reason = " ".join(" ".join(said).split()) or (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    reason = " ".join(" ".join(said).split()) or last
     raise ImageFileError(f"{path}: not a readable NIfTI/NRRD/MetaImage file ({reason})") from None
 
 
