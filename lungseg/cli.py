@@ -143,7 +143,8 @@ what it does:
   finds every DICOM series under ROOT (any depth, DICOMDIR exports, files without extension, several
   series per folder); localizers and non-CT series are skipped with their reason; of each study the
   series predict would choose is segmented (axial before reformats, originals first, then the
-  thinnest and the most slices; --all-series: every CT series), exactly as
+  thinnest and the most slices; --all-series: every CT series; two series equal on every point
+  fail the study, as predict refuses them), exactly as
   `predict` would (same reading, model, threshold, post-processing and outputs).
 
 outputs (in OUT):

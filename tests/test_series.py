@@ -69,3 +69,21 @@ def test_predict_and_batch_choose_the_same_series(tmp_path: Path) -> None:
     assert todo == [axial_uid]
     skipped = next(e for e in entries if e.scan.uid == mpr_uid)
     assert axial_uid in skipped.reason and series.RULE in skipped.reason
+
+
+def test_a_tie_is_refused_by_predict_and_failed_by_batch(tmp_path: Path) -> None:
+    # Two axial originals of one study, equal on every point of the rule: predict refuses the folder,
+    # and batch must not quietly skip both (exit 0 with nothing segmented): the study fails, with why.
+    a = write_series(tmp_path / "study", n=6, names=[f"a{i}.dcm" for i in range(6)])
+    b = write_series(tmp_path / "study", n=6, names=[f"b{i}.dcm" for i in range(6)])
+    study = pydicom.dcmread(a[0]).StudyInstanceUID
+    for path in b:
+        edit(path, StudyInstanceUID=study)
+    with pytest.raises(dicom.DicomSeriesError, match="no single best CT series"):
+        dicom.load_series(tmp_path / "study")
+    names = sorted(p.name for p in (tmp_path / "study").iterdir())
+    entries = plan.plan(discover.scan_folder(str(tmp_path), "study", names).series)
+    assert [e.status for e in entries] == ["failed", "failed"]
+    assert all("no single best series" in e.reason and "--all-series" in e.reason for e in entries)
+    assert [e.status for e in plan.plan(discover.scan_folder(str(tmp_path), "study", names).series,
+                                        all_series=True)] == ["todo", "todo"]

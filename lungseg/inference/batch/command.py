@@ -200,6 +200,9 @@ def _run(root: Path, out: Path, settings: Settings, executor: Lazy,
                       not_in_part=len(tasks) - len(mine), where="(nothing left to segment)",
                       cohort=str(cohort.path), failed=len(orphans), files=n_files, scan_s=scan_s)
     summary.failures += [r["message"] for r in cohort.extra]
+    undecided = [e for e in entries if e.status == FAILED]  # the plan's: series that tie in a study
+    summary.failed += len(undecided)
+    summary.failures += list(dict.fromkeys(f"{e.scan.folder}: {e.reason}" for e in undecided))  # once a study
     previous = read_cohort(cohort.path)
     model = settings.choice.name or settings.checkpoint
     to_run = []

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from lungseg.inference.batch.discover import SeriesScan
-from lungseg.inference.batch.table import SKIPPED, Entry
+from lungseg.inference.batch.table import FAILED, SKIPPED, Entry
 from lungseg.io import imagefile, series
 
 SERIES_PREFIX = "series-"
@@ -51,15 +51,17 @@ def plan(scans: Sequence[SeriesScan], all_series: bool = False) -> list[Entry]:
 
 
 def _choose_in_study(members: list[Entry]) -> None:
-    """Skip every series of one study but the one the series rule prefers (all of them, with the
-    reason, when two tie: the user chooses with --all-series)."""
+    """Skip every series of one study but the one the series rule prefers. When two tie, the study
+    fails, as ``predict`` refuses such a folder: every series gets the reason and nothing of the study
+    is segmented until the user chooses (--all-series, or ``predict --series UID``)."""
     if len(members) < 2:
         return
     try:
         best = series.choose([e.scan.facts for e in members]).uid
     except series.AmbiguousSeries as exc:
         for e in members:
-            e.status, e.reason = SKIPPED, f"{exc}: no single best series; --all-series segments each"
+            e.status, e.reason = FAILED, (f"{exc}: no single best series; --all-series segments each, "
+                                          "predict --series UID the one you choose")
         return
     chosen = next(e for e in members if e.scan.uid == best)
     for e in members:

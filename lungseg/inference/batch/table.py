@@ -33,7 +33,8 @@ DONE, FAILED, SKIPPED = "done", "failed", "skipped"
 
 @dataclass
 class Entry:
-    """One series found: what batch does with it (``status`` "todo" or skipped) and where."""
+    """One series found: what batch does with it (``status`` "todo", skipped, or failed before it
+    starts: a study whose series tie under the series rule, as ``predict`` refuses it) and where."""
 
     scan: SeriesScan
     status: str
@@ -78,7 +79,7 @@ def row(entry: Entry, status: str, message: str = "", stats: dict | None = None,
              input=s.input)
     if s.is_file:  # what the header says is known once the file is read
         r.update(modality="", plane="")
-    if status != SKIPPED:
+    if entry.status not in (SKIPPED, FAILED):  # a series the plan sent to work has an output folder
         r["output"] = entry.output
         r["model"] = model
     if stats:
@@ -154,8 +155,8 @@ class Cohort:
         rows = []
         for e in self.entries:
             key = (e.scan.folder, e.scan.uid)
-            if e.status == SKIPPED:
-                rows.append(row(e, SKIPPED, e.reason))
+            if e.status in (SKIPPED, FAILED) and e.reason:  # decided by the plan, before any work
+                rows.append(row(e, e.status, e.reason))
             elif e.output in self.rows:
                 rows.append(self.rows[e.output])
             elif key in previous and previous[key].get("status") in (DONE, FAILED):
