@@ -149,6 +149,17 @@ def test_a_cut_off_file_is_named_with_the_reader_s_own_reason(tmp_path: Path, su
     assert capfd.readouterr().err == ""
 
 
+def test_predict_refuses_a_volume_too_small_to_be_a_chest_ct(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "tiny.nii.gz"  # 4x4x4 voxels of CT-like values: once "segmented", with QC failing
+    data = np.random.default_rng(5).integers(-1000, 400, (4, 4, 4)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.diag([-1.0, -1.0, 2.5, 1.0])), str(src))
+    ckpt = write_checkpoint(tmp_path / "run" / "model.pt", image_size=64)
+    assert run_cli("predict", src, "--out", tmp_path / "out", "--checkpoint", ckpt) == 1
+    err = capsys.readouterr().err
+    assert str(src) in err and "4x4 pixels" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_on_a_file_and_on_its_dicom_series_agree(tmp_path: Path, slab: dicom.Volume, capsys) -> None:
     src = tmp_path / "in" / "ct.mha"
     src.parent.mkdir()

@@ -87,3 +87,9 @@ def test_a_tie_is_refused_by_predict_and_failed_by_batch(tmp_path: Path) -> None
     assert all("no single best series" in e.reason and "--all-series" in e.reason for e in entries)
     assert [e.status for e in plan.plan(discover.scan_folder(str(tmp_path), "study", names).series,
                                         all_series=True)] == ["todo", "todo"]
+
+
+def test_a_volume_too_small_to_be_a_chest_ct_is_named() -> None:
+    assert "2 slice(s)" in series.too_small((2, 512, 512))
+    assert "4x4 pixels" in series.too_small((40, 4, 4))
+    assert series.too_small((3, series.MIN_PIXELS, 512)) == ""

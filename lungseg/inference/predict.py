@@ -393,6 +393,9 @@ def segment_series(network: Network, volume: dicom.Volume, out_dir: Path, choice
     return the stats. ``extra`` is added to stats.json and to the folder's marker (``batch`` records
     the model and settings there). ``choice``: the model, as stats.json records it. ``clock`` has
     timed the stages before; this adds inference, post-processing, QC (``check``) and each export."""
+    small = series.too_small(volume.shape)
+    if small:
+        raise PredictError(f"{image_file or (sources[0] if sources else volume.case_id)}: {small}")
     canon, reo = orient.canonical(volume)
     logits = network.logits(canon)
     clock.lap("inference_s")

@@ -27,6 +27,9 @@ import numpy as np
 
 MIN_SLICES = 3
 """Fewer images are a scout or a single image, not a chest volume."""
+MIN_PIXELS = 8
+"""Fewer rows or columns are an icon, not a CT slice (CT matrices are 256-1024; the tests' synthetic
+series are 12-16 pixels a side)."""
 RULE = "axial before other planes, originals before reformats, then the thinnest slices, then the most slices"
 """The rule of :func:`preference` in words (for notes and skip reasons)."""
 AXIS_ALIGNED_DEG = 5.0
@@ -103,6 +106,17 @@ def not_a_volume(f: SeriesFacts) -> str:
         return "localizer (scout) series: ImageType LOCALIZER or slices in several orientations"
     if f.images < MIN_SLICES:
         return f"{f.images} slice(s): a scout or single image, not a chest volume"
+    return ""
+
+
+def too_small(shape: Sequence[int]) -> str:
+    """Why a (z, y, x) volume of ``shape`` cannot be a chest CT to segment (too few slices, rows or
+    columns), or "": the same minimum for a DICOM series and an image file."""
+    z, y, x = (int(v) for v in shape)
+    if z < MIN_SLICES:
+        return f"{z} slice(s): a scout or single image, not a chest volume"
+    if min(y, x) < MIN_PIXELS:
+        return f"slices of {y}x{x} pixels: an icon, not a CT image (at least {MIN_PIXELS} per side)"
     return ""
 
 
