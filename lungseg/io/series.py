@@ -104,9 +104,7 @@ def not_a_volume(f: SeriesFacts) -> str:
         return f"Modality {f.modality or '(none)'}, not CT: lungseg segments CT in Hounsfield units only"
     if f.localizer:
         return "localizer (scout) series: ImageType LOCALIZER or slices in several orientations"
-    if f.images < MIN_SLICES:
-        return f"{f.images} slice(s): a scout or single image, not a chest volume"
-    return ""
+    return _too_few_slices(f.images)
 
 
 def too_small(shape: Sequence[int]) -> str:
@@ -114,10 +112,15 @@ def too_small(shape: Sequence[int]) -> str:
     columns), or "": the same minimum for a DICOM series and an image file."""
     z, y, x = (int(v) for v in shape)
     if z < MIN_SLICES:
-        return f"{z} slice(s): a scout or single image, not a chest volume"
+        return _too_few_slices(z)
     if min(y, x) < MIN_PIXELS:
         return f"slices of {y}x{x} pixels: an icon, not a CT image (at least {MIN_PIXELS} per side)"
     return ""
+
+
+def _too_few_slices(n: int) -> str:
+    """The one slice minimum (:data:`MIN_SLICES`) of a series' headers and of a loaded volume."""
+    return f"{n} slice(s): a scout or single image, not a chest volume" if n < MIN_SLICES else ""
 
 
 def preference(f: SeriesFacts) -> tuple:
