@@ -95,6 +95,12 @@ def _bad(tmp_path: Path, kind: str) -> Path:
                                  None), str(path))
         header = nib.load(str(path)).header
         assert int(header["sform_code"]) == 0 == int(header["qform_code"])
+    elif kind == "forms_disagree":  # qform says one side is the patient's right, sform the other
+        img = nib.Nifti1Image(np.random.default_rng(2).integers(-1000, 400, (8, 8, 4)).astype(np.int16), None)
+        affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+        img.set_qform(affine, code=1)
+        img.set_sform(np.diag([0.8, -0.8, 2.5, 1.0]), code=1)
+        nib.save(img, str(path))
     elif kind == "nrrd_no_space":  # an NRRD without 'space': ITK would assume an orientation
         path = tmp_path / "nospace.nhdr"
         (tmp_path / "nospace.raw").write_bytes(np.full(8 * 8 * 4, -1000, dtype="<i2").tobytes())
@@ -122,6 +128,7 @@ def _bad(tmp_path: Path, kind: str) -> Path:
                                            ("positive", "no voxel below 0"), ("rgb", "3 component"),
                                            ("truncated", "truncated"), ("truncated_nii", "truncated"),
                                            ("no_orientation", "right and left cannot be told"),
+                                           ("forms_disagree", "two orientations disagree"),
                                            ("nrrd_no_space", "right and left cannot be told"),
                                            ("no_air", "no air")])
 def test_a_bad_file_is_named_with_its_problem(tmp_path: Path, kind: str, message: str) -> None:

@@ -25,6 +25,9 @@ from lungseg.io.dicom import Volume
 
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 """File names ``predict`` reads as an image file (anything else is a DICOM folder)."""
+FORMS_TOL = 1e-4
+"""Largest difference, relative to the voxel size, between a NIfTI header's qform and sform axes still
+taken as the same orientation (the qform is a float32 quaternion: about 1e-7)."""
 ORTHOGONAL_TOL = 1e-3
 """Largest |cos| between the slice axis and the in-plane axes, or deviation from the normal, still
 taken as an orthogonal grid."""
@@ -120,6 +123,7 @@ def _check_nifti(path: Path) -> None:
         raise ImageFileError(f"{path}: no orientation in the NIfTI header (qform_code and sform_code are "
                              "both 0), so the patient's right and left cannot be told; convert the scan "
                              "again with its orientation (e.g. dcm2niix from the DICOM series)")
+    _check_nifti_forms(path, img.header)
     try:  # every voxel the header promises must be there (ITK fills a cut-off file with zeros)
         data = np.asarray(img.dataobj.get_unscaled())
     except Exception as exc:  # nibabel's IOError/EOFError/zlib errors on a short or damaged file
@@ -131,6 +135,22 @@ def _check_nifti(path: Path) -> None:
                              "gantry); resample it to an orthogonal grid first")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise ImageFileError(f"{path}: NaN or infinite voxel values")
+
+
+def _check_nifti_forms(path: Path, header) -> None:
+    """Both of a NIfTI header's orientations set (qform and sform) but with different axes or voxel
+    sizes: readers choose differently (nibabel the sform, ITK by its own rules), so right and left, or
+    the size of every voxel, depend on the program that opens the file; refused."""
+    if int(header["qform_code"]) == 0 or int(header["sform_code"]) == 0:
+        return
+    q = np.asarray(header.get_qform(), dtype=float)[:3, :3]
+    s = np.asarray(header.get_sform(), dtype=float)[:3, :3]
+    # The qform is stored as a float32 quaternion: compare to its precision, per axis (mm per voxel).
+    if np.any(np.abs(q - s) > FORMS_TOL * np.linalg.norm(s, axis=0)):
+        raise ImageFileError(f"{path}: the NIfTI header's two orientations disagree (qform and sform "
+                             "give different axes or voxel sizes), so the patient's right and left "
+                             "depend on the program reading it; make them equal (e.g. nibabel: "
+                             "img.set_qform(img.get_sform())) or convert the scan again")
 
 
 def _check_nrrd_space(path: Path) -> None:
