@@ -42,7 +42,10 @@ def test_disease_changes_only_the_lung_denser_and_is_seeded() -> None:
         assert changed.any(), kind
         assert not (changed & (y < 0.5)).any(), kind  # outside the true lung nothing moves
         hu_in, hu_out = data.denormalise(x), data.denormalise(out)
-        assert float((hu_out - hu_in)[changed].mean()) > 100, kind  # denser, on average
+        if kind == "lucent":  # towards air, never below it
+            assert float((hu_out - hu_in)[changed].mean()) < -20 and float(hu_out.min()) >= -1000.5, kind
+        else:
+            assert float((hu_out - hu_in)[changed].mean()) > 100, kind  # denser, on average
         assert torch.equal(out, _simulate(spec, 3)[2]), kind  # same (seed, epoch, step): same draw
     x, _, out = _simulate(disease.DiseaseSpec(p=0.0), 3)
     assert torch.equal(out, x)
@@ -70,7 +73,11 @@ def test_every_dense_kind_keeps_the_truth_and_changes_only_lung() -> None:
         assert np.array_equal(v.truth, mask) and v.kind == kind
         changed = v.volume.hu != hu
         assert changed.any() and not (changed & ~mask).any(), kind
-        assert 0 < dv.extent <= 1 and dv.density_hu > -700, (kind, dv)
+        assert 0 < dv.extent <= 1, (kind, dv)
+        if kind == "emphysema":  # lucent: darker than the phantom's lung, never below air
+            assert -1000 <= dv.density_hu < -850 and v.volume.hu.min() >= hu.min(), (kind, dv.density_hu)
+        else:
+            assert dv.density_hu > -700, (kind, dv)
         again = dense.make_dense(vol, mask, kind, np.random.default_rng(i))
         assert np.array_equal(again.variant.volume.hu, v.volume.hu)
     assert hashlib.sha256(hu.tobytes()).hexdigest() == before

@@ -36,7 +36,7 @@ from lungseg.inference import postprocess, qc, sides
 from lungseg.io.dicom import Volume
 from lungseg.network.runs import TrainResult
 
-KINDS = ("lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift")
+KINDS = ("lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift", "emphysema")
 CHANGED = 0.5
 """A voxel counts as changed (for ``extent`` and ``density_hu``) where the disease weight exceeds this."""
 
@@ -163,6 +163,30 @@ def _basal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]
     return region.astype(np.float32), value, f"posterior crescent up to {thick_max:.0f} mm at {mean:.0f} HU"
 
 
+def _emphysema(lung: np.ndarray, hu: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]:
+    """Both lungs' parenchyma (below -500 HU) shifted down by 60-140 HU, floored at air, and 6-14
+    bullae (spheres of 8-25 mm radius at about -1000 HU) in the upper half: lucent lung, the opposite
+    of dense, which is lung too (LCTSC contours emphysematous lung)."""
+    shift = rng.uniform(60, 140)
+    parenchyma = lung & (hu < -500)
+    value = np.maximum(hu - shift, -1000.0)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    upper = np.argwhere(lung & (np.arange(lung.shape[0])[:, None, None] > (zs[0] + zs[-1]) // 2))
+    n = int(rng.integers(6, 15))
+    for c in upper[rng.choice(len(upper), n)] if len(upper) else []:
+        r = rng.uniform(8, 25)
+        # the sphere's bounding box only: (z, y, x) slices, and the mm offsets inside it
+        box = tuple(slice(max(int(ci - r / s), 0), int(ci + r / s) + 1)
+                    for ci, s in zip(c, spacing, strict=True))
+        zz, yy, xx = (np.arange(b.start, min(b.stop, n_)) * float(s) - ci * float(s)
+                      for b, n_, s, ci in zip(box, lung.shape, spacing, c, strict=True))
+        ball = (zz[:, None, None] ** 2 + yy[None, :, None] ** 2 + xx[None, None, :] ** 2 < r * r)
+        ball &= lung[box]
+        value[box] = np.where(ball, -1000.0 + np.abs(rng.normal(0, 6, ball.shape)), value[box])
+        parenchyma[box] |= ball
+    return parenchyma.astype(np.float32), value, f"lung -{shift:.0f} HU and {n} bullae"
+
+
 def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Generator,
                labels: np.ndarray | None = None) -> DenseVariant:
     """The series of ``kind`` (:data:`KINDS`) made from a canonical ``volume`` (HU, z towards the head)
@@ -196,6 +220,9 @@ def make_dense(volume: Volume, truth: np.ndarray, kind: str, rng: np.random.Gene
         weight = region.astype(np.float32)
         new = hu + weight * add
         detail = f"+{add:.0f} HU over the lower half of the right lung"
+    elif kind == "emphysema":
+        weight, value, detail = _emphysema(truth, hu, spacing, rng)
+        new = hu * (1 - weight) + weight * value
     else:
         raise ValueError(f"unknown dense-lung kind {kind!r}; expected one of {', '.join(KINDS)}")
     changed = (weight > CHANGED) & truth

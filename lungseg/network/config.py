@@ -93,6 +93,9 @@ class TrainConfig:
     """(low, high) standard deviation (HU) of the texture laid on simulated dense lung."""
     disease_full: float = 0.0
     """Chance that a simulated consolidation or ground glass fills the slice's whole chosen lung."""
+    disease_lucent_keep: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    """(low, high) share of aerated lung's distance to -1000 HU that the ``lucent`` kind keeps
+    (0.5: -850 HU becomes -925)."""
     curve_slices: int = 0
     """Test slices scored after every epoch for the training curves: 0 = all, else that many evenly
     spaced (the full test set is scored by 03_eval; this only draws Figure 3)."""
@@ -151,7 +154,8 @@ class TrainConfig:
             return float(v[0]), float(v[1])
 
         return DiseaseSpec(float(self.disease_p), tuple(self.disease_kinds), pair(self.disease_dense_hu),
-                           pair(self.disease_ggo_hu), pair(self.disease_noise_hu), float(self.disease_full))
+                           pair(self.disease_ggo_hu), pair(self.disease_noise_hu), float(self.disease_full),
+                           pair(self.disease_lucent_keep))
 
     def with_speed_switches(self) -> TrainConfig:
         """A copy with the "auto" layout/precision switches made explicit: measured on this machine

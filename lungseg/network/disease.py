@@ -24,10 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KINDS = ("consolidation", "ggo", "collapse")
-"""Kinds :func:`simulate` draws from (the profile's ``disease_kinds``)."""
+KINDS = ("consolidation", "ggo", "collapse", "lucent")
+"""Kinds :func:`simulate` draws from (the profile's ``disease_kinds``). ``lucent`` is the opposite of
+dense: aerated lung darkened towards air (emphysema, deep inspiration, some scanners' calibration),
+which a network trained on lungs of -700 to -880 HU takes for the air outside the body."""
 PLACES = ("dependent", "lobar", "patchy")
 """Where a consolidation or ground-glass region lies within one or both lungs."""
+AIR_HU = -1000.0
+LUCENT_BELOW_HU = -500.0
+"""The ``lucent`` kind darkens lung below this HU (parenchyma), not vessels or fissures."""
 MIN_LUNG_PX = 40
 """Slices with fewer lung pixels (at training size) are left as they are."""
 
@@ -42,6 +47,8 @@ class DiseaseSpec:
     standard deviation of the texture laid on dense lung. ``full``: chance that a consolidation or
     ground-glass region fills the whole chosen lung of the slice (a lower lobe's slices below the
     fissure, an opacified hemithorax), which a share drawn from (0.1, 1) almost never does.
+    ``lucent_keep``: (low, high) share of aerated lung's distance to -1000 HU that the ``lucent`` kind
+    keeps.
     """
 
     p: float = 0.0
@@ -50,6 +57,7 @@ class DiseaseSpec:
     ggo_hu: tuple[float, float] = (150.0, 500.0)
     noise_hu: tuple[float, float] = (5.0, 40.0)
     full: float = 0.0
+    lucent_keep: tuple[float, float] = (0.2, 0.8)
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
@@ -58,6 +66,9 @@ class DiseaseSpec:
         for name in ("p", "full"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"disease_{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.lucent_keep[0] <= self.lucent_keep[1] <= 1.0:
+            raise ValueError("disease lucent_keep must be [low, high] within [0, 1], "
+                             f"got {list(self.lucent_keep)}")
         for name in ("dense_hu", "ggo_hu", "noise_hu"):
             lo, hi = getattr(self, name)
             if not lo <= hi:
@@ -142,6 +153,20 @@ def _texture(s: int, sigma: float, gen: torch.Generator) -> torch.Tensor:
     return F.avg_pool2d(noise, 3, 1, 1, count_include_pad=False)[0, 0] * sigma * 3.0
 
 
+def _lucent(hu: torch.Tensor, where: torch.Tensor, spec: DiseaseSpec, gen: torch.Generator) -> torch.Tensor:
+    """Aerated lung (below ``LUCENT_BELOW_HU``) of ``where`` brought towards air: its distance to
+    -1000 HU kept by ``spec.lucent_keep`` (so -850 HU becomes -880 to -970), vessels and walls as they
+    are; in half the slices also patches of air (bullae)."""
+    keep = _u(gen, *spec.lucent_keep)
+    air = (hu < LUCENT_BELOW_HU) & where
+    out = torch.where(air, AIR_HU + (hu - AIR_HU) * keep, hu)
+    if float(torch.rand((), generator=gen)) < 0.5:
+        bullae = (_soft_above(_smooth_field(hu.shape[-1], int(_u(gen, 6, 14)), gen), where,
+                              _u(gen, 0.05, 0.3), 0.15) > 0.5) & air
+        out = torch.where(bullae, AIR_HU + _texture(hu.shape[-1], 8.0, gen).abs(), out)
+    return out
+
+
 def _diseased(hu: torch.Tensor, lung: torch.Tensor, spec: DiseaseSpec, gen: torch.Generator) -> torch.Tensor:
     """One slice (S×S, HU) with one kind of dense lung drawn inside ``lung`` (bool S×S)."""
     s = hu.shape[-1]
@@ -152,6 +177,8 @@ def _diseased(hu: torch.Tensor, lung: torch.Tensor, spec: DiseaseSpec, gen: torc
         a = _collapse_region(where, _u(gen, 0.15, 0.9), gen)
         dense = _u(gen, max(spec.dense_hu[0], -20.0), spec.dense_hu[1]) + _texture(s, sigma * 0.5, gen)
         return hu * (1 - a) + a * dense
+    if kind == "lucent":
+        return _lucent(hu, where, spec, gen)
     # Drawn only when asked for, so that a spec without it keeps the very draws of earlier runs.
     whole = spec.full > 0 and float(torch.rand((), generator=gen)) < spec.full
     if whole and bool(torch.equal(where, lung)):

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from lungseg import paths
-from lungseg.evaluation import goals
+from lungseg.evaluation import dense, goals
 from lungseg.inference import qc
 from lungseg.io import writing
 from lungseg.report import tables
@@ -202,12 +202,13 @@ def dense_recipe_block(figures_dir: str | Path = paths.FIGURES) -> str:
     if not f.is_file():
         return "(not measured: `python benchmarks/dense_recipe.py NAME [key=value ...]`)\n"
     d = json.loads(f.read_text())
-    kinds = ("original", "lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift")
+    kinds = ("original", *dense.KINDS)
+
     def changes(r: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in r["changes"].items() if v) or "none"
 
     rows = [{"run": r["name"], "changes to the cpu recipe": changes(r),
-             **{k: f"{r[k]:.3f}" for k in kinds}, "train s": r["train_s_native_bf16"],
+             **{k: f"{r[k]:.3f}" if k in r else "–" for k in kinds}, "train s": r["train_s_native_bf16"],
              "fit recall": f"{r['fit_recall']:.2f}" if "fit_recall" in r else "–"} for r in d["runs"]]
     return d["what"] + "\n\n" + tables.markdown(rows) + "\n"
 
