@@ -98,8 +98,8 @@ def _dense_sentence(summary: dict | None) -> str:
     flagged = sum(r["qc_flagged_of_those"] for r in main if isinstance(r["qc_flagged_of_those"], int))
     return (f"simulated on the held-out patients, mean Dice per kind {kinds} (the goal is "
             f"≥ {dense.GOAL_DICE}). "
-            + (f"{below} of {sum(r['series'] for r in main)} masks fall below 0.90, large dense regions "
-               f"left out of the mask; QC flags {flagged} of those {below}." if below else
+            + (f"{below} of {sum(r['series'] for r in main)} masks fall below 0.90, large dense or dark "
+               f"regions left out of the mask; QC flags {flagged} of those {below}." if below else
                "No mask falls below 0.90."))
 
 
@@ -124,7 +124,8 @@ def limitations(summary: dict | None, qc_eval: dict | None) -> str:
         "- **12 patients** of one public challenge: radiotherapy-planning CT (3 mm slices, 512², head first "
         "supine). Every accuracy above is measured on them; scans unlike them (children, contrast phases, "
         "small fields of view, other reconstructions) are not.\n"
-        f"- **Dense lung** (consolidation, collapse, ground glass): {_dense_sentence(summary)}\n"
+        f"- **Dense and lucent lung** (consolidation, collapse, ground glass; emphysema-like lung darker "
+        f"than these patients'): {_dense_sentence(summary)}\n"
         "- **The GTV convention** (LCTSC's): aerated and dense lung is lung; the tumour (GTV), hilum, "
         "trachea and main bronchi are not. A large tumour against the pleura stays outside the mask by "
         "design.\n"
