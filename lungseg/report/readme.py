@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from lungseg import paths
-from lungseg.evaluation import dense, goals
+from lungseg.evaluation import goals
 from lungseg.inference import qc
 from lungseg.io import writing
 from lungseg.report import tables
@@ -195,6 +195,10 @@ def two_class_block(figures_dir: str | Path = paths.FIGURES) -> str:
             "recipe:\n\n" + tables.markdown(rows) + "\n")
 
 
+_RECIPE_RUN_FIELDS = ("name", "changes", "train_s_native_bf16", "fit_recall")
+"""Fields of a run in ``dense_recipe_study.json`` that are not a kind's Dice."""
+
+
 def dense_recipe_block(figures_dir: str | Path = paths.FIGURES) -> str:
     """The dense-lung recipe study on training patients, from ``dense_recipe_study.json`` (written from
     ``benchmarks/dense_recipe.py``'s runs)."""
@@ -202,7 +206,9 @@ def dense_recipe_block(figures_dir: str | Path = paths.FIGURES) -> str:
     if not f.is_file():
         return "(not measured: `python benchmarks/dense_recipe.py NAME [key=value ...]`)\n"
     d = json.loads(f.read_text())
-    kinds = ("original", *dense.KINDS)
+    # The kinds each run was scored on, in the order they first appear (no import of the torch-side
+    # study module: README blocks render without torch); runs older than a kind show "–" for it.
+    kinds = list(dict.fromkeys(k for r in d["runs"] for k in r if k not in _RECIPE_RUN_FIELDS))
 
     def changes(r: dict) -> str:
         return ", ".join(f"{k}={v}" for k, v in r["changes"].items() if v) or "none"
