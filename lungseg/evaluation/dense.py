@@ -34,6 +34,7 @@ from scipy import ndimage
 from lungseg.evaluation import failures, metrics, qc_calibrate
 from lungseg.inference import postprocess, qc, sides
 from lungseg.io.dicom import Volume
+from lungseg.network.disease import AIR_HU, LUCENT_BELOW_HU
 from lungseg.network.runs import TrainResult
 
 KINDS = ("lower_lobe", "multifocal", "peripheral_ggo", "basal_atelectasis", "dense_shift", "emphysema")
@@ -164,12 +165,12 @@ def _basal(lung: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]
 
 
 def _emphysema(lung: np.ndarray, hu: np.ndarray, spacing, rng) -> tuple[np.ndarray, np.ndarray, str]:
-    """Both lungs' parenchyma (below -500 HU) shifted down by 60-140 HU, floored at air, and 6-14
-    bullae (spheres of 8-25 mm radius at about -1000 HU) in the upper half: lucent lung, the opposite
-    of dense, which is lung too (LCTSC contours emphysematous lung)."""
+    """Both lungs' parenchyma (below ``LUCENT_BELOW_HU``, -500 HU) shifted down by 60-140 HU, floored
+    at air, and 6-14 bullae (spheres of 8-25 mm radius at about -1000 HU) in the upper half: lucent
+    lung, the opposite of dense, which is lung too (LCTSC contours emphysematous lung)."""
     shift = rng.uniform(60, 140)
-    parenchyma = lung & (hu < -500)
-    value = np.maximum(hu - shift, -1000.0)
+    parenchyma = lung & (hu < LUCENT_BELOW_HU)  # the same parenchyma as training's, another change
+    value = np.maximum(hu - shift, AIR_HU)
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
     upper = np.argwhere(lung & (np.arange(lung.shape[0])[:, None, None] > (zs[0] + zs[-1]) // 2))
     n = int(rng.integers(6, 15))
@@ -182,7 +183,7 @@ def _emphysema(lung: np.ndarray, hu: np.ndarray, spacing, rng) -> tuple[np.ndarr
                       for b, n_, s, ci in zip(box, lung.shape, spacing, c, strict=True))
         ball = (zz[:, None, None] ** 2 + yy[None, :, None] ** 2 + xx[None, None, :] ** 2 < r * r)
         ball &= lung[box]
-        value[box] = np.where(ball, -1000.0 + np.abs(rng.normal(0, 6, ball.shape)), value[box])
+        value[box] = np.where(ball, AIR_HU + np.abs(rng.normal(0, 6, ball.shape)), value[box])
         parenchyma[box] |= ball
     return parenchyma.astype(np.float32), value, f"lung -{shift:.0f} HU and {n} bullae"
 
