@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungseg import __version__, paths
+from lungseg import __version__, heap, paths
 from lungseg.inference import postprocess, predict, qc
 from lungseg.io import writing
 from lungseg.io.dicom import DicomSeriesError, DicomWarning, Volume
@@ -456,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    heap.apply()  # for this process and the kernels and workers it starts
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("always", category=DicomWarning)  # the user must see each note

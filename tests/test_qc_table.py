@@ -75,10 +75,13 @@ def test_a_pool_starts_only_when_it_pays(workers: int, tasks: int, pooled: bool)
     executor = qc_calibrate._executor(workers, tasks)
     try:
         assert (type(executor).__name__ == "DaskExecutor") == pooled
-        if pooled:  # one-thread workers without Dask's malloc trim threshold (slower numpy and torch)
-            env = executor.client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        if pooled:  # one-thread workers with lungseg.heap's malloc settings, not Dask's trim threshold
+            from lungseg import heap
+
+            env = executor.client.run(lambda: (tuple(os.environ.get(k) for k in heap.SETTINGS),
                                                os.environ.get("OMP_NUM_THREADS")))
-            assert sorted(env.values()) == [(None, "1"), (None, "1")]
+            want = (tuple(heap.environ().values()), "1")
+            assert want[0][1] != "65536" and list(env.values()) == [want, want]
     finally:
         executor.close()
 

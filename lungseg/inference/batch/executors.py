@@ -7,16 +7,20 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
+from lungseg import heap
 from lungseg.inference.batch.plan import BatchError
 from lungseg.inference.batch.tasks import Settings, warm_up, worker_network
 from lungseg.io import parallel
 
-LOCAL_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-"""Dask's setting for the local cluster's worker processes: without Dask's default
-``MALLOC_TRIM_THRESHOLD_=65536``. Any explicit trim threshold turns off glibc's dynamic mmap threshold, so
-every array over 128 KiB (each batch of slices, each 512² mask) is mapped and faulted in afresh:
-inference ran 1.65x slower in such a worker (2.6 s against 1.6 s for a 122-slice volume, one thread).
-The workers have no memory limit to police (below), so nothing needs the memory handed back at once."""
+
+def local_worker_environ() -> dict[str, str]:
+    """Dask's setting for the local cluster's worker processes: :mod:`lungseg.heap`'s malloc settings
+    instead of Dask's default ``MALLOC_TRIM_THRESHOLD_=65536``. That trim threshold alone turns off
+    glibc's dynamic mmap threshold, so every array over 128 KiB (each batch of slices, each 512² mask)
+    is mapped and faulted in afresh: inference ran 1.65x slower in such a worker (2.6 s against 1.6 s
+    for a 122-slice volume, one thread). The workers have no memory limit to police (below), so
+    nothing needs the memory handed back at once."""
+    return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in heap.environ().items()}
 
 
 class InProcess:
@@ -62,7 +66,7 @@ class DaskExecutor:
         else:
             # No memory limit: a worker's peak is known (~0.8 GB for 150 slices of 512², docs/cohorts.md), and
             # Dask's default share of RAM per worker would pause or restart workers on small machines.
-            with dask.config.set(LOCAL_WORKER_ENVIRON):
+            with dask.config.set(local_worker_environ()):
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                             host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                             memory_limit=0, silence_logs=logging.ERROR)
