@@ -156,3 +156,15 @@ def test_the_one_binarize_keeps_probabilities_strictly_above_the_threshold() -> 
     np.testing.assert_array_equal(postprocess.binarize(logits, 0.5), [False, False, True, True])
     np.testing.assert_array_equal(postprocess.binarize(logits, 0.85), [False, False, False, True])
 
+
+
+def test_components_number_as_scipy_does() -> None:
+    """Known answer: scipy.ndimage.label (face connectivity) on random masks, views and empty ones."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        shape = tuple(int(s) for s in rng.integers(1, 24, size=3))
+        mask = rng.random(shape) > rng.uniform(0.3, 0.8)
+        for m in (mask, mask[::2, :, ::-1], np.zeros_like(mask)):
+            want, n = ndimage.label(m)
+            got, k = postprocess.components(m)
+            assert k == n and np.array_equal(got, want)

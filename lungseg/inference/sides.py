@@ -199,8 +199,7 @@ def _split_component(comp: np.ndarray, x: np.ndarray, affine: np.ndarray
         if inside[0].size == 0:
             return None
         box = tuple(slice(int(v[0]), int(v[-1]) + 1) for v in inside)
-        # intp labels: bincount counts them without a converted copy
-        cores, n = ndimage.label(level[box] > i, _FACE, output=np.intp)
+        cores, n = postprocess.components(level[box] > i)
         if n < 2:
             continue
         sizes = np.bincount(cores.ravel())[1:]
@@ -298,7 +297,7 @@ def split_lungs_with_info(mask: np.ndarray, geometry: Volume | np.ndarray
     box = postprocess.bounding_box(mask)
     if box is None:
         return labels, SplitInfo("empty", False, 0, 0.0, 0.0)
-    comps, n = ndimage.label(mask[box], _FACE)
+    comps, n = postprocess.components(mask[box])
     x = _x_grid(affine, box)
     sizes = np.bincount(comps.ravel())[1:]
     order = [int(c) for c in np.argsort(sizes, kind="stable")[::-1] + 1]
