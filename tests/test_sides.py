@@ -291,3 +291,22 @@ def test_one_unsplittable_part_is_sided_by_position() -> None:
     mask = sample(affine, RIGHT_LUNG)
     labels, info = sides.split_lungs_with_info(mask, affine)
     assert info.method == "single" and set(np.unique(labels[mask])) == {sides.RIGHT}
+
+
+def test_in_plane_depth_on_each_slice_box_equals_the_whole_slice_transform() -> None:
+    """Known answer: scipy's transform of each whole (padded) slice, for slices along every axis,
+    anisotropic pixels and masks that reach the grid's edge."""
+    ndi = ndimage
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        comp = ndi.binary_opening(rng.random((6, 40, 50)) > 0.35)
+        comp[:, : int(rng.integers(0, 10))] = False
+        spacing = np.array([rng.uniform(1, 3), rng.uniform(0.5, 1), rng.uniform(0.5, 1)])
+        for axis in range(3):
+            want = np.zeros(comp.shape)
+            planes, out = np.moveaxis(comp, axis, 0), np.moveaxis(want, axis, 0)
+            for k in range(planes.shape[0]):
+                if planes[k].any():
+                    out[k] = ndi.distance_transform_edt(np.pad(planes[k], 1),
+                                                        sampling=np.delete(spacing, axis))[1:-1, 1:-1]
+            assert np.array_equal(sides._in_plane_depth(comp, spacing, axis), want)
