@@ -329,7 +329,7 @@ def test_notebook_commands_call_report_run(argv: tuple[str, ...], notebooks: lis
         assert calls == [(("quick", str(tmp_path)), {"only": notebooks})]
     else:
         assert run_cli(*argv, "--profile", "quick", "--data", tmp_path) == 0
-        assert calls == [(("quick", str(tmp_path), notebooks, runner.KERNEL), {})]
+        assert calls == [(("quick", str(tmp_path), notebooks, runner.KERNEL, False), {})]
 
 
 def test_module_aliases_are_the_one_command_line() -> None:

@@ -152,3 +152,55 @@ def test_every_checked_cell_is_stored_as_run() -> None:
         for cell in nbformat.read(nb, 4).cells:
             if cell.cell_type == "code" and cell.source.startswith("# NBVAL_CHECK_OUTPUT"):
                 assert cell.execution_count is not None and cell.outputs, f"{nb.name}: {cell.source[:80]}"
+
+
+def test_a_rerun_with_nothing_changed_executes_nothing(tmp_path, monkeypatch, capsys) -> None:
+    """The second run of an unchanged report skips the notebook (its figure staged again, its
+    provenance kept); a changed parameter, or --rerun, executes it again."""
+    import json
+
+    log = tmp_path / "executions.txt"
+    _one_notebook_report(tmp_path, monkeypatch, "01_count", "n = 1\nfigures_dir = ''",
+                         {"n": 3, "figures_dir": str(tmp_path / "out")},
+                         [f"from pathlib import Path\n"
+                          f"with open({str(log)!r}, 'a') as fh:\n"
+                          f"    fh.write(f'{{n}}\\n')\n"
+                          f"Path(figures_dir).mkdir(parents=True, exist_ok=True)\n"
+                          f"Path(figures_dir, 'n.txt').write_text(str(n))"])
+    executions = lambda: log.read_text().split()  # noqa: E731
+    assert runner.run("t", kernel="python3") == 0
+    prov_file = tmp_path / "build" / "executed" / "t" / "provenance.json"
+    first = json.loads(prov_file.read_text())["notebooks"]["01_count"]
+    (tmp_path / "out" / "n.txt").unlink()  # published again from the stored execution
+    assert runner.run("t", kernel="python3") == 0
+    assert executions() == ["3"]
+    assert "not executed again" in capsys.readouterr().out
+    assert (tmp_path / "out" / "n.txt").read_text() == "3"
+    assert json.loads(prov_file.read_text())["notebooks"]["01_count"] == first
+    assert runner.run("t", kernel="python3", rerun=True) == 0
+    assert executions() == ["3", "3"]
+    (tmp_path / "params" / "t.yaml").write_text(
+        f"01_count:\n  n: 4\n  figures_dir: {str(tmp_path / 'out')!r}\n")
+    assert runner.run("t", kernel="python3") == 0
+    assert executions() == ["3", "3", "4"] and (tmp_path / "out" / "n.txt").read_text() == "4"
+
+
+def test_the_kernel_shutdown_race_alone_is_silenced() -> None:
+    """ipykernel's control task destroyed at shutdown is dropped from the asyncio log; any other
+    pending task, or another asyncio message, still shows."""
+    import logging
+
+    from lungseg.report import execute
+
+    race = ("Task was destroyed but it is pending!\ntask: <Task pending name='Task-48' "
+            "coro=<Kernel.dispatch_control() running at ipykernel/kernelbase.py:372>>")
+    other = "Task was destroyed but it is pending!\ntask: <Task pending coro=<work() running at x.py:3>>"
+    execute.quiet_shutdown_race()
+    execute.quiet_shutdown_race()  # once only
+    log = logging.getLogger("asyncio")
+    assert sum(isinstance(f, execute._ShutdownRace) for f in log.filters) == 1
+
+    def passes(msg: str) -> bool:
+        return bool(log.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)))
+
+    assert not passes(race) and passes(other) and passes("Unclosed client session")

@@ -139,17 +139,6 @@ def _cache_file(run: TrainResult) -> Path:
     return CACHE / f"{run.run_dir.name}-{h.hexdigest()[:12]}.jsonl"
 
 
-def _case_key(case_id: str, data: str | None) -> str:
-    """The case's data by content (file names and sizes, the mask's bytes), not by modification
-    times: a fresh unpack of the same files keeps its cached rows."""
-    root = paths.data_dir(data)
-    h = hashlib.sha256()
-    for f in sorted(p for p in paths.images_dir(root, case_id).iterdir() if p.is_file()):
-        h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
-    h.update(paths.mask_file(root, case_id).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def fold_of(folds: Sequence[TrainResult], case_id: str) -> int:
     """Index of the fold run whose test patients include ``case_id`` (the model that never saw it)."""
     for i, run in enumerate(folds):
@@ -185,7 +174,7 @@ def score_table(folds: Sequence[TrainResult], kinds: Sequence[str] = failures.KI
     todo = []
     for case_id in case_ids:
         f = fold_of(folds, case_id)
-        data_key = _case_key(case_id, data)
+        data_key = cache.content_key(case_id, data)
         series = []
         for kind in kinds:
             for rep in range(per_kind):

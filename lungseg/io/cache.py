@@ -52,6 +52,18 @@ def case_key(image_dir: Path, mask_path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def content_key(case_id: str, data: str | os.PathLike[str] | None = None) -> str:
+    """The case's data by content (its image files' names and sizes, its mask's bytes), not by
+    modification times: a fresh unpack of the same files keeps the key. What cached results of a
+    case (the QC table's rows, a notebook's last execution) are keyed by."""
+    root = paths.data_dir(data)
+    h = hashlib.sha256()
+    for f in sorted(p for p in paths.images_dir(root, case_id).iterdir() if p.is_file()):
+        h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+    h.update(paths.mask_file(root, case_id).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def volume_meta(volume: dicom.Volume) -> dict:
     """The geometry record of a volume (JSON-able; file names without folders)."""
     return {

@@ -55,11 +55,13 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 
 
 def run(profile: str, data: str | None = None, only: list[str] | None = None,
-        kernel: str = KERNEL) -> int:
-    """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed."""
+        kernel: str = KERNEL, rerun: bool = False) -> int:
+    """Execute the notebooks; return 0, or 1 after naming the notebook and cell that failed. A notebook
+    whose inputs are unchanged since its last successful execution (:mod:`lungseg.report.freshness`)
+    is not executed again unless ``rerun``."""
     import papermill as pm
 
-    from lungseg.report import execute
+    from lungseg.report import execute, freshness
 
     params = load_profile(profile)
     out_dir = paths.BUILD / "executed" / profile
@@ -77,6 +79,8 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
     staging = out_dir / "staged"  # published to each figures_dir only when every notebook succeeded
     shutil.rmtree(staging, ignore_errors=True)
     publish: dict[Path, Path] = {}
+    fresh_dir = out_dir / "fresh"  # each notebook's last successful execution: key and staged files
+    executed: dict[str, tuple[str, list[str]]] = {}  # run now: inputs key, staged files
     for nb in notebooks(only):
         p = dict(params.get(nb.stem, {}))
         if nb.stem in TAKES_PROFILE:
@@ -94,9 +98,20 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
             publish[stage] = target
         if data:
             recorded["data_dir"] = paths.relative(data)
+        stored = freshness.entry(fresh_dir, nb.stem)
+        inputs = freshness.inputs_key(nb, p, profile, data)
+        if (not rerun and stored is not None and (out_dir / nb.name).is_file() and nb.stem in earlier
+                and stored.key == freshness.key(inputs, profile, nb.stem in TAKES_PROFILE)):
+            freshness.restore(stored, staging)
+            print(f"== {nb.name}: code, parameters, data, machine and runs unchanged since its last "
+                  f"run ({earlier[nb.stem].get('date', '?')}): not executed again (--rerun to force)",
+                  flush=True)
+            continue
         last = earlier.get(nb.stem, {}).get("wall_s")
         estimate = f"; the last run here took {last / 60:.1f} min" if last else ""
         print(f"== {nb.name} (profile {profile}{estimate}): {p}", flush=True)
+        freshness.forget(fresh_dir, nb.stem)
+        before = freshness.snapshot(staging)
         start = time.perf_counter()
         try:
             execute.execute(nb, out_dir / nb.name, p, kernel, NOTEBOOKS, log_output=True)
@@ -105,11 +120,14 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
             print(f"\nFAILED: {shown}, cell {exc.exec_count} "
                   f"(index {exc.cell_index}): {exc.ename}: {exc.evalue}\n"
                   f"executed copy: {out_dir / nb.name}", file=sys.stderr)
+            _remember(executed, fresh_dir, profile, staging)
             return 1
+        executed[nb.stem] = (inputs, freshness.written(before, freshness.snapshot(staging)))
         prov["notebooks"][nb.stem] = {"parameters": recorded, "git_commit": prov["git_commit"],
                                       "date": prov["date"],
                                       "wall_s": round(time.perf_counter() - start, 1)}
         print(f"== {nb.name} done in {prov['notebooks'][nb.stem]['wall_s']} s", flush=True)
+    _remember(executed, fresh_dir, profile, staging)
     writing.atomic_write_text(prov_path, json.dumps(prov, indent=1) + "\n")
     from lungseg.report import render
 
@@ -129,6 +147,18 @@ def run(profile: str, data: str | None = None, only: list[str] | None = None,
         if readme.update():
             print("== README.md and docs/: generated result blocks updated from figures/", flush=True)
     return 0
+
+
+def _remember(executed: dict[str, tuple[str, list[str]]], fresh_dir: Path, profile: str,
+              staging: Path) -> None:
+    """Store the key of each notebook executed (successfully) in this run: its inputs as they were when
+    it started, the runs as the run leaves them (a later notebook may add to the runs an earlier one
+    reads), with the staged files it wrote."""
+    from lungseg.report import freshness
+
+    for name, (inputs, files) in executed.items():
+        freshness.remember(fresh_dir, name, freshness.key(inputs, profile, name in TAKES_PROFILE),
+                           staging, files)
 
 
 def _output(publish: dict[Path, Path], name: str) -> dict | None:
@@ -184,6 +214,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", default=None, help=f"data directory (default ${paths.DATA_ENV} or data/)")
     ap.add_argument("--only", nargs="+", metavar="NB", help="run only these notebooks, e.g. 01_dicom")
     ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default %(default)s)")
+    ap.add_argument("--rerun", action="store_true",
+                    help="execute every notebook, even those whose code, parameters, data, machine and "
+                         "runs are unchanged since their last run (skipped by default)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -191,7 +224,7 @@ def command(args: argparse.Namespace) -> int:
     data = args.data or os.environ.get(paths.DATA_ENV)
     try:
         paths.data_dir(data)  # fail early with the expected layout
-        return run(args.profile or default_profile(), data, args.only, args.kernel)
+        return run(args.profile or default_profile(), data, args.only, args.kernel, args.rerun)
     except (ProfileError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
