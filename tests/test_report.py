@@ -160,7 +160,7 @@ def test_a_rerun_with_nothing_changed_executes_nothing(tmp_path, monkeypatch, ca
     import json
 
     log = tmp_path / "executions.txt"
-    _one_notebook_report(tmp_path, monkeypatch, "01_count", "n = 1\nfigures_dir = ''",
+    _one_notebook_report(tmp_path, monkeypatch, "01_count", "n = 1\nfigures_dir = ''\nw = ''",
                          {"n": 3, "figures_dir": str(tmp_path / "out")},
                          [f"from pathlib import Path\n"
                           f"with open({str(log)!r}, 'a') as fh:\n"
@@ -179,10 +179,19 @@ def test_a_rerun_with_nothing_changed_executes_nothing(tmp_path, monkeypatch, ca
     assert json.loads(prov_file.read_text())["notebooks"]["01_count"] == first
     assert runner.run("t", kernel="python3", rerun=True) == 0
     assert executions() == ["3", "3"]
+    weights = tmp_path / "weights.bin"  # a parameter naming a file: its bytes are an input
+    weights.write_bytes(b"a")
+    (tmp_path / "params" / "t.yaml").write_text(
+        f"01_count:\n  n: 3\n  figures_dir: {str(tmp_path / 'out')!r}\n  w: {str(weights)!r}\n")
+    assert runner.run("t", kernel="python3") == 0 and runner.run("t", kernel="python3") == 0
+    assert executions() == ["3", "3", "3"]
+    weights.write_bytes(b"b")
+    assert runner.run("t", kernel="python3") == 0
+    assert executions() == ["3", "3", "3", "3"]
     (tmp_path / "params" / "t.yaml").write_text(
         f"01_count:\n  n: 4\n  figures_dir: {str(tmp_path / 'out')!r}\n")
     assert runner.run("t", kernel="python3") == 0
-    assert executions() == ["3", "3", "4"] and (tmp_path / "out" / "n.txt").read_text() == "4"
+    assert executions() == ["3", "3", "3", "3", "4"] and (tmp_path / "out" / "n.txt").read_text() == "4"
 
 
 def test_the_kernel_shutdown_race_alone_is_silenced() -> None:

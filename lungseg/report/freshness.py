@@ -3,7 +3,8 @@
 ``lungseg report`` (``./run_all.sh``) asks :func:`key` for each notebook before executing it. The key
 hashes everything the notebook's results depend on:
 
-- the notebook's bytes, its parameters and the profile file;
+- the notebook's bytes, its parameters (and the bytes of any file a parameter names) and the profile
+  file;
 - the package's code and the pinned requirements;
 - the machine's numerics: torch's version and CPU capability, the ISA and thread limits in the
   environment, the CPU model (bf16 and float32 give other digits);
@@ -116,7 +117,13 @@ def inputs_key(notebook: Path, params: dict, profile: str, data: str | None) -> 
     h = hashlib.sha256()
     h.update(notebook.read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
-    profile_file = paths.ROOT / "params" / f"{profile}.yaml"
+    for name, value in sorted(params.items()):  # a parameter naming a file (03's reference weights)
+        f = paths.resolve(value) if isinstance(value, str) and value else None
+        if f is not None and f.is_file():
+            h.update(f"{name}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
+    from lungseg.network import config
+
+    profile_file = config.PROFILES / f"{profile}.yaml"
     if profile_file.is_file():
         h.update(profile_file.read_bytes())
     _code(h)
